@@ -1,0 +1,24 @@
+"""metaplastic: infer synaptic plasticity rules from neural activity and behaviour."""
+
+from . import data as data
+from . import losses as losses
+from . import metrics as metrics
+from . import nn as nn
+from . import rules as rules
+from . import tasks as tasks
+from ._errors import MetaplasticError as MetaplasticError
+from ._fit import FitResult as FitResult
+from ._fit import History as History
+from ._fit import fit as fit
+from ._fit import rule_filter_spec as rule_filter_spec
+from ._least_squares import fit_least_squares as fit_least_squares
+from ._simulate import Simulation as Simulation
+from ._simulate import generate_activity as generate_activity
+from ._simulate import simulate as simulate
+from ._simulate import simulate_dataset as simulate_dataset
+from .rules import AbstractRule as AbstractRule
+from .rules import MLPRule as MLPRule
+from .rules import TaylorRule as TaylorRule
+
+
+__version__ = "0.1.0"

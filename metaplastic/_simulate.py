@@ -1,0 +1,147 @@
+"""The scanned step loop of a plastic layer, and generation of activity datasets."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from ._errors import MetaplasticError
+from ._types import Key
+from .data import ActivityDataset
+from .nn import ActivityReadout, PlasticDense
+
+
+class Simulation(eqx.Module):
+    """The result of simulating one trajectory.
+
+    - `activity`: postsynaptic activity `y_t`, `(time, n_out)`.
+    - `weights`: the weights after each step's update, `(time, n_out, n_in)`, or `None`.
+    - `final_weights`: the weights at the end, `(n_out, n_in)`.
+    """
+
+    activity: Float[Array, "time n_out"]
+    weights: Float[Array, "time n_out n_in"] | None
+    final_weights: Float[Array, "n_out n_in"]
+
+
+def _scan_segments(body, carry, xs, length: int, segment: int):
+    """Scan `body` over `length` steps as `length/segment` checkpointed segments, so that the
+    backward pass stores one carry per segment and recomputes inside it (√T memory)."""
+    n_seg = -(-length // segment)
+    pad = n_seg * segment - length
+
+    def pad_and_split(a):
+        a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
+        return a.reshape((n_seg, segment) + a.shape[1:])
+
+    xs, valid = xs
+    xs = jax.tree.map(pad_and_split, xs)
+    valid = pad_and_split(valid)
+
+    @jax.checkpoint
+    def outer(c, seg):
+        return jax.lax.scan(body, c, seg)
+
+    carry, ys = jax.lax.scan(outer, carry, (xs, valid))
+    ys = jax.tree.map(lambda a: a.reshape((n_seg * segment,) + a.shape[2:])[:length], ys)
+    return carry, ys
+
+
+def simulate(
+    layer: PlasticDense,
+    initial_weights: Float[Array, "n_out n_in"],
+    inputs: Float[Array, "time n_in"],
+    rewards: Float[Array, " time"] | None = None,
+    step_mask: Bool[Array, " time"] | None = None,
+    *,
+    return_weights: bool = False,
+    checkpoint: bool | int = False,
+) -> Simulation:
+    """Run a plastic layer over one trajectory with `jax.lax.scan`.
+
+    At each step `y_t = f(W_t x_t)` and `W_{t+1} = W_t + η · rule(x_t, y_t, W_t, r_t)`. Padded
+    steps (`step_mask` False) leave the weights unchanged. Vmap it for batches.
+
+    **Arguments:**
+
+    - `layer`: the plastic layer (rule, η, activation).
+    - `initial_weights`: `(n_out, n_in)`.
+    - `inputs`: presynaptic activity, `(time, n_in)`.
+    - `rewards`: the reward signal per step, `(time,)`; zeros if `None`.
+    - `step_mask`: valid steps, `(time,)`; all valid if `None`.
+    - `return_weights`: also return the weight trajectory.
+    - `checkpoint`: `True` checkpoints every step of the scan body; an integer `k` scans in
+      checkpointed segments of `k` steps, storing one weight matrix per segment for the
+      backward pass instead of one per step.
+
+    **Returns:**
+
+    A `Simulation`.
+    """
+    length = inputs.shape[0]
+    if rewards is None:
+        rewards = jnp.zeros(length, inputs.dtype)
+    if step_mask is None:
+        step_mask = jnp.ones(length, bool)
+
+    def body(weight, xs):
+        (pre, reward), valid = xs
+        post, new_weight = layer.step(weight, pre, reward)
+        new_weight = jnp.where(valid, new_weight, weight)
+        return new_weight, (post, new_weight if return_weights else None)
+
+    xs = ((inputs, rewards), step_mask)
+    if checkpoint is True:
+        final, (activity, weights) = jax.lax.scan(jax.checkpoint(body), initial_weights, xs)
+    elif checkpoint is False or checkpoint is None:
+        final, (activity, weights) = jax.lax.scan(body, initial_weights, xs)
+    else:
+        if int(checkpoint) < 1:
+            raise MetaplasticError(f"checkpoint segment length must be >= 1, got {checkpoint}.")
+        final, (activity, weights) = _scan_segments(
+            body, initial_weights, xs, length, int(checkpoint)
+        )
+    return Simulation(activity, weights, final)
+
+
+def simulate_dataset(
+    layer: PlasticDense,
+    data: ActivityDataset,
+    *,
+    return_weights: bool = False,
+    checkpoint: bool | int = False,
+) -> Simulation:
+    """Simulate every trajectory of a dataset from its initial weights (vmapped)."""
+    return jax.vmap(
+        lambda w0, x, r, m: simulate(
+            layer, w0, x, r, m, return_weights=return_weights, checkpoint=checkpoint
+        )
+    )(data.initial_weights, data.inputs, data.rewards, data.step_mask)
+
+
+def generate_activity(
+    layer: PlasticDense,
+    inputs: Float[Array, "batch time n_in"],
+    initial_weights: Float[Array, "batch n_out n_in"],
+    *,
+    readout: ActivityReadout = ActivityReadout(1.0, 0.0),
+    rewards: Float[Array, "batch time"] | None = None,
+    key: Key,
+) -> tuple[ActivityDataset, Float[Array, "batch time n_out n_in"]]:
+    """Simulate a ground-truth layer and record it through a readout.
+
+    **Returns:**
+
+    The recorded `ActivityDataset` and the true weight trajectories.
+    """
+    batch, length = inputs.shape[:2]
+    rewards = jnp.zeros((batch, length), inputs.dtype) if rewards is None else rewards
+    mask = jnp.ones((batch, length), bool)
+    sim = jax.jit(jax.vmap(lambda w0, x, r, m: simulate(layer, w0, x, r, m, return_weights=True)))(
+        initial_weights, inputs, rewards, mask
+    )
+    observed, neuron_mask = readout.observe(sim.activity, key=key)
+    data = ActivityDataset(
+        inputs, observed, initial_weights, neuron_mask=neuron_mask, rewards=rewards
+    )
+    return data, sim.weights

@@ -1,0 +1,3 @@
+"""Datasets (padded, masked PyTrees) and loaders for real data."""
+
+from ._activity import ActivityDataset as ActivityDataset

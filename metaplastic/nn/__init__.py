@@ -1,0 +1,6 @@
+"""Plastic and fixed layers, readouts and networks."""
+
+from ._plastic import ACTIVATIONS as ACTIVATIONS
+from ._plastic import FixedDense as FixedDense
+from ._plastic import PlasticDense as PlasticDense
+from ._readout import ActivityReadout as ActivityReadout

@@ -1,0 +1,69 @@
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._errors import MetaplasticError
+from .._types import Key, Post, Pre, Scalar, Weight
+from ._abstract import AbstractRule
+from ._expression import check_factors
+
+
+class MLPRule(AbstractRule):
+    """A per-synapse multilayer perceptron on the chosen factors, `Δw = MLP(x, y, w, r)`.
+
+    The same small network is applied to every synapse (default: one hidden layer of 10
+    leaky-ReLU units and a tanh output).
+    """
+
+    mlp: eqx.nn.MLP
+    factors: tuple[str, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        factors: tuple[str, ...] = ("x", "y", "w", "r"),
+        *,
+        width: int = 10,
+        depth: int = 1,
+        activation: Callable = jax.nn.leaky_relu,
+        final_activation: Callable = jnp.tanh,
+        key: Key,
+    ):
+        """**Arguments:**
+
+        - `factors`: the inputs of the MLP, from `"x"`, `"y"`, `"w"`, `"r"`.
+        - `width`, `depth`: hidden width and number of hidden layers.
+        - `activation`, `final_activation`: hidden and output non-linearities.
+        - `key`: a JAX PRNG key for the initial parameters.
+        """
+        factors = tuple(factors)
+        check_factors(factors)
+        if width < 1 or depth < 0:
+            raise MetaplasticError(
+                f"MLPRule needs width >= 1 and depth >= 0, got {width}, {depth}."
+            )
+        self.factors = factors
+        self.mlp = eqx.nn.MLP(
+            in_size=len(factors),
+            out_size="scalar",
+            width_size=width,
+            depth=depth,
+            activation=activation,
+            final_activation=final_activation,
+            key=key,
+        )
+
+    def __call__(
+        self, pre: Pre, post: Post, weight: Weight, reward: Scalar | float
+    ) -> Float[Array, "n_out n_in"]:
+        shape = weight.shape
+        columns = {
+            "x": jnp.broadcast_to(pre[None, :], shape),
+            "y": jnp.broadcast_to(post[:, None], shape),
+            "w": weight,
+            "r": jnp.broadcast_to(jnp.asarray(reward, weight.dtype), shape),
+        }
+        inputs = jnp.stack([columns[f] for f in self.factors], axis=-1)
+        return jax.vmap(jax.vmap(self.mlp))(inputs)

@@ -1,0 +1,209 @@
+import itertools
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float
+
+from .._errors import MetaplasticError
+from .._types import Key, Post, Pre, Scalar, Weight
+from ._abstract import AbstractRule
+from ._expression import check_factors, format_expression, format_monomial, parse_expression
+
+
+_CANONICAL = ("x", "y", "w", "r")
+
+
+def _powers(v: Array, order: int) -> list[Array]:
+    out = [jnp.ones_like(v)]
+    for _ in range(order):
+        out.append(out[-1] * v)
+    return out
+
+
+class TaylorRule(AbstractRule):
+    """A truncated Taylor-series rule, `Δw = Σ θ[a, b, c, d] · x^a · y^b · w^c · r^d`.
+
+    `coefficients` has one axis per factor, **in the order of `factors`**, and the index along
+    an axis is the exponent of that factor; every axis has length `order + 1`.
+
+    Terms can be frozen with `trainable` (a boolean array of the same shape): a frozen term
+    keeps its value and receives no gradient.
+    """
+
+    coefficients: Float[Array, "..."]
+    trainable: Bool[Array, "..."] | None
+    factors: tuple[str, ...] = eqx.field(static=True)
+    order: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        coefficients: Float[ArrayLike, "..."],
+        factors: tuple[str, ...] = ("x", "y", "w"),
+        *,
+        trainable: Bool[ArrayLike, "..."] | None = None,
+    ):
+        """**Arguments:**
+
+        - `coefficients`: array of shape `(order + 1,) * len(factors)`.
+        - `factors`: tuple of distinct names from `"x"`, `"y"`, `"w"`, `"r"`.
+        - `trainable`: optional boolean mask of the same shape; `False` freezes a term.
+        """
+        factors = tuple(factors)
+        check_factors(factors)
+        coefficients = jnp.asarray(coefficients)
+        if not jnp.issubdtype(coefficients.dtype, jnp.floating):
+            coefficients = coefficients.astype(jnp.result_type(float))
+        shape = coefficients.shape
+        if len(shape) != len(factors) or len(set(shape)) != 1:
+            raise MetaplasticError(
+                f"TaylorRule coefficients must have shape (order+1,)*{len(factors)} for factors "
+                f"{factors!r}, got {shape}."
+            )
+        if trainable is not None:
+            trainable = jnp.asarray(trainable, dtype=bool)
+            if trainable.shape != shape:
+                raise MetaplasticError(
+                    f"`trainable` mask has shape {trainable.shape}, expected {shape} like the "
+                    "coefficients."
+                )
+            if not bool(np.any(np.asarray(trainable))):
+                raise MetaplasticError(
+                    "`trainable` freezes every term of the rule; nothing would be fitted."
+                )
+        self.coefficients = coefficients
+        self.trainable = trainable
+        self.factors = factors
+        self.order = shape[0] - 1
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def zeros(cls, factors: tuple[str, ...] = ("x", "y", "w"), order: int = 2) -> "TaylorRule":
+        """The zero rule (no plasticity) over `factors`, exponents `0..order`."""
+        factors = tuple(factors)
+        check_factors(factors)
+        if not isinstance(order, int) or order < 0:
+            raise MetaplasticError(f"`order` must be a non-negative integer, got {order!r}.")
+        return cls(jnp.zeros((order + 1,) * len(factors)), factors)
+
+    @classmethod
+    def random(
+        cls,
+        factors: tuple[str, ...] = ("x", "y", "w"),
+        order: int = 2,
+        *,
+        scale: float = 1e-4,
+        key: Key,
+    ) -> "TaylorRule":
+        """A small random rule: coefficients drawn from N(0, scale²)."""
+        rule = cls.zeros(factors, order)
+        return cls(scale * jr.normal(key, rule.coefficients.shape), rule.factors)
+
+    @classmethod
+    def from_expression(
+        cls, expression: str, factors: tuple[str, ...] = ("x", "y", "w"), order: int = 2
+    ) -> "TaylorRule":
+        """Build a rule from an expression such as `"x*y - y^2*w"` or `"x*r - 0.05*w"`.
+
+        Accepts `*`, `^` and `**`; raises `MetaplasticError` (a `ValueError`) on unknown
+        factors or exponents above `order`.
+        """
+        rule = cls.zeros(factors, order)
+        terms = parse_expression(expression, rule.factors, order)
+        coefficients = np.zeros(rule.coefficients.shape)
+        for exps, value in terms.items():
+            coefficients[exps] += value
+        return cls(jnp.asarray(coefficients, dtype=rule.coefficients.dtype), rule.factors)
+
+    # ------------------------------------------------------------------ inspection
+    def _monomial(self, term: str) -> tuple[int, ...]:
+        terms = parse_expression(term, self.factors, self.order)
+        if len(terms) != 1:
+            raise MetaplasticError(f"Expected a single monomial such as 'y^2*w', got {term!r}.")
+        return next(iter(terms))
+
+    def coefficient(self, term: str) -> float:
+        """The coefficient of one monomial, e.g. `rule.coefficient("y^2*w")`."""
+        return float(self.coefficients[self._monomial(term)])
+
+    def terms(self) -> list[tuple[str, float]]:
+        """All `(monomial, coefficient)` pairs, largest magnitude first."""
+        c = np.asarray(self.coefficients)
+        out = [
+            (format_monomial(exps, self.factors), float(c[exps]))
+            for exps in itertools.product(range(self.order + 1), repeat=len(self.factors))
+        ]
+        return sorted(out, key=lambda kv: -abs(kv[1]))
+
+    def top_terms(self, n: int = 5) -> list[tuple[str, float]]:
+        """The `n` terms of largest magnitude."""
+        return self.terms()[:n]
+
+    def to_dict(self) -> dict[str, float]:
+        """Every term's coefficient, keyed by its monomial (`"x*y"`, `"1"` for the constant)."""
+        return dict(self.terms())
+
+    def to_expression(self, tol: float = 0.0) -> str:
+        """The rule as a canonical expression, dropping terms with `|θ| <= tol`."""
+        c = np.asarray(self.coefficients, dtype=np.float64)
+        terms = {
+            exps: float(c[exps])
+            for exps in itertools.product(range(self.order + 1), repeat=len(self.factors))
+            if abs(c[exps]) > tol
+        }
+        return format_expression(terms, self.factors)
+
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        return f"TaylorRule({self.to_expression(tol=1e-6)!r}, factors={self.factors})"
+
+    def mask(self, expression_terms: list[str] | tuple[str, ...]) -> Bool[np.ndarray, "..."]:
+        """A boolean array that is `True` on the listed monomials, e.g. `["1", "r", "x", "x*r"]`;
+        pass it as `trainable=` to fit only that family."""
+        out = np.zeros(self.coefficients.shape, dtype=bool)
+        for term in expression_terms:
+            out[self._monomial(term) if term != "1" else (0,) * len(self.factors)] = True
+        return out
+
+    def with_trainable(self, trainable: Bool[ArrayLike, "..."] | None) -> "TaylorRule":
+        """The same rule with a new trainable mask (`None`: every term trains)."""
+        return TaylorRule(self.coefficients, self.factors, trainable=trainable)
+
+    @property
+    def effective_coefficients(self) -> Float[Array, "..."]:
+        """The coefficients, with frozen terms cut off from the gradient."""
+        if self.trainable is None:
+            return self.coefficients
+        return jnp.where(
+            self.trainable, self.coefficients, jax.lax.stop_gradient(self.coefficients)
+        )
+
+    @property
+    def n_terms(self) -> int:
+        return math.prod(self.coefficients.shape)
+
+    # ------------------------------------------------------------------ evaluation
+    def __call__(
+        self, pre: Pre, post: Post, weight: Weight, reward: Scalar | float
+    ) -> Float[Array, "n_out n_in"]:
+        # Bring the coefficients to canonical (x, y, w, r) order, size-1 axes for absent factors.
+        c = self.effective_coefficients
+        present = [f for f in _CANONICAL if f in self.factors]
+        c = jnp.transpose(c, [self.factors.index(f) for f in present])
+        c = jnp.reshape(c, [self.order + 1 if f in self.factors else 1 for f in _CANONICAL])
+        nx, ny, nw, nr = c.shape
+        # Contract the scalar reward, then the powers of x (n_in) and y (n_out), so that only
+        # rank-one matrices meet the weights: no per-synapse monomial vector is ever built.
+        r_pows = jnp.stack(_powers(jnp.asarray(reward, dtype=c.dtype), nr - 1))
+        c = jnp.tensordot(c, r_pows, axes=[[3], [0]])  # (nx, ny, nw)
+        x_pows = jnp.stack(_powers(pre, nx - 1))  # (nx, n_in)
+        a = jnp.tensordot(c, x_pows, axes=[[0], [0]])  # (ny, nw, n_in)
+        y_pows = _powers(post, ny - 1)
+        # Horner in w: ((M_2) w + M_1) w + M_0, with M_c = Σ_b y^b ⊗ a[b, c].
+        out = None
+        for k in reversed(range(nw)):
+            m_k = sum(y_pows[b][:, None] * a[b, k][None, :] for b in range(ny))
+            out = m_k if out is None else out * weight + m_k
+        return out

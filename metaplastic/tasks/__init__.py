@@ -1,0 +1,3 @@
+"""What drives a network: stimuli and tasks."""
+
+from ._gaussian import gaussian_stimuli as gaussian_stimuli

@@ -1,0 +1,146 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+import pytest
+from helpers import finite_difference_grad
+
+import metaplastic as mp
+
+
+def oja_data(n_in=8, n_out=12, length=20, batch=6, *, key=jr.key(0), readout=None):
+    k1, k2, k3 = jr.split(key, 3)
+    teacher = mp.nn.PlasticDense(mp.rules.oja(), eta=1.0)
+    x = mp.tasks.gaussian_stimuli(n_in, length, n_trajectories=batch, key=k1)
+    w0 = 0.01 * jr.normal(k2, (batch, n_out, n_in))
+    kwargs = {} if readout is None else {"readout": readout}
+    return mp.generate_activity(teacher, x, w0, key=k3, **kwargs)
+
+
+def test_simulate_shapes_and_padding_is_inert():
+    data, weights = oja_data()
+    layer = mp.nn.PlasticDense(mp.rules.oja(), eta=1.0)
+    sim = mp.simulate(layer, data.initial_weights[0], data.inputs[0], return_weights=True)
+    assert sim.activity.shape == (20, 12) and sim.weights.shape == (20, 12, 8)
+    np.testing.assert_allclose(sim.weights, weights[0], rtol=1e-6)
+    # Padding five steps changes neither the loss nor the weights of the valid part.
+    pad = lambda a, v=0.0: jnp.concatenate(
+        [a, jnp.full((a.shape[0], 5) + a.shape[2:], v, a.dtype)], 1
+    )
+    padded = mp.data.ActivityDataset(
+        pad(data.inputs, jnp.nan),
+        pad(data.activity, jnp.nan),
+        data.initial_weights,
+        step_mask=pad(data.step_mask, False),
+        neuron_mask=data.neuron_mask,
+    )
+    student = mp.nn.PlasticDense(mp.TaylorRule.random(key=jr.key(5), scale=0.1), eta=1.0)
+    a = mp.losses.activity_mse(student, data)
+    b = mp.losses.activity_mse(student, padded)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    ga = eqx.filter_grad(mp.losses.activity_mse)(student, data).rule.coefficients
+    gb = eqx.filter_grad(mp.losses.activity_mse)(student, padded).rule.coefficients
+    np.testing.assert_allclose(ga, gb, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("checkpoint", [False, True, 7])
+def test_trajectory_gradient_matches_finite_differences(x64, checkpoint):
+    data, _ = oja_data(n_in=4, n_out=5, length=15, batch=2)
+    rule = mp.TaylorRule.random(key=jr.key(1), scale=0.3)
+
+    @jax.jit
+    def loss_of(coefficients):
+        layer = mp.nn.PlasticDense(mp.TaylorRule(coefficients, rule.factors), eta=1.0)
+        return mp.losses.activity_mse(layer, data, checkpoint=checkpoint)
+
+    assert rule.coefficients.dtype == jnp.float64
+    auto = np.asarray(jax.grad(loss_of)(rule.coefficients))
+    numeric = finite_difference_grad(loss_of, rule.coefficients)
+    np.testing.assert_allclose(auto, numeric, rtol=1e-5, atol=1e-11)
+
+
+def test_one_trace_per_fit_with_minibatches():
+    data, _ = oja_data(batch=7)
+    layer = mp.nn.PlasticDense(mp.TaylorRule.zeros(), eta=1.0)
+    result = mp.fit(
+        layer, data, loss=mp.losses.activity_mse, epochs=6, batch_size=3, progress=False
+    )
+    assert result.n_traces == 1
+    assert result.history.loss.shape == (6,)
+    assert result.history.params.rule.coefficients.shape == (6, 3, 3, 3)
+    assert result.history.loss[-1] < result.history.loss[0]
+
+
+def test_fit_ensemble_matches_separate_fits():
+    data, _ = oja_data(batch=4)
+    keys = jr.split(jr.key(2), 3)
+    layers = eqx.filter_vmap(
+        lambda k: mp.nn.PlasticDense(mp.TaylorRule.random(key=k, scale=0.01), eta=1.0)
+    )(keys)
+    opt = optax.adam(1e-2)
+    ens = mp.fit(
+        layers,
+        data,
+        loss=mp.losses.activity_mse,
+        optimizer=opt,
+        epochs=4,
+        progress=False,
+        ensemble=True,
+        data_ensemble_axis=None,
+    )
+    assert ens.n_traces == 1
+    for i in range(3):
+        single = mp.nn.PlasticDense(mp.TaylorRule.random(key=keys[i], scale=0.01), eta=1.0)
+        res = mp.fit(
+            single, data, loss=mp.losses.activity_mse, optimizer=opt, epochs=4, progress=False
+        )
+        np.testing.assert_allclose(
+            ens.model.rule.coefficients[i], res.model.rule.coefficients, rtol=1e-4, atol=1e-7
+        )
+
+
+def test_small_recovery_of_oja_rule(x64):
+    data, _ = oja_data(n_in=10, n_out=20, length=50, batch=10)
+    student = mp.nn.PlasticDense(mp.TaylorRule.random(key=jr.key(4)), eta=1.0)
+    result = mp.fit_least_squares(
+        student,
+        data,
+        residuals=mp.losses.activity_residuals,
+        iterations=40,
+        batch_size=5,
+        tol=0.0,
+        progress=False,
+    )
+    rule = result.model.rule
+    assert rule.coefficient("x*y") == pytest.approx(1.0, rel=0.05)
+    assert rule.coefficient("y^2*w") == pytest.approx(-1.0, rel=0.05)
+    others = [abs(v) for term, v in rule.terms() if term not in ("x*y", "y^2*w")]
+    assert max(others) < 0.02
+    assert rule.to_expression(tol=0.02) == "x*y - y^2*w"
+    held_out = mp.tasks.gaussian_stimuli(10, 50, n_trajectories=3, key=jr.key(9))
+    w0 = 0.01 * jr.normal(jr.key(8), (3, 20, 10))
+    scores = mp.metrics.compare_layers(
+        mp.nn.PlasticDense(mp.rules.oja()), result.model, w0, held_out
+    )
+    assert np.median(scores["r2_weights"]) > 0.99
+
+
+def test_readout_records_subset_with_fixed_noise():
+    readout = mp.nn.ActivityReadout(recorded_fraction=0.5, noise_std=0.1)
+    data, _ = oja_data(readout=readout)
+    assert int(data.neuron_mask[0].sum()) == 6
+    assert bool(jnp.all(data.activity[:, :, ~data.neuron_mask[0]] == 0))
+    again, _ = oja_data(readout=readout)
+    np.testing.assert_array_equal(data.activity, again.activity)
+    with pytest.raises(mp.MetaplasticError, match="recorded_fraction"):
+        mp.nn.ActivityReadout(recorded_fraction=0.0, noise_std=0.1)
+    with pytest.raises(mp.MetaplasticError, match="noise_std"):
+        mp.nn.ActivityReadout(recorded_fraction=1.0, noise_std=-1.0)
+
+
+def test_r2_score():
+    ref = jnp.arange(10.0)
+    assert float(mp.metrics.r2_score(ref, ref)) == 1.0
+    assert float(mp.metrics.r2_score(ref, jnp.full(10, ref.mean()))) == pytest.approx(0.0)
