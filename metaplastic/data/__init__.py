@@ -1,3 +1,4 @@
 """Datasets (padded, masked PyTrees) and loaders for real data."""
 
 from ._activity import ActivityDataset as ActivityDataset
+from ._choices import ChoiceDataset as ChoiceDataset

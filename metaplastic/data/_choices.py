@@ -1,0 +1,119 @@
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from .._errors import MetaplasticError
+from ._activity import _finite_where
+
+
+class ChoiceDataset(eqx.Module):
+    """Behaviour in a trial-based choice task, padded to common sizes and masked.
+
+    A *trial* is a run of odour presentations ended by one acceptance (or by the cap on
+    presentations). Axes: `batch` (animals or simulated trajectories), `trials`,
+    `presentations` (within a trial).
+
+    - `odours`: odour identity of each presentation (0 = A, 1 = B), `(batch, trials, presentations)`.
+    - `choices`: 1.0 = accepted, 0.0 = rejected, same shape.
+    - `presentation_mask`: `True` on real (non-padded) presentations, same shape.
+    - `trial_mask`: `True` on real trials, `(batch, trials)`.
+    - `rewards`: the reward `R` (0/1) received on each trial's accepted presentation (0 when
+      the trial has none), `(batch, trials)`.
+    - `expected_rewards`: the reward expectation `E[R]` before each trial's reward,
+      `(batch, trials)`.
+    - `inputs`: the encoded input of every presentation, `(batch, trials, presentations, n_in)`,
+      or `None` until an encoding is applied.
+    """
+
+    odours: Int[Array, "batch trials presentations"]
+    choices: Float[Array, "batch trials presentations"]
+    presentation_mask: Bool[Array, "batch trials presentations"]
+    trial_mask: Bool[Array, "batch trials"]
+    rewards: Float[Array, "batch trials"]
+    expected_rewards: Float[Array, "batch trials"]
+    inputs: Float[Array, "batch trials presentations n_in"] | None
+
+    def __init__(
+        self,
+        odours: Int[ArrayLike, "batch trials presentations"],
+        choices: Float[ArrayLike, "batch trials presentations"],
+        presentation_mask: Bool[ArrayLike, "batch trials presentations"],
+        trial_mask: Bool[ArrayLike, "batch trials"],
+        rewards: Float[ArrayLike, "batch trials"],
+        expected_rewards: Float[ArrayLike, "batch trials"],
+        inputs: Float[ArrayLike, "batch trials presentations n_in"] | None = None,
+    ):
+        od = np.asarray(odours)
+        ch = np.asarray(choices, dtype=np.float64)
+        pm = np.asarray(presentation_mask)
+        tm = np.asarray(trial_mask)
+        rw = np.asarray(rewards, dtype=np.float64)
+        er = np.asarray(expected_rewards, dtype=np.float64)
+        if od.ndim != 3:
+            raise MetaplasticError(
+                f"odours must have shape (batch, trials, presentations), got {od.shape}."
+            )
+        b, t, p = od.shape
+        if b == 0 or t == 0 or p == 0:
+            raise MetaplasticError(f"The choice dataset is empty (shape {od.shape}).")
+        for name, arr, shape in [
+            ("choices", ch, (b, t, p)),
+            ("presentation_mask", pm, (b, t, p)),
+            ("trial_mask", tm, (b, t)),
+            ("rewards", rw, (b, t)),
+            ("expected_rewards", er, (b, t)),
+        ]:
+            if arr.shape != shape:
+                raise MetaplasticError(f"{name} must have shape {shape}, got {arr.shape}.")
+        for name, arr in [("presentation_mask", pm), ("trial_mask", tm)]:
+            if arr.dtype != bool:
+                raise MetaplasticError(f"{name} must be boolean, got {arr.dtype}.")
+        if not np.issubdtype(od.dtype, np.integer):
+            raise MetaplasticError(f"odours must be integers (0 = A, 1 = B), got {od.dtype}.")
+        pm = pm & tm[:, :, None]
+        _finite_where("choices", ch, pm)
+        _finite_where("rewards", rw, tm)
+        _finite_where("expected_rewards", er, tm)
+        bad = pm & ~np.isin(ch, (0.0, 1.0))
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise MetaplasticError(f"choices must be 0 or 1; found {ch[where]} at index {where}.")
+        bad = pm & ~np.isin(od, (0, 1))
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise MetaplasticError(f"odours must be 0 or 1; found {od[where]} at index {where}.")
+        empty = tm & ~pm.any(axis=2)
+        if empty.any():
+            where = tuple(int(i) for i in np.argwhere(empty)[0])
+            raise MetaplasticError(f"Trial {where} is marked valid but has no valid presentation.")
+        if not tm.any(axis=1).all():
+            raise MetaplasticError(f"Trajectory {int(np.argmin(tm.any(axis=1)))} has no valid trial.")
+        accepts = (ch * pm).sum(axis=2)
+        if (accepts > 1).any():
+            where = tuple(int(i) for i in np.argwhere(accepts > 1)[0])
+            raise MetaplasticError(f"Trial {where} has more than one accepted presentation.")
+        if inputs is not None:
+            x = np.asarray(inputs)
+            if x.ndim != 4 or x.shape[:3] != (b, t, p):
+                raise MetaplasticError(
+                    f"inputs must have shape ({b}, {t}, {p}, n_in), got {x.shape}."
+                )
+            _finite_where("inputs", x, np.broadcast_to(pm[..., None], x.shape))
+            inputs = jnp.asarray(np.where(pm[..., None], x, 0.0).astype(x.dtype))
+        # Invalid entries are zeroed so that nothing in the padding can reach a loss.
+        self.odours = jnp.asarray(np.where(pm, od, 0).astype(np.int32))
+        self.choices = jnp.asarray(np.where(pm, ch, 0.0), dtype=jnp.result_type(float))
+        self.presentation_mask = jnp.asarray(pm)
+        self.trial_mask = jnp.asarray(tm)
+        self.rewards = jnp.asarray(np.where(tm, rw, 0.0), dtype=jnp.result_type(float))
+        self.expected_rewards = jnp.asarray(np.where(tm, er, 0.0), dtype=jnp.result_type(float))
+        self.inputs = inputs
+
+    @property
+    def accepted(self) -> Bool[Array, "batch trials presentations"]:
+        """`True` at each trial's accepted presentation."""
+        return (self.choices > 0.5) & self.presentation_mask
+
+    def __len__(self) -> int:
+        return self.odours.shape[0]
