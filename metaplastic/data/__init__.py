@@ -2,3 +2,4 @@
 
 from ._activity import ActivityDataset as ActivityDataset
 from ._choices import ChoiceDataset as ChoiceDataset
+from ._choices import expected_reward as expected_reward

@@ -88,7 +88,9 @@ class ChoiceDataset(eqx.Module):
             where = tuple(int(i) for i in np.argwhere(empty)[0])
             raise MetaplasticError(f"Trial {where} is marked valid but has no valid presentation.")
         if not tm.any(axis=1).all():
-            raise MetaplasticError(f"Trajectory {int(np.argmin(tm.any(axis=1)))} has no valid trial.")
+            raise MetaplasticError(
+                f"Trajectory {int(np.argmin(tm.any(axis=1)))} has no valid trial."
+            )
         accepts = (ch * pm).sum(axis=2)
         if (accepts > 1).any():
             where = tuple(int(i) for i in np.argwhere(accepts > 1)[0])
@@ -117,3 +119,22 @@ class ChoiceDataset(eqx.Module):
 
     def __len__(self) -> int:
         return self.odours.shape[0]
+
+
+def expected_reward(
+    rewards: Float[ArrayLike, "*batch trials"], window: int = 10
+) -> Float[Array, "*batch trials"]:
+    """The reward expectation before each trial: the mean of the previous `window` rewards,
+    with the history before the first trial filled with zeros (so `E[R]` starts at 0).
+
+    `E[R]_t = (R_{t-window} + ... + R_{t-1}) / window`.
+    """
+    if not isinstance(window, int) or window < 1:
+        raise MetaplasticError(f"window must be a positive integer, got {window!r}.")
+    r = jnp.asarray(rewards)
+    padded = jnp.concatenate([jnp.zeros(r.shape[:-1] + (window,), r.dtype), r], axis=-1)
+    csum = jnp.cumsum(padded, axis=-1)
+    csum = jnp.concatenate([jnp.zeros(r.shape[:-1] + (1,), r.dtype), csum], axis=-1)
+    # Trial t (0-based) sees padded[t : t + window], i.e. rewards t-window .. t-1.
+    n = r.shape[-1]
+    return (csum[..., window : window + n] - csum[..., :n]) / window
