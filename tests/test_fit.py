@@ -144,3 +144,20 @@ def test_r2_score():
     ref = jnp.arange(10.0)
     assert float(mp.metrics.r2_score(ref, ref)) == 1.0
     assert float(mp.metrics.r2_score(ref, jnp.full(10, ref.mean()))) == pytest.approx(0.0)
+
+
+def test_least_squares_ensemble_matches_single_fits(x64):
+    datasets = [oja_data(n_in=5, n_out=6, length=12, batch=4, key=jr.key(s))[0] for s in range(2)]
+    data = jax.tree.map(lambda *xs: jnp.stack(xs), *datasets)
+    keys = jr.split(jr.key(3), 2)
+    make = lambda k: mp.nn.PlasticDense(mp.TaylorRule.random(key=k), eta=1.0)
+    kwargs = dict(residuals=mp.losses.activity_residuals, iterations=4, progress=False, l2=1e-8)
+    ens = mp.fit_least_squares(eqx.filter_vmap(make)(keys), data, ensemble=True, **kwargs)
+    assert ens.n_traces == 1
+    assert ens.history.loss.shape == (4, 2)
+    for i in range(2):
+        single = mp.fit_least_squares(make(keys[i]), datasets[i], **kwargs)
+        np.testing.assert_allclose(
+            ens.model.rule.coefficients[i], single.model.rule.coefficients, rtol=1e-7, atol=1e-10
+        )
+        assert single.history.loss[-1] < single.history.loss[0]
