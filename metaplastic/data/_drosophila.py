@@ -1,0 +1,468 @@
+"""Loader for the Drosophila operant-learning recordings (one MATLAB file per fly).
+
+Each `.mat` file holds three variables:
+
+- `X`, `(P, 2)`: one-hot odour identity of each odour *presentation* (column 0 = odour A,
+  column 1 = odour B);
+- `Y`, `(1, P)`: 1 = the fly accepted the presentation, 0 = it rejected it;
+- `R`, `(1, T)`: the reward (0/1) of each acceptance, so `T == sum(Y)`.
+
+A *trial* is a run of rejections ended by one acceptance: presentation `i` belongs to trial
+`sum(Y[:i])`. Presentations after the last acceptance (a run of rejections with no acceptance
+to end it) form one final, *incomplete* trial: it is kept as a valid trial with no accepted
+presentation and reward 0, so its rejections still count in a likelihood, and it is reported
+in `FlyInfo.trailing_rejections`. Nothing in the file is dropped.
+
+Blocks are not stored in the files; trial `t` (0-based) is given the block `t // block_size`
+(`block_size = 80` by default, so blocks start at trials 80 and 160). For flies with fewer than
+240 trials this makes the last block the short one, which is an assumption.
+
+`FlyInfo` counts rejections per block so that the limits of a recording stay visible: in the
+published per-fly conversion, rejections were reconstructed for the first block only, and for
+most flies with rejections the only ones past block 1 form a single run just before the first
+acceptance of block 2 (its first trial), which `trials_with_rejections_per_block` shows as 1.
+"""
+
+import dataclasses
+import math
+import os
+import pathlib
+import re
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Int
+
+from .._errors import MetaplasticError
+from ._choices import ChoiceDataset, expected_reward
+
+
+@dataclasses.dataclass(frozen=True)
+class FlyInfo:
+    """What one fly's file holds, counted over the whole file.
+
+    - `name`: the file name without its suffix (`"Fly3"`); `path`: the file read.
+    - `n_presentations`: odour presentations `P` (accepted and rejected).
+    - `n_trials`: trials in the dataset: `n_accepted`, plus one when the file ends with
+      rejections after its last acceptance (an incomplete final trial).
+    - `n_accepted`: accepted presentations, `sum(Y) == len(R)`.
+    - `n_rejections`: rejected presentations, `P - n_accepted`.
+    - `n_rewards`: rewarded trials, `sum(R)`.
+    - `trailing_rejections`: rejections after the last acceptance (0 for a complete file).
+    - `max_presentations`: presentations in the fly's longest trial.
+    - `n_blocks`: blocks spanned by the trials (`ceil(n_trials / block_size)`).
+    - `rejections_per_block`, `trials_with_rejections_per_block`: per block, the rejections and
+      the number of trials holding at least one rejection.
+    - `accept_only_blocks`: blocks without any rejection.
+    - `accept_only`: `True` when the file holds no rejection at all.
+    """
+
+    name: str
+    path: str
+    n_presentations: int
+    n_trials: int
+    n_accepted: int
+    n_rejections: int
+    n_rewards: int
+    trailing_rejections: int
+    max_presentations: int
+    n_blocks: int
+    rejections_per_block: tuple[int, ...]
+    trials_with_rejections_per_block: tuple[int, ...]
+    accept_only_blocks: int
+    accept_only: bool
+
+    @property
+    def incomplete_final_trial(self) -> bool:
+        """Whether the file ends with rejections that no acceptance completes."""
+        return self.trailing_rejections > 0
+
+    def as_row(self) -> dict:
+        """The counts as a flat dictionary (per-block tuples joined with `/`), e.g. for a CSV."""
+        row = dataclasses.asdict(self)
+        for key in ("rejections_per_block", "trials_with_rejections_per_block"):
+            row[key] = "/".join(str(v) for v in row[key])
+        row["incomplete_final_trial"] = self.incomplete_final_trial
+        return row
+
+
+class DrosophilaData(eqx.Module):
+    """Flies loaded by `load_drosophila`: their choices, their blocks and their counts.
+
+    - `dataset`: a `ChoiceDataset` whose batch axis holds the flies (in the order of
+      `flies`), with `inputs=None`, `rewards` the fly's `R` per trial and `expected_rewards`
+      computed from the fly's own rewards.
+    - `block`: the block of each trial (0, 1, 2, ...), `-1` on padded trials,
+      `(batch, trials)`.
+    - `flies`: one `FlyInfo` per fly, counted over the whole file (restricting the trials
+      with `restrict_to_blocks` does not change them).
+    - `block_size`, `window`: the trials per block and the `expected_reward` window used.
+    """
+
+    dataset: ChoiceDataset
+    block: Int[Array, "batch trials"]
+    flies: tuple[FlyInfo, ...] = eqx.field(static=True)
+    block_size: int = eqx.field(static=True)
+    window: int = eqx.field(static=True)
+
+    def __check_init__(self):
+        if self.block.shape != self.dataset.trial_mask.shape:
+            raise MetaplasticError(
+                f"block must have shape {self.dataset.trial_mask.shape}, got {self.block.shape}."
+            )
+        if len(self.flies) != len(self.dataset):
+            raise MetaplasticError(
+                f"{len(self.flies)} FlyInfo entries for a dataset of {len(self.dataset)} flies."
+            )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The flies' names, in batch order."""
+        return tuple(f.name for f in self.flies)
+
+    def __len__(self) -> int:
+        return len(self.flies)
+
+    def counts(self) -> list[dict]:
+        """One row of counts per fly (`FlyInfo.as_row`), in batch order."""
+        return [f.as_row() for f in self.flies]
+
+    def select(self, flies: Sequence[int | str]) -> "DrosophilaData":
+        """Keep only the given flies (by batch index or name), in the order given.
+
+        **Arguments:**
+
+        - `flies`: batch indices or fly names.
+
+        **Returns:**
+
+        A new `DrosophilaData` with `len(flies)` flies.
+        """
+        index = []
+        for f in flies:
+            if isinstance(f, str):
+                if f not in self.names:
+                    raise MetaplasticError(f"No fly named {f!r}; the flies are {self.names}.")
+                index.append(self.names.index(f))
+            elif isinstance(f, int | np.integer) and -len(self) <= f < len(self):
+                index.append(int(f) % len(self))
+            else:
+                raise MetaplasticError(f"Fly index {f!r} is out of range for {len(self)} flies.")
+        if not index:
+            raise MetaplasticError("select() needs at least one fly.")
+        idx = np.asarray(index)
+        ds = self.dataset
+        new = ChoiceDataset(
+            odours=np.asarray(ds.odours)[idx],
+            choices=np.asarray(ds.choices)[idx],
+            presentation_mask=np.asarray(ds.presentation_mask)[idx],
+            trial_mask=np.asarray(ds.trial_mask)[idx],
+            rewards=np.asarray(ds.rewards)[idx],
+            expected_rewards=np.asarray(ds.expected_rewards)[idx],
+            inputs=None if ds.inputs is None else np.asarray(ds.inputs)[idx],
+        )
+        return DrosophilaData(
+            dataset=new,
+            block=jnp.asarray(np.asarray(self.block)[idx]),
+            flies=tuple(self.flies[i] for i in index),
+            block_size=self.block_size,
+            window=self.window,
+        )
+
+    def without_accept_only(self) -> "DrosophilaData":
+        """Drop the flies whose file holds no rejection at all (`FlyInfo.accept_only`)."""
+        keep = [i for i, f in enumerate(self.flies) if not f.accept_only]
+        if not keep:
+            raise MetaplasticError(f"All {len(self)} flies are accept-only; none would remain.")
+        return self.select(keep)
+
+    def restrict_to_blocks(self, blocks: Sequence[int], *, crop: bool = True) -> "DrosophilaData":
+        """Mask every trial outside the given blocks.
+
+        Expected rewards are kept as computed from the whole history, since the fly
+        experienced the earlier rewards whether or not a fit looks at them.
+
+        **Arguments:**
+
+        - `blocks`: the blocks to keep (0 = the first block).
+        - `crop`: drop the trailing trials and presentations that are padding in every fly
+          after masking (the masked content is the same, the arrays smaller).
+
+        **Returns:**
+
+        A new `DrosophilaData` with the same flies and `FlyInfo`.
+        """
+        blocks = tuple(int(b) for b in blocks)
+        if not blocks:
+            raise MetaplasticError("restrict_to_blocks() needs at least one block.")
+        block = np.asarray(self.block)
+        ds = self.dataset
+        tm = np.asarray(ds.trial_mask) & np.isin(block, blocks)
+        empty = ~tm.any(axis=1)
+        if empty.any():
+            raise MetaplasticError(
+                f"Fly {self.names[int(np.argmax(empty))]} has no trial in blocks {blocks}."
+            )
+        pm = np.asarray(ds.presentation_mask) & tm[:, :, None]
+        t_end = int(np.nonzero(tm.any(axis=0))[0][-1]) + 1 if crop else tm.shape[1]
+        p_end = int(pm.sum(axis=2).max()) if crop else pm.shape[2]
+        sl3 = (slice(None), slice(0, t_end), slice(0, p_end))
+        new = ChoiceDataset(
+            odours=np.asarray(ds.odours)[sl3],
+            choices=np.asarray(ds.choices)[sl3],
+            presentation_mask=pm[sl3],
+            trial_mask=tm[:, :t_end],
+            rewards=np.asarray(ds.rewards)[:, :t_end],
+            expected_rewards=np.asarray(ds.expected_rewards)[:, :t_end],
+            inputs=None if ds.inputs is None else np.asarray(ds.inputs)[sl3],
+        )
+        return DrosophilaData(
+            dataset=new,
+            block=jnp.asarray(np.where(tm, block, -1)[:, :t_end]),
+            flies=self.flies,
+            block_size=self.block_size,
+            window=self.window,
+        )
+
+    def first_block(self, *, crop: bool = True) -> "DrosophilaData":
+        """Keep only the first block (trials `0 .. block_size - 1`), where rejections were
+        recorded for every fly that has any. Same as `restrict_to_blocks((0,))`."""
+        return self.restrict_to_blocks((0,), crop=crop)
+
+
+def _scipy_io():
+    try:
+        import scipy.io
+    except ImportError as e:
+        raise ImportError(
+            "Reading .mat files needs scipy, which metaplastic does not install by default; "
+            "install it with `pip install scipy` (or `pip install metaplastic[data]`)."
+        ) from e
+    return scipy.io
+
+
+def _natural_key(path: pathlib.Path) -> list:
+    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", path.name)]
+
+
+def _vector(path: pathlib.Path, name: str, value: np.ndarray) -> np.ndarray:
+    if value.ndim == 2 and 1 in value.shape:
+        return value.reshape(-1)
+    if value.ndim == 1:
+        return value
+    raise MetaplasticError(
+        f"{path}: variable {name!r} must be a row or column vector, got shape {value.shape}."
+    )
+
+
+def _binary(path: pathlib.Path, name: str, value: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(value)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise MetaplasticError(
+            f"{path}: variable {name!r} holds a non-finite value ({value[where]}) at index {where}."
+        )
+    bad = ~np.isin(value, (0, 1))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise MetaplasticError(
+            f"{path}: variable {name!r} must hold only 0 and 1, found {value[where]} at index "
+            f"{where}."
+        )
+    return value.astype(np.int64)
+
+
+def _read_fly(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read and check one file; returns the odour (0/1) and choice (0/1) of each presentation
+    and the reward of each acceptance."""
+    sio = _scipy_io()
+    try:
+        mat = sio.loadmat(str(path))
+    except NotImplementedError as e:
+        # scipy reads MAT versions 4 to 7.2; 7.3 files are HDF5.
+        raise MetaplasticError(
+            f"{path}: cannot be read ({e}); save it as a MAT file of version 7.2 or lower."
+        ) from e
+    except Exception as e:
+        raise MetaplasticError(
+            f"{path}: is not a readable MAT file ({type(e).__name__}: {e})."
+        ) from e
+    values = {}
+    for name in ("X", "Y", "R"):
+        if name not in mat:
+            present = sorted(k for k in mat if not k.startswith("__"))
+            raise MetaplasticError(
+                f"{path}: missing variable {name!r} (the file holds {present}); expected X "
+                "(presentations x 2), Y (1 x presentations) and R (1 x trials)."
+            )
+        value = np.asarray(mat[name])
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+            raise MetaplasticError(
+                f"{path}: variable {name!r} must be numeric, got dtype {value.dtype}."
+            )
+        if np.iscomplexobj(value):
+            raise MetaplasticError(f"{path}: variable {name!r} must be real, got complex values.")
+        values[name] = value
+    x, y, r = values["X"], values["Y"], values["R"]
+    y = _vector(path, "Y", y)
+    r = _vector(path, "R", r) if r.size > 0 else r.reshape(-1)
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise MetaplasticError(
+            f"{path}: variable 'X' must have shape (presentations, 2) (one-hot odour A/B), got "
+            f"{x.shape}."
+        )
+    if x.shape[0] != y.shape[0]:
+        raise MetaplasticError(
+            f"{path}: X has {x.shape[0]} presentations (rows) but Y has {y.shape[0]}."
+        )
+    if y.shape[0] == 0:
+        raise MetaplasticError(f"{path}: holds no presentation (X and Y are empty).")
+    x = _binary(path, "X", x)
+    y = _binary(path, "Y", y)
+    r = _binary(path, "R", r)
+    not_one_hot = x.sum(axis=1) != 1
+    if not_one_hot.any():
+        i = int(np.argmax(not_one_hot))
+        raise MetaplasticError(
+            f"{path}: row {i} of X is {x[i].tolist()}, not one-hot (exactly one odour per "
+            "presentation)."
+        )
+    if int(y.sum()) != r.shape[0]:
+        raise MetaplasticError(
+            f"{path}: sum(Y) = {int(y.sum())} acceptances but len(R) = {r.shape[0]} rewards; "
+            "there must be one reward per acceptance."
+        )
+    if r.shape[0] == 0:
+        raise MetaplasticError(f"{path}: holds no acceptance (Y is all 0), so no trial.")
+    return np.argmax(x, axis=1), y, r
+
+
+def _files(path: pathlib.Path | Sequence) -> list[pathlib.Path]:
+    if isinstance(path, str | os.PathLike):
+        p = pathlib.Path(path)
+        if p.is_dir():
+            files = sorted((f for f in p.glob("*.mat") if f.is_file()), key=_natural_key)
+            if not files:
+                raise MetaplasticError(f"{p}: the folder holds no .mat file.")
+            return files
+        if p.is_file():
+            return [p]
+        raise MetaplasticError(f"{p}: no such file or folder.")
+    files = [pathlib.Path(f) for f in path]
+    if not files:
+        raise MetaplasticError("load_drosophila() got an empty list of files.")
+    for f in files:
+        if not f.is_file():
+            raise MetaplasticError(f"{f}: no such file.")
+    return files
+
+
+def load_drosophila(
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    window: int = 10,
+    block_size: int = 80,
+) -> DrosophilaData:
+    """Load the Drosophila operant-learning recordings: one fly per `.mat` file.
+
+    Each file holds `X` `(P, 2)` (one-hot odour of each presentation), `Y` `(1, P)` (1 =
+    accepted) and `R` `(1, sum(Y))` (reward of each acceptance). A trial is a run of
+    rejections ended by one acceptance; rejections after the last acceptance become one final
+    trial without acceptance and with reward 0 (kept, and counted in
+    `FlyInfo.trailing_rejections`). Needs scipy.
+
+    **Arguments:**
+
+    - `path`: a `.mat` file, a folder (every `*.mat` in it, in natural order: Fly1, Fly2, ...,
+      Fly10), or a sequence of files (in the order given).
+    - `window`: the number of past rewards averaged into the reward expectation
+      (`expected_reward`).
+    - `block_size`: trials per block; trial `t` lies in block `t // block_size`.
+
+    **Returns:**
+
+    A `DrosophilaData`: `dataset` (a `ChoiceDataset`, batch = flies, padded over trials and
+    presentations, `inputs=None`), `block` `(flies, trials)` and `flies` (one `FlyInfo` each).
+
+    Raises `MetaplasticError`, naming the file, for a path that does not exist, a folder with
+    no `.mat` file, a file that is not a MAT file, a missing variable, wrong shapes, values
+    other than 0 and 1, NaN, a row of `X` that is not one-hot, or `sum(Y) != len(R)`.
+    """
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise MetaplasticError(f"block_size must be a positive integer, got {block_size!r}.")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise MetaplasticError(f"window must be a positive integer, got {window!r}.")
+    files = _files(path)
+    flies = []
+    infos = []
+    for f in files:
+        odour, choice, reward = _read_fly(f)
+        # Presentation i lies in trial (number of acceptances before i).
+        trial = np.cumsum(choice) - choice
+        n_trials = int(trial[-1]) + 1
+        trailing = 0 if choice[-1] == 1 else int(len(choice) - 1 - np.nonzero(choice)[0][-1])
+        lengths = np.bincount(trial, minlength=n_trials)
+        n_blocks = math.ceil(n_trials / block_size)
+        rejected = choice == 0
+        blk = trial // block_size
+        rej_per_block = np.bincount(blk[rejected], minlength=n_blocks)
+        trials_rej = np.bincount(np.unique(trial[rejected]) // block_size, minlength=n_blocks)
+        rewards = np.zeros(n_trials, np.int64)
+        rewards[: len(reward)] = reward
+        flies.append((odour, choice, trial, lengths, rewards))
+        infos.append(
+            FlyInfo(
+                name=f.stem,
+                path=str(f),
+                n_presentations=int(len(choice)),
+                n_trials=n_trials,
+                n_accepted=int(len(reward)),
+                n_rejections=int(rejected.sum()),
+                n_rewards=int(reward.sum()),
+                trailing_rejections=trailing,
+                max_presentations=int(lengths.max()),
+                n_blocks=n_blocks,
+                rejections_per_block=tuple(int(v) for v in rej_per_block),
+                trials_with_rejections_per_block=tuple(int(v) for v in trials_rej),
+                accept_only_blocks=int((rej_per_block == 0).sum()),
+                accept_only=bool(not rejected.any()),
+            )
+        )
+    b = len(flies)
+    t_max = max(info.n_trials for info in infos)
+    p_max = max(info.max_presentations for info in infos)
+    odours = np.zeros((b, t_max, p_max), np.int32)
+    choices = np.zeros((b, t_max, p_max))
+    pmask = np.zeros((b, t_max, p_max), bool)
+    tmask = np.zeros((b, t_max), bool)
+    rewards = np.zeros((b, t_max))
+    block = np.full((b, t_max), -1, np.int32)
+    for i, (odour, choice, trial, lengths, rew) in enumerate(flies):
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        position = np.arange(len(trial)) - starts[trial]
+        odours[i, trial, position] = odour
+        choices[i, trial, position] = choice
+        pmask[i, trial, position] = True
+        n = len(lengths)
+        tmask[i, :n] = True
+        rewards[i, :n] = rew
+        block[i, :n] = np.arange(n) // block_size
+    # Padding is at the end of each fly's trials, so it never enters an earlier expectation.
+    expected = np.asarray(expected_reward(rewards, window=window))
+    dataset = ChoiceDataset(
+        odours=odours,
+        choices=choices,
+        presentation_mask=pmask,
+        trial_mask=tmask,
+        rewards=rewards,
+        expected_rewards=expected,
+    )
+    return DrosophilaData(
+        dataset=dataset,
+        block=jnp.asarray(block),
+        flies=tuple(infos),
+        block_size=block_size,
+        window=window,
+    )
