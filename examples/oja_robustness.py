@@ -36,6 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--n-test", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=5)
     p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--l2", type=float, default=0.0, help="ridge penalty on the coefficients")
     p.add_argument(
         "--quick", action="store_true", help="only the corners noise {0, 1} × fraction {1, 0.5}"
     )
@@ -91,6 +92,7 @@ def main(argv=None):
                 iterations=args.iterations,
                 batch_size=args.batch_size,
                 ensemble=True,
+                l2=args.l2,
                 progress=not args.no_progress,
             )
             for i, seed in enumerate(seeds):
@@ -157,6 +159,7 @@ def main(argv=None):
         "recorded_fractions": args.fractions,
         "seeds": args.seeds,
         "network": f"{n_in} -> {n_out}",
+        "l2": args.l2,
         "median_r2_weights": r2_grid,
         "median_oja_error": err_grid,
         "csv": path,

@@ -57,6 +57,7 @@ def main(argv=None):
         # Monomials such as x*y and x*y^2 differ by terms of order (y - 0.5)^2 ~ 1e-4 here;
         # float32 normal equations cannot tell them apart, float64 can.
         jax.config.update("jax_enable_x64", True)
+    import equinox as eqx
     import jax.numpy as jnp
     import jax.random as jr
     import numpy as np
@@ -85,6 +86,7 @@ def main(argv=None):
     student = mp.nn.PlasticDense(rule, eta=1.0, activation="sigmoid")
 
     curve = []  # time-to-recovery: (seconds since start, coefficient error)
+    previous = [None]
 
     def record(it, loss, model):
         entry = {"iteration": it, "seconds": time.perf_counter() - start, "loss": loss}
@@ -92,6 +94,11 @@ def main(argv=None):
             err = mp.metrics.coefficient_error(model.rule, truth)
             entry.update(max_abs_error=err["max_abs"])
         curve.append(entry)
+        # Stop once the parameters no longer move: further iterations cannot change the result.
+        flat = np.concatenate([np.ravel(a) for a in jax.tree.leaves(eqx.filter(model.rule, eqx.is_inexact_array))])
+        moved = np.inf if previous[0] is None else float(np.max(np.abs(flat - previous[0])))
+        previous[0] = flat
+        return moved < 1e-10
 
     result = mp.fit_least_squares(
         student,
@@ -145,7 +152,7 @@ def main(argv=None):
     else:
         summary.update(rule="mlp", coefficients={})
     summary["time_to_recovery"] = [
-        {k: (round(v, 6) if isinstance(v, float) else v) for k, v in c.items()} for c in curve
+        {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in c.items()} for c in curve
     ]
     summary["seconds"] = time.perf_counter() - start
 
