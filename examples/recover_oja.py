@@ -95,7 +95,9 @@ def main(argv=None):
             entry.update(max_abs_error=err["max_abs"])
         curve.append(entry)
         # Stop once the parameters no longer move: further iterations cannot change the result.
-        flat = np.concatenate([np.ravel(a) for a in jax.tree.leaves(eqx.filter(model.rule, eqx.is_inexact_array))])
+        flat = np.concatenate(
+            [np.ravel(a) for a in jax.tree.leaves(eqx.filter(model.rule, eqx.is_inexact_array))]
+        )
         moved = np.inf if previous[0] is None else float(np.max(np.abs(flat - previous[0])))
         previous[0] = flat
         return moved < 1e-10
@@ -179,19 +181,20 @@ def _figures(args, result, truth, curve):
 
     if args.rule != "taylor":
         return
+    import itertools
+    from functools import partial
+
     import numpy as np
+
+    from metaplastic.rules import format_monomial
+
+    mp_format_monomial = partial(format_monomial, factors=("x", "y", "w"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     hist = np.asarray(result.history.params.rule.coefficients)
     flat = hist.reshape(hist.shape[0], -1)
-    names = [t for t, _ in sorted(truth.terms(), key=lambda kv: kv[0])]
-    import itertools
-
-    labels = [
-        "*".join(f if e == 1 else f"{f}^{e}" for f, e in zip(("x", "y", "w"), exps) if e) or "1"
-        for exps in itertools.product(range(3), repeat=3)
-    ]
-    del names
+    # Row-major flattening of the (x, y, w) exponent grid, labelled like the rule prints them.
+    labels = [mp_format_monomial(exps) for exps in itertools.product(range(3), repeat=3)]
     for j, label in enumerate(labels):
         highlight = label in ("x*y", "y^2*w")
         axes[0].plot(

@@ -2,6 +2,7 @@
 
 from ._abstract import AbstractRule as AbstractRule
 from ._expression import format_expression as format_expression
+from ._expression import format_monomial as format_monomial
 from ._expression import parse_expression as parse_expression
 from ._library import from_expression as from_expression
 from ._library import hebbian as hebbian
