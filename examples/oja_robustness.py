@@ -35,7 +35,10 @@ def parse_args(argv=None):
     p.add_argument("--n-train", type=int, default=50)
     p.add_argument("--n-test", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=5)
-    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument(
+        "--resume", action="store_true", help="keep the cells already in <out>/oja_robustness.csv"
+    )
     p.add_argument("--l2", type=float, default=0.0, help="ridge penalty on the coefficients")
     p.add_argument(
         "--quick", action="store_true", help="only the corners noise {0, 1} × fraction {1, 0.5}"
@@ -77,9 +80,14 @@ def main(argv=None):
     held_x = mp.tasks.gaussian_stimuli(n_in, length, n_trajectories=args.n_test, key=jr.key(10_000))
     held_w0 = 0.01 * jr.normal(jr.key(10_001), (args.n_test, n_out, n_in))
     seeds = list(range(args.seeds))
-    rows = []
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "oja_robustness.csv")
+    rows = _read_rows(path) if args.resume and os.path.exists(path) else []
+    done = {(r["noise"], r["recorded_fraction"]) for r in rows}
     for noise in args.noises:
         for fraction in args.fractions:
+            if (noise, fraction) in done:
+                continue
             datasets = [make_data(s, noise, fraction) for s in seeds]
             data = jax.tree.map(lambda *xs: jnp.stack(xs), *datasets)
             students = eqx.filter_vmap(
@@ -123,14 +131,7 @@ def main(argv=None):
                 f"{np.median([r['oja_error'] for r in cell]):.3g}",
                 flush=True,
             )
-
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "oja_robustness.csv")
-    with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(path + ".tmp", path)
+            _write_rows(path, rows)  # after every cell, so an interrupted grid can --resume
 
     def grid(field):
         return [
@@ -167,6 +168,26 @@ def main(argv=None):
     }
     print(json.dumps(summary))
     return summary
+
+
+def _write_rows(path, rows):
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + ".tmp", path)
+
+
+def _read_rows(path):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            if k == "seed":
+                r[k] = int(v)
+            elif k != "rule":
+                r[k] = float(v)
+    return rows
 
 
 def _heatmaps(args, r2_grid, err_grid):

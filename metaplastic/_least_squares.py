@@ -135,12 +135,13 @@ def fit_least_squares(
             jnp.isfinite(new_rr) & jnp.all(jnp.isfinite(cand), axis=1), new_rr, jnp.inf
         )
         best = jnp.argmin(new_rr)
-        improved = new_rr[best] < rr
+        # A Jacobian that overflowed gives no usable step: stay put and raise the damping.
+        finite = jnp.all(jnp.isfinite(jtj)) & jnp.all(jnp.isfinite(jtr)) & jnp.isfinite(rr)
+        improved = finite & (new_rr[best] < rr)
         theta = jnp.where(improved, cand[best], theta)
         # Move the damping towards the step that worked; raise it sharply if none did.
         lam = jnp.where(improved, lams[best] / 3.0, lam * 1e3)
         loss = jnp.where(improved, new_rr[best], rr) / jnp.maximum(cnt, 1)
-        finite = jnp.all(jnp.isfinite(jtj)) & jnp.isfinite(rr)
         return theta, lam, loss, improved, finite
 
     if ensemble:
@@ -161,13 +162,14 @@ def fit_least_squares(
         for it in range(iterations):
             key, sub = jr.split(key)
             idx = jnp.arange(n) if batch == n else jr.choice(sub, n, (batch,), replace=False)
-            new_theta, lam, loss, improved, finite = step(theta, lam, data, idx)
-            if not bool(np.all(np.asarray(finite))):
-                raise MetaplasticError(
-                    f"Non-finite Jacobian or residuals at iteration {it}; the last finite "
-                    "parameters are those of the previous iteration."
+            theta, lam, loss, improved, finite = step(theta, lam, data, idx)
+            if not np.all(np.asarray(finite)):
+                logger.warning(
+                    "iteration %d: non-finite Jacobian or residuals for %d fit(s); their "
+                    "parameters were kept and the damping raised",
+                    it,
+                    int(np.sum(~np.asarray(finite))),
                 )
-            theta = new_theta
             loss_np = np.asarray(loss)
             losses.append(loss_np)
             snapshots.append(theta)
