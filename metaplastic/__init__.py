@@ -6,10 +6,14 @@ from . import metrics as metrics
 from . import nn as nn
 from . import rules as rules
 from . import tasks as tasks
+from ._errors import CheckpointError as CheckpointError
+from ._errors import FitDivergedError as FitDivergedError
 from ._errors import MetaplasticError as MetaplasticError
+from ._errors import MissingDependencyError as MissingDependencyError
 from ._fit import FitResult as FitResult
 from ._fit import History as History
 from ._fit import fit as fit
+from ._fit import load_checkpoint as load_checkpoint
 from ._fit import rule_filter_spec as rule_filter_spec
 from ._least_squares import fit_least_squares as fit_least_squares
 from ._simulate import Simulation as Simulation

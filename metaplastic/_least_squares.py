@@ -9,6 +9,7 @@ a few iterations.
 
 import logging
 import time
+import typing
 from collections.abc import Callable
 
 import equinox as eqx
@@ -19,14 +20,24 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
-from ._errors import MetaplasticError
-from ._fit import FitResult, History, _leading_size, rule_filter_spec
+from ._errors import FitDivergedError, MetaplasticError
+from ._fit import (
+    FitResult,
+    History,
+    _check_key,
+    _leading_size,
+    check_scalar_options,
+    preflight,
+    rule_filter_spec,
+)
+from ._progress import Progress
 from ._types import Key
 
 
 logger = logging.getLogger("metaplastic")
 
 
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def fit_least_squares(
     model: PyTree,
     data: PyTree,
@@ -66,8 +77,20 @@ def fit_least_squares(
     A `FitResult`; `history.loss` holds the mean squared residual after each iteration.
     """
     start = time.perf_counter()
-    if key is None:
-        key = jr.key(0)
+    check_scalar_options(
+        iterations=iterations,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        damping=damping,
+        tol=tol,
+    )
+    if not damping > 0:
+        raise MetaplasticError(f"damping must be positive, got {damping!r}.")
+    if not callable(residuals):
+        raise MetaplasticError(
+            f"residuals must be a function residuals(model, batch), got {residuals!r}."
+        )
+    key = _check_key(key)
     if filter_spec is None:
         filter_spec = rule_filter_spec(model)
     params, static = eqx.partition(model, filter_spec)
@@ -78,6 +101,11 @@ def fit_least_squares(
     batch = n if batch_size is None else min(batch_size, n)
     if batch % chunk_size:
         raise MetaplasticError(f"chunk_size {chunk_size} must divide the batch size {batch}.")
+    out = preflight(
+        lambda p, d: residuals(eqx.combine(p, static), d), params, data, np.arange(chunk_size)
+    )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise MetaplasticError(f"residuals must return floating-point values, got {out.dtype}.")
     traces = [0]
 
     def res_fn(theta, d):
@@ -106,11 +134,7 @@ def fit_least_squares(
     theta = np.asarray(flat, dtype=np.float64)
     lam = None
     losses, snapshots = [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=iterations, desc="fit (Levenberg-Marquardt)", unit="it", leave=False)
+    bar = Progress(iterations, desc="fit (Levenberg-Marquardt)", unit="it", enabled=progress)
     try:
         for it in range(iterations):
             key, sub = jr.split(key)
@@ -120,7 +144,27 @@ def fit_least_squares(
                 np.asarray(v, dtype=np.float64) for v in normal_equations(theta_j, data, idx)
             )
             if not (np.all(np.isfinite(jtj)) and np.isfinite(rr)):
-                raise MetaplasticError(f"Non-finite Jacobian or residuals at iteration {it}.")
+                quantity = "residuals" if not np.isfinite(rr) else "Jacobian"
+                last = unravel(jnp.asarray(theta, dtype=flat.dtype))
+                history = History(
+                    loss=np.asarray(losses, dtype=np.float64),
+                    params=jax.tree.map(
+                        lambda *xs: np.stack([np.asarray(x) for x in xs]), *snapshots
+                    )
+                    if snapshots
+                    else jax.tree.map(lambda p: np.zeros((0,) + p.shape, p.dtype), params),
+                )
+                raise FitDivergedError(
+                    f"The Levenberg-Marquardt fit diverged in iteration {it}: the {quantity} at "
+                    "the current parameters became non-finite. The last finite parameters are "
+                    "in err.last_finite_model and err.result.",
+                    epoch=it,
+                    quantity=quantity,
+                    member=None,
+                    result=FitResult(
+                        eqx.combine(last, static), history, traces[0], time.perf_counter() - start
+                    ),
+                )
             diag = np.diag(jtj).copy()
             scale = max(diag.max(), np.finfo(np.float64).tiny)
             if lam is None:
@@ -144,9 +188,7 @@ def fit_least_squares(
             loss = rr / max(cnt, 1)
             losses.append(np.asarray(loss))
             snapshots.append(unravel(jnp.asarray(theta, dtype=flat.dtype)))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3g}", damping=f"{lam / scale:.1e}")
+            bar.update(1, loss=float(loss), damping=f"{lam / scale:.1e}")
             logger.debug("LM iteration %d: loss %.3e, lambda %.2e", it, loss, lam)
             stop = callback is not None and callback(
                 it, float(loss), eqx.combine(snapshots[-1], static)
@@ -154,8 +196,7 @@ def fit_least_squares(
             if not accepted or loss < tol or stop:
                 break
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     params = unravel(jnp.asarray(theta, dtype=flat.dtype))
     history = History(
         loss=np.stack(losses),

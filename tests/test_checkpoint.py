@@ -1,0 +1,188 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from _resume_problem import EPOCHS, STOP, problem, run
+from conftest import ROOT
+
+import metaplastic as mp
+from metaplastic._checkpoint import MAGIC
+
+
+def assert_bitwise_equal(a, b):
+    la, lb = (
+        jax.tree.leaves(eqx.filter(a, eqx.is_array)),
+        jax.tree.leaves(eqx.filter(b, eqx.is_array)),
+    )
+    assert len(la) == len(lb) and la
+    for x, y in zip(la, lb):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.tobytes() == y.tobytes()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The uninterrupted fit, without checkpoints."""
+    return run()
+
+
+def test_sigkilled_fit_resumes_bitwise_identical(tmp_path, reference):
+    folder, marker = tmp_path / "ckpt", tmp_path / "marker"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tests", "_resume_problem.py"),
+            str(folder),
+            str(marker),
+        ],
+        env=env,
+        cwd=str(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            if child.poll() is not None:
+                pytest.fail(f"the fitting process ended early: {child.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                pytest.fail("the fitting process did not reach the stop epoch in time")
+            time.sleep(0.1)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.stderr.close()
+    # Killed in epoch STOP: the last checkpoint (every 2 epochs) holds STOP epochs.
+    result, header = mp.load_checkpoint(folder, problem()[0])
+    assert header["epoch"] == STOP and header["status"] == "running"
+    assert result.history.loss.shape == (STOP,)
+    np.testing.assert_array_equal(result.history.loss, reference.history.loss[:STOP])
+
+    epochs_run = []
+    resumed = run(folder, resume=True, callback=lambda e, *_: epochs_run.append(e))
+    assert epochs_run == list(range(STOP, EPOCHS))  # it continued, it did not start again
+    assert resumed.n_traces == 1
+    assert_bitwise_equal(resumed.model, reference.model)
+    assert resumed.history.loss.tobytes() == reference.history.loss.tobytes()
+    assert_bitwise_equal(resumed.history.params, reference.history.params)
+    assert mp.load_checkpoint(folder, problem()[0])[1]["status"] == "finished"
+    # A finished fit resumes to the same result without fitting again.
+    again = run(folder, resume=True)
+    assert again.n_traces == 0
+    assert_bitwise_equal(again.model, reference.model)
+
+
+def test_checkpoint_frequency_and_same_key_do_not_change_the_result(tmp_path, reference):
+    # Reproducibility: the same key gives bitwise the same fit on CPU, whether or not (and
+    # however often) it checkpoints; another key gives another batch order.
+    same = run(tmp_path / "a", checkpoint_every=1)
+    assert_bitwise_equal(same.model, reference.model)
+    assert same.history.loss.tobytes() == reference.history.loss.tobytes()
+    other = run(key_seed=2)
+    assert not np.array_equal(other.history.loss, reference.history.loss)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved")
+    run(folder, epochs=2)
+    return folder / "fit.ckpt"
+
+
+def _copy(saved, tmp_path, change=None):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    blob = saved.read_bytes()
+    if change is not None:
+        blob = change(blob)
+    (folder / "fit.ckpt").write_bytes(blob)
+    return folder
+
+
+def _edit_header(blob, edit):
+    rest = blob[len(MAGIC) :]
+    nl = rest.index(b"\n")
+    n = int(rest[:nl])
+    header = json.loads(rest[nl + 1 : nl + 1 + n])
+    edit(header)
+    head = json.dumps(header, sort_keys=True).encode()
+    return MAGIC + f"{len(head)}\n".encode() + head + rest[nl + 1 + n :]
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda b: b[: len(b) - 7], "truncated"),
+        (lambda b: b[: len(b) // 3], "truncated"),
+        (lambda b: b[:-5] + bytes([b[-5] ^ 1]) + b[-4:], "checksum"),
+        (lambda b: b"PK\x03\x04" + b[4:], "not a metaplastic checkpoint"),
+        (lambda b: b"", "not a metaplastic checkpoint"),
+        (lambda b: b[: len(MAGIC)] + b"12x\n" + b[len(MAGIC) :], "header length"),
+        (lambda b: _edit_header(b, lambda h: h.update(format_version=99)), "format version 99"),
+        (lambda b: _edit_header(b, lambda h: h["leaves"][0][1].append(7)), "does not fit"),
+        (lambda b: _edit_header(b, lambda h: h.update(epoch=5)), "does not fit"),
+    ],
+)
+def test_damaged_checkpoint_is_refused_untouched(saved, tmp_path, change, match):
+    folder = _copy(saved, tmp_path, change)
+    before = (folder / "fit.ckpt").read_bytes()
+    calls = []
+    with pytest.raises(mp.CheckpointError, match=match):
+        run(folder, resume=True, callback=lambda *a: calls.append(a))
+    assert calls == []
+    assert (folder / "fit.ckpt").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["fit.ckpt"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(optimizer=optax.sgd(0.1)), "does not fit this model or optimizer"),
+        (dict(model=mp.nn.PlasticDense(mp.TaylorRule.zeros(order=2))), "model's structure"),
+        (
+            dict(model=mp.nn.PlasticDense(mp.TaylorRule.zeros(order=1), eta=0.5)),
+            "model's structure",
+        ),
+        (dict(model=mp.nn.PlasticDense(mp.TaylorRule(jnp.ones((2, 2, 2))))), "initial model"),
+        (dict(data_seed=3), "the data"),
+        (dict(key_seed=5), "PRNG key"),
+        (dict(l2=0.1), "l2"),
+        (dict(epochs=1), "already holds 2 epochs"),
+    ],
+)
+def test_incompatible_checkpoint_is_refused(saved, tmp_path, kwargs, match):
+    folder = _copy(saved, tmp_path)
+    with pytest.raises(mp.CheckpointError, match=match):
+        run(folder, resume=True, **kwargs)
+
+
+def test_existing_checkpoint_is_never_overwritten_and_temporaries_are_ignored(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    with pytest.raises(mp.MetaplasticError, match="resume=True"):
+        run(folder)
+    # What an interrupted write leaves behind is not a checkpoint and is cleared away.
+    (folder / ".fit.ckpt.abc123.tmp").write_bytes(b"half a checkpoint")
+    result = run(folder, epochs=3, resume=True)
+    assert result.history.loss.shape == (3,)
+    assert sorted(p.name for p in folder.iterdir()) == ["fit.ckpt"]
+    with pytest.raises(mp.MetaplasticError, match="checkpoint_dir"):
+        run(None, resume=True)
+
+
+def test_fresh_start_when_resuming_without_checkpoint(tmp_path):
+    result = run(tmp_path / "new", epochs=2, resume=True)
+    assert result.history.loss.shape == (2,)
+    assert (tmp_path / "new" / "fit.ckpt").exists()
