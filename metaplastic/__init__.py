@@ -4,7 +4,9 @@ from . import data as data
 from . import losses as losses
 from . import metrics as metrics
 from . import nn as nn
+from . import plot as plot
 from . import rules as rules
+from . import runs as runs
 from . import tasks as tasks
 from ._errors import CheckpointError as CheckpointError
 from ._errors import FitDivergedError as FitDivergedError

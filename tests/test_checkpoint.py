@@ -186,3 +186,97 @@ def test_fresh_start_when_resuming_without_checkpoint(tmp_path):
     result = run(tmp_path / "new", epochs=2, resume=True)
     assert result.history.loss.shape == (2,)
     assert (tmp_path / "new" / "fit.ckpt").exists()
+
+
+def test_ensemble_stopped_or_interrupted_fits_resume_exactly(tmp_path):
+    models = {"theta": jnp.array([[1.0, 2.0], [0.5, -1.0], [2.0, 0.0]])}
+    data = {"z": jnp.arange(12.0).reshape(6, 2)}
+
+    def fit(**kw):
+        return mp.fit(
+            models,
+            data,
+            loss=lambda m, b: jnp.sum((m["theta"] - jnp.mean(b["z"], 0) / 10) ** 2),
+            optimizer=optax.adam(0.1),
+            filter_spec={"theta": True},
+            epochs=6,
+            batch_size=4,
+            ensemble=True,
+            data_ensemble_axis=None,
+            progress=False,
+            key=jax.random.key(3),
+            **kw,
+        )
+
+    reference = fit()
+    assert reference.history.loss.shape == (6, 3)
+    stopped = fit(checkpoint_dir=tmp_path / "a", callback=lambda e, *_: e == 2)
+    assert stopped.history.loss.shape == (3, 3)
+    assert (
+        mp.load_checkpoint(tmp_path / "a", models, filter_spec={"theta": True})[1]["status"]
+        == "stopped"
+    )
+
+    def interrupt(epoch, *_):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(checkpoint_dir=tmp_path / "b", callback=interrupt)
+    saved, header = mp.load_checkpoint(tmp_path / "b", models, filter_spec={"theta": True})
+    assert header["status"] == "interrupted" and saved.history.loss.shape == (4, 3)
+    for folder in ("a", "b"):
+        resumed = fit(checkpoint_dir=tmp_path / folder, resume=True)
+        assert_bitwise_equal(resumed.model, reference.model)
+        assert resumed.history.loss.tobytes() == reference.history.loss.tobytes()
+
+
+@pytest.mark.slow
+def test_fit_killed_at_random_moments_always_resumes_exactly(tmp_path, reference):
+    """Kill a fit that checkpoints every epoch at random moments, again and again (a kill
+    may land in the middle of a write): every resume continues exactly."""
+    folder = tmp_path / "ckpt"
+    code = (
+        "import sys; from _resume_problem import run; "
+        "run(sys.argv[1], checkpoint_every=1, resume=True, epochs=12)"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        child = subprocess.Popen([sys.executable, "-c", code, str(folder)], env=env)
+        while not (folder / "fit.ckpt").exists() and child.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        child.kill()
+        child.wait()
+    resumed = run(folder, resume=True)
+    assert_bitwise_equal(resumed.model, reference.model)
+    assert resumed.history.loss.tobytes() == reference.history.loss.tobytes()
+
+
+@pytest.mark.slow
+def test_example_writes_a_run_folder(tmp_path):
+    args = ["--out", str(tmp_path), "--epochs", "4", "--trajectories", "2", "--length", "6"]
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "resumable_fit.py"),
+            *args,
+            "--no-progress",
+        ],
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    folder = os.path.join(summary["run"])
+    assert sorted(os.listdir(folder)) == [
+        "checkpoint",
+        "coefficients.png",
+        "config.json",
+        "metrics.csv",
+        "summary.json",
+        "weights.png",
+    ]
+    assert summary["epochs"] == 4
