@@ -374,20 +374,19 @@ def fit(
     initial_key = key
     config: dict[str, Any] = {}
     if path is not None:
-        config = {
-            "model_structure": ckpt.structure_digest(model),
-            "initial_model": ckpt.array_digest(model),
-            "trainable": param_names,
-            "data_structure": ckpt.structure_digest(data),
-            "data": ckpt.array_digest(data),
-            "key": ckpt.array_digest(key),
-            "n_trajectories": n,
-            "batch_size": batch_size,
-            "l1": float(l1),
-            "l2": float(l2),
-            "ensemble": bool(ensemble),
-            "data_ensemble_axis": data_axis,
-        }
+        config = checkpoint_config(
+            model,
+            data,
+            key,
+            param_names,
+            method="gradient",
+            n_trajectories=n,
+            batch_size=batch_size,
+            l1=float(l1),
+            l2=float(l2),
+            ensemble=bool(ensemble),
+            data_ensemble_axis=data_axis,
+        )
 
     def state_tree(p, s, k, done):
         model_arrays = eqx.filter(eqx.combine(p, static), eqx.is_array)
@@ -409,34 +408,24 @@ def fit(
         logger.debug("checkpoint: %d epochs saved to %s (%s)", done, path, status)
 
     done = 0
-    if path is not None:
-        for tmp in stale_temporaries(path):
-            tmp.unlink(missing_ok=True)
-        if path.exists():
-            if not resume:
-                raise MetaplasticError(
-                    f"A checkpoint already exists at {path}; pass resume=True to continue it, "
-                    "or use another checkpoint_dir (it is never overwritten silently)."
-                )
-            header, payload = ckpt.read_checkpoint(path)
-            _check_compatible(path, header, config, epochs)
-            done = int(header["epoch"])
-            like = state_tree(params, opt_state, key, done)
-            m_arr, l_saved, h_saved, k_saved, opt_state = ckpt.load_state(
-                path, header, payload, like
-            )
-            params = eqx.partition(eqx.combine(m_arr, model), filter_spec)[0]
-            key = _key_from_data(k_saved, initial_key)
-            losses[:done] = l_saved
-            for buf, saved in zip(history_leaves, jax.tree.leaves(h_saved)):
-                buf[:done] = saved
-            logger.info(
-                "fit: resuming from %s at epoch %d of %d (saved as %s)",
-                path,
-                done,
-                epochs,
-                header.get("status"),
-            )
+    opened = open_checkpoint(path, resume, config, epochs)
+    if opened is not None:
+        header, payload = opened
+        done = int(header["epoch"])
+        like = state_tree(params, opt_state, key, done)
+        m_arr, l_saved, h_saved, k_saved, opt_state = ckpt.load_state(path, header, payload, like)
+        params = eqx.partition(eqx.combine(m_arr, model), filter_spec)[0]
+        key = _key_from_data(k_saved, initial_key)
+        losses[:done] = l_saved
+        for buf, saved in zip(history_leaves, jax.tree.leaves(h_saved)):
+            buf[:done] = saved
+        logger.info(
+            "fit: resuming from %s at epoch %d of %d (saved as %s)",
+            path,
+            done,
+            epochs,
+            header.get("status"),
+        )
 
     logger.info(
         "fit: %d trainable values, %d trajectories, %d step(s) per epoch, epochs %d to %d%s",
@@ -516,6 +505,43 @@ def fit(
     return out
 
 
+def checkpoint_config(
+    model: PyTree, data: PyTree, key: Key, trainable: list[str], **options: Any
+) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: digests of the model, data and key, and
+    the options that change the result."""
+    config = {
+        "model_structure": ckpt.structure_digest(model),
+        "initial_model": ckpt.array_digest(model),
+        "trainable": trainable,
+        "data_structure": ckpt.structure_digest(data),
+        "data": ckpt.array_digest(data),
+        "key": ckpt.array_digest(key),
+    }
+    config.update(options)
+    return config
+
+
+def open_checkpoint(
+    path: Path | None, resume: bool, config: dict[str, Any], total: int
+) -> tuple[dict[str, Any], bytes] | None:
+    """The verified header and payload to resume from, or `None` to start afresh."""
+    if path is None:
+        return None
+    for tmp in stale_temporaries(path):
+        tmp.unlink(missing_ok=True)
+    if not path.exists():
+        return None
+    if not resume:
+        raise MetaplasticError(
+            f"A checkpoint already exists at {path}; pass resume=True to continue it, "
+            "or use another checkpoint_dir (it is never overwritten silently)."
+        )
+    header, payload = ckpt.read_checkpoint(path)
+    _check_compatible(path, header, config, total)
+    return header, payload
+
+
 def _check_compatible(path: Path, header: dict, config: dict, epochs: int) -> None:
     saved = header.get("config")
     if not isinstance(saved, dict):
@@ -527,6 +553,7 @@ def _check_compatible(path: Path, header: dict, config: dict, epochs: int) -> No
         "data_structure": "the data's structure",
         "data": "the data",
         "key": "the PRNG key",
+        "method": "the fitting method",
     }
     differ = [k for k in config if saved.get(k) != config[k]]
     if differ:

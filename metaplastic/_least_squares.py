@@ -8,9 +8,12 @@ a few iterations.
 """
 
 import logging
+import os
 import time
 import typing
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -20,13 +23,20 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
+from . import _checkpoint as ckpt
 from ._errors import FitDivergedError, MetaplasticError
 from ._fit import (
+    CHECKPOINT_FILE,
     FitResult,
     History,
     _check_key,
+    _key_data,
+    _key_from_data,
     _leading_size,
+    _path_names,
     check_scalar_options,
+    checkpoint_config,
+    open_checkpoint,
     preflight,
     rule_filter_spec,
 )
@@ -52,6 +62,9 @@ def fit_least_squares(
     key: Key | None = None,
     progress: bool = True,
     callback: Callable[[int, float, PyTree], bool | None] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
 ) -> FitResult:
     """Fit the trainable parameters of `model` by Levenberg–Marquardt on `Σ residuals²`.
 
@@ -71,6 +84,8 @@ def fit_least_squares(
       is isotropic (`λ·I`), so directions the data barely constrain stay near their start
       instead of wandering along the flat valley.
     - `tol`: stop once the loss falls below this value.
+    - `checkpoint_dir`, `checkpoint_every`, `resume`: as in `fit` (default: a checkpoint
+      after every iteration); the resumed fit ends exactly where an uninterrupted one does.
 
     **Returns:**
 
@@ -78,6 +93,7 @@ def fit_least_squares(
     """
     start = time.perf_counter()
     check_scalar_options(
+        checkpoint_every=checkpoint_every,
         iterations=iterations,
         chunk_size=chunk_size,
         batch_size=batch_size,
@@ -91,6 +107,10 @@ def fit_least_squares(
             f"residuals must be a function residuals(model, batch), got {residuals!r}."
         )
     key = _check_key(key)
+    if resume and checkpoint_dir is None:
+        raise MetaplasticError("resume=True needs a checkpoint_dir to resume from.")
+    if checkpoint_every is None:
+        checkpoint_every = 1
     if filter_spec is None:
         filter_spec = rule_filter_spec(model)
     params, static = eqx.partition(model, filter_spec)
@@ -132,12 +152,80 @@ def fit_least_squares(
         return r @ r
 
     theta = np.asarray(flat, dtype=np.float64)
-    lam = None
-    losses, snapshots = [], []
-    bar = Progress(iterations, desc="fit (Levenberg-Marquardt)", unit="it", enabled=progress)
+    lam = np.nan  # set from the first Jacobian
+    losses = np.zeros(iterations, np.float64)
+    history_params = jax.tree.map(lambda p: np.zeros((iterations,) + p.shape, p.dtype), params)
+    history_leaves = jax.tree.leaves(history_params)
+
+    def as_params(t):
+        return unravel(jnp.asarray(t, dtype=flat.dtype))
+
+    def result(t, done):
+        history = History(
+            loss=losses[:done].copy(),
+            params=jax.tree.map(lambda buf: buf[:done].copy(), history_params),
+        )
+        model_t = eqx.combine(as_params(t), static)
+        return FitResult(model_t, history, traces[0], time.perf_counter() - start)
+
+    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
+    config: dict[str, Any] = {}
+    if path is not None:
+        config = checkpoint_config(
+            model,
+            data,
+            key,
+            _path_names(params),
+            method="levenberg-marquardt",
+            n_trajectories=n,
+            batch_size=batch,
+            chunk_size=chunk_size,
+            damping=float(damping),
+            tol=float(tol),
+        )
+
+    def state_tree(t, lam_, k, done):
+        model_arrays = eqx.filter(eqx.combine(as_params(t), static), eqx.is_array)
+        hist = jax.tree.map(lambda buf: buf[:done], history_params)
+        extra = np.asarray([lam_], np.float64)
+        return (model_arrays, losses[:done], hist, _key_data(k), np.asarray(t, np.float64), extra)
+
+    def save(t, lam_, k, done, status, extra=None):
+        header = {
+            "epoch": done,
+            "epochs": iterations,
+            "status": status,
+            "config": config,
+            "loss_shape": [],
+            "loss_dtype": "float64",
+        }
+        header.update(extra or {})
+        ckpt.write_checkpoint(path, state_tree(t, lam_, k, done), header)
+
+    done, converged = 0, False
+    opened = open_checkpoint(path, resume, config, iterations)
+    if opened is not None:
+        header, payload = opened
+        done = int(header["epoch"])
+        like = state_tree(theta, lam, key, done)
+        _, l_saved, h_saved, k_saved, theta, lam_saved = ckpt.load_state(
+            path, header, payload, like
+        )
+        lam = float(lam_saved[0])
+        key = _key_from_data(k_saved, key)
+        losses[:done] = l_saved
+        for buf, saved in zip(history_leaves, jax.tree.leaves(h_saved)):
+            buf[:done] = saved
+        converged = header.get("status") == "converged"
+        logger.info("fit_least_squares: resuming from %s at iteration %d", path, done)
+
+    bar = Progress(
+        iterations, desc="fit (Levenberg-Marquardt)", unit="it", enabled=progress, initial=done
+    )
     try:
-        for it in range(iterations):
-            key, sub = jr.split(key)
+        while done < iterations and not converged:
+            it = done
+            new_key, sub = jr.split(key)
             idx = jnp.arange(n) if batch == n else jr.choice(sub, n, (batch,), replace=False)
             theta_j = jnp.asarray(theta, dtype=flat.dtype)
             jtj, jtr, rr, cnt = (
@@ -145,29 +233,24 @@ def fit_least_squares(
             )
             if not (np.all(np.isfinite(jtj)) and np.isfinite(rr)):
                 quantity = "residuals" if not np.isfinite(rr) else "Jacobian"
-                last = unravel(jnp.asarray(theta, dtype=flat.dtype))
-                history = History(
-                    loss=np.asarray(losses, dtype=np.float64),
-                    params=jax.tree.map(
-                        lambda *xs: np.stack([np.asarray(x) for x in xs]), *snapshots
-                    )
-                    if snapshots
-                    else jax.tree.map(lambda p: np.zeros((0,) + p.shape, p.dtype), params),
-                )
+                if path is not None:
+                    diverged = {"epoch": it, "quantity": quantity, "member": None}
+                    save(theta, lam, key, it, "diverged", {"diverged": diverged})
                 raise FitDivergedError(
                     f"The Levenberg-Marquardt fit diverged in iteration {it}: the {quantity} at "
                     "the current parameters became non-finite. The last finite parameters are "
-                    "in err.last_finite_model and err.result.",
+                    "in err.last_finite_model and err.result"
+                    + ("" if path is None else f", and saved in {path}")
+                    + ".",
                     epoch=it,
                     quantity=quantity,
                     member=None,
-                    result=FitResult(
-                        eqx.combine(last, static), history, traces[0], time.perf_counter() - start
-                    ),
+                    result=result(theta, it),
+                    checkpoint=None if path is None else str(path),
                 )
             diag = np.diag(jtj).copy()
             scale = max(diag.max(), np.finfo(np.float64).tiny)
-            if lam is None:
+            if np.isnan(lam):
                 lam = damping * scale
             accepted = False
             for _ in range(30):
@@ -186,20 +269,30 @@ def fit_least_squares(
                     break
                 lam *= 4.0
             loss = rr / max(cnt, 1)
-            losses.append(np.asarray(loss))
-            snapshots.append(unravel(jnp.asarray(theta, dtype=flat.dtype)))
+            losses[it] = loss
+            for buf, leaf in zip(history_leaves, jax.tree.leaves(as_params(theta))):
+                buf[it] = np.asarray(leaf)
+            key, done = new_key, it + 1
+            converged = not accepted or loss < tol
             bar.update(1, loss=float(loss), damping=f"{lam / scale:.1e}")
             logger.debug("LM iteration %d: loss %.3e, lambda %.2e", it, loss, lam)
-            stop = callback is not None and callback(
-                it, float(loss), eqx.combine(snapshots[-1], static)
-            )
-            if not accepted or loss < tol or stop:
+            if path is not None and (
+                converged or done == iterations or done % checkpoint_every == 0
+            ):
+                status = (
+                    "converged" if converged else "finished" if done == iterations else "running"
+                )
+                save(theta, lam, key, done, status)
+            if callback is not None and callback(
+                it, float(loss), eqx.combine(as_params(theta), static)
+            ):
+                if path is not None and not converged and done < iterations:
+                    save(theta, lam, key, done, "stopped")
                 break
+    except KeyboardInterrupt:
+        if path is not None:
+            save(theta, lam, key, done, "interrupted")
+        raise
     finally:
         bar.close()
-    params = unravel(jnp.asarray(theta, dtype=flat.dtype))
-    history = History(
-        loss=np.stack(losses),
-        params=jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *snapshots),
-    )
-    return FitResult(eqx.combine(params, static), history, traces[0], time.perf_counter() - start)
+    return result(theta, done)

@@ -280,3 +280,35 @@ def test_example_writes_a_run_folder(tmp_path):
         "weights.png",
     ]
     assert summary["epochs"] == 4
+
+
+def test_levenberg_marquardt_stopped_fit_resumes_exactly(tmp_path):
+    layer, data = problem()
+
+    def fit(**kw):
+        return mp.fit_least_squares(
+            layer,
+            data,
+            residuals=mp.losses.activity_residuals,
+            iterations=5,
+            batch_size=3,
+            chunk_size=3,
+            key=jax.random.key(4),
+            progress=False,
+            tol=0.0,
+            **kw,
+        )
+
+    reference = fit()
+    fit(checkpoint_dir=tmp_path, callback=lambda it, *_: it == 1)
+    assert mp.load_checkpoint(tmp_path, layer)[1]["status"] == "stopped"
+    with pytest.raises(mp.CheckpointError, match="fitting method"):
+        run(tmp_path, resume=True, epochs=5)  # a gradient fit cannot continue it
+    iterations_run = []
+    resumed = fit(
+        checkpoint_dir=tmp_path, resume=True, callback=lambda it, *_: iterations_run.append(it)
+    )
+    assert iterations_run == [2, 3, 4] and resumed.n_traces == 1
+    assert_bitwise_equal(resumed.model, reference.model)
+    assert resumed.history.loss.tobytes() == reference.history.loss.tobytes()
+    assert_bitwise_equal(resumed.history.params, reference.history.params)
