@@ -92,8 +92,28 @@ def array_digest(tree: PyTree) -> str:
     return h.hexdigest()[:32]
 
 
+def _is_key(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _storable(tree: PyTree) -> PyTree:
+    """Typed PRNG keys (e.g. in optax.add_noise's state) as their raw key data."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _restore_keys(loaded: PyTree, like: PyTree) -> PyTree:
+    return jax.tree.map(
+        lambda new, old: (
+            jax.random.wrap_key_data(new, impl=jax.random.key_impl(old)) if _is_key(old) else new
+        ),
+        loaded,
+        like,
+    )
+
+
 def write_checkpoint(path: str | os.PathLike, state: PyTree, header: dict[str, Any]) -> None:
     """Write `state` and `header` atomically to `path`."""
+    state = _storable(state)
     buf = io.BytesIO()
     eqx.tree_serialise_leaves(buf, state)
     payload = buf.getvalue()
@@ -176,6 +196,7 @@ def load_state(
     """Deserialise a verified payload into the structure of `like`; refuse it (raising
     `CheckpointError`) unless every leaf has the expected path, shape and dtype. With
     `prefix=True`, `like` describes only the first leaves of the file."""
+    original, like = like, _storable(like)
     expected = leaf_signature(like)
     saved = header.get("leaves")
     if not isinstance(saved, list):
@@ -190,4 +211,4 @@ def load_state(
         raise CheckpointError(f"Checkpoint {path} cannot be read: {err}.") from err
     if (not prefix and f.tell() != len(payload)) or leaf_signature(state) != expected:
         raise CheckpointError(f"Checkpoint {path} holds data this fit does not expect.")
-    return state
+    return _restore_keys(state, original)

@@ -197,7 +197,6 @@ def test_ensemble_stopped_or_interrupted_fits_resume_exactly(tmp_path):
             models,
             data,
             loss=lambda m, b: jnp.sum((m["theta"] - jnp.mean(b["z"], 0) / 10) ** 2),
-            optimizer=optax.adam(0.1),
             filter_spec={"theta": True},
             epochs=6,
             batch_size=4,
@@ -205,11 +204,18 @@ def test_ensemble_stopped_or_interrupted_fits_resume_exactly(tmp_path):
             data_ensemble_axis=None,
             progress=False,
             key=jax.random.key(3),
-            **kw,
+            **{"optimizer": optax.adam(0.1), **kw},
         )
 
     reference = fit()
     assert reference.history.loss.shape == (6, 3)
+    # An optimizer state holding typed PRNG keys (gradient noise) is saved and restored too.
+    noisy = optax.chain(optax.add_noise(0.01, 0.55, jax.random.key(1)), optax.adam(0.1))
+    noisy_reference = fit(optimizer=noisy)
+    fit(optimizer=noisy, checkpoint_dir=tmp_path / "c", callback=lambda e, *_: e == 1)
+    noisy_resumed = fit(optimizer=noisy, checkpoint_dir=tmp_path / "c", resume=True)
+    assert_bitwise_equal(noisy_resumed.model, noisy_reference.model)
+    assert not np.array_equal(noisy_resumed.model["theta"], reference.model["theta"])
     stopped = fit(checkpoint_dir=tmp_path / "a", callback=lambda e, *_: e == 2)
     assert stopped.history.loss.shape == (3, 3)
     assert (
