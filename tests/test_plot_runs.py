@@ -168,3 +168,15 @@ def test_run_records_history_figures_and_failures(tmp_path):
         runs.create_run(tmp_path, name="../escape")
     with pytest.raises(mp.MetaplasticError, match="plain file name"):
         run.write_json("../x.json", {})
+
+
+def test_sweep_progress_and_logging_without_tqdm(monkeypatch, capsys, caplog):
+    assert list(runs.track(range(3), desc="sweep")) == [0, 1, 2]
+    assert "sweep" in capsys.readouterr().err
+    assert list(runs.track(iter("ab"), progress=False)) == ["a", "b"]
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with caplog.at_level("INFO", logger="metaplastic"):
+        assert list(runs.track(range(2), desc="grid")) == [0, 1]
+    assert capsys.readouterr().err == ""
+    assert "grid: 2/2 run" in caplog.text
