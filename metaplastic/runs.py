@@ -74,6 +74,7 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 class Run:
     """One run's folder. Make it with `create_run`; use it as a context manager so that a
     failure is recorded in `summary.json` too."""

@@ -180,7 +180,7 @@ def dataset_contract(
     """What the documented field shapes promise, checked with jaxtyping."""
 
 
-@FUZZ
+@settings(FUZZ, max_examples=60)  # each accepted dataset traces a loss
 @given(args=dataset_inputs())
 def test_random_activity_datasets(args):
     inputs, activity, w0, kwargs = args

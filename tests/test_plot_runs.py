@@ -168,6 +168,8 @@ def test_run_records_history_figures_and_failures(tmp_path):
         runs.create_run(tmp_path, name="../escape")
     with pytest.raises(mp.MetaplasticError, match="plain file name"):
         run.write_json("../x.json", {})
+    with pytest.raises(mp.MetaplasticError, match="plain file name"):
+        run.write_json(3, {})
 
 
 def test_sweep_progress_and_logging_without_tqdm(monkeypatch, capsys, caplog):
