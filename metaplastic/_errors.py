@@ -1,4 +1,15 @@
-"""The library's own error type."""
+"""The library's own error types.
+
+Every public entry point that takes user input (the rule, layer, readout and dataset
+constructors, `simulate`, `generate_activity`, `fit`, `fit_least_squares`) checks that input
+itself and raises `MetaplasticError`. Those entry points are marked `typing.no_type_check`, so
+a runtime type checker (the jaxtyping import hook of the test run) leaves them alone: bad input
+gives the same clear `MetaplasticError` with or without it, never a checker's or JAX's
+traceback. Their jaxtyping annotations document the expected shapes; the arrays they store are
+checked against those shapes by the tests.
+"""
+
+from typing import Any
 
 
 class MetaplasticError(ValueError):
@@ -6,3 +17,60 @@ class MetaplasticError(ValueError):
 
     A subclass of `ValueError`, so `except ValueError` also catches it.
     """
+
+
+class CheckpointError(MetaplasticError):
+    """A checkpoint file is missing, corrupted, truncated or does not fit this fit; nothing
+    of it was loaded."""
+
+
+class FitDivergedError(MetaplasticError):
+    """The loss or a trained parameter became NaN or infinite during a fit.
+
+    **Attributes:**
+
+    - `epoch`: the epoch (counting from 0, as the fit's callback does) in which it happened.
+    - `quantity`: the first non-finite quantity, e.g. `"loss"` or `"parameter .rule.coefficients"`.
+    - `member`: the ensemble member, or `None` for a single fit.
+    - `result`: a `FitResult` holding the last finite model and the history up to it.
+    - `checkpoint`: the checkpoint file holding that state, or `None` without checkpointing.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        epoch: int,
+        quantity: str,
+        member: int | None,
+        result: Any,
+        checkpoint: str | None = None,
+    ):
+        super().__init__(message)
+        self.epoch = epoch
+        self.quantity = quantity
+        self.member = member
+        self.result = result
+        self.checkpoint = checkpoint
+
+    @property
+    def last_finite_model(self) -> Any:
+        """The model after the last epoch whose loss and parameters were all finite."""
+        return self.result.model
+
+
+class MissingDependencyError(MetaplasticError, ImportError):
+    """An optional dependency (an extra such as `metaplastic[plot]`) is not installed."""
+
+
+def require(module: str, extra: str, purpose: str) -> Any:
+    """Import an optional dependency, or raise `MissingDependencyError` naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"{purpose} needs the optional dependency {module.split('.')[0]!r}, which is not "
+            f"installed. Install it with: pip install metaplastic[{extra}]"
+        ) from err

@@ -8,8 +8,12 @@ a few iterations.
 """
 
 import logging
+import os
 import time
+import typing
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -19,17 +23,34 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
-from ._errors import MetaplasticError
-from ._fit import FitResult, History, _leading_size, rule_filter_spec
+from . import _checkpoint as ckpt
+from ._errors import FitDivergedError, MetaplasticError
+from ._fit import (
+    CHECKPOINT_FILE,
+    FitResult,
+    History,
+    _check_key,
+    _key_data,
+    _key_from_data,
+    _leading_size,
+    _path_names,
+    check_scalar_options,
+    checkpoint_config,
+    open_checkpoint,
+    preflight,
+    rule_filter_spec,
+)
+from ._progress import Progress
 from ._types import Key
 
 
 logger = logging.getLogger("metaplastic")
 
 # Damping factors tried in parallel at every iteration, relative to the current damping.
-_TRIALS = jnp.array([0.1, 1.0, 10.0, 100.0, 1e4])
+_TRIALS = (0.1, 1.0, 10.0, 100.0, 1e4)
 
 
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def fit_least_squares(
     model: PyTree,
     data: PyTree,
@@ -47,6 +68,9 @@ def fit_least_squares(
     callback: Callable[[int, float, PyTree], bool | None] | None = None,
     ensemble: bool = False,
     data_ensemble_axis: int | None = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
 ) -> FitResult:
     """Fit the trainable parameters of `model` by Levenberg–Marquardt on `Σ residuals²`.
 
@@ -55,7 +79,8 @@ def fit_least_squares(
     the batch), solves the damped systems `(JᵀJ + λ·I) δ = −Jᵀr` for several λ at once, and
     keeps the step that lowers the loss most (or none). The damping is isotropic, so
     directions that the data barely constrain stay near their starting value instead of
-    wandering along a flat valley. The whole iteration is one jitted function, traced once.
+    wandering along a flat valley. The whole iteration is one jitted function, traced once,
+    so seeds or grid cells can be fitted together as a vmapped ensemble.
 
     Run it under `jax.enable_x64(True)` when the problem is badly conditioned: float32
     normal equations cannot resolve nearly collinear monomials.
@@ -69,20 +94,42 @@ def fit_least_squares(
     - `batch_size`: trajectories per iteration, a fresh random subset each time (`None`: all).
     - `chunk_size`: trajectories per forward-mode Jacobian evaluation; must divide the batch.
     - `damping`: the initial λ, relative to the largest diagonal entry of `JᵀJ`.
-    - `l2`: a ridge penalty `l2 · Σθ²` added to the mean squared residual, which keeps
-      coefficients that the data cannot pin down (e.g. under measurement noise) near zero.
-    - `tol`: stop once the mean squared residual falls below this value.
+    - `l2`: a ridge penalty `l2 · Σθ²` added to the mean squared residual.
+    - `tol`: stop once the mean squared residual of every fit falls below this value.
+    - `checkpoint_dir`, `checkpoint_every`, `resume`: as in `fit` (default: a checkpoint
+      after every iteration); the resumed fit ends exactly where an uninterrupted one does.
+
+    An iteration whose Jacobian overflows (non-finite) leaves that fit's parameters unchanged
+    and raises its damping; the parameters themselves are never replaced by non-finite ones.
 
     **Returns:**
 
     A `FitResult`; `history.loss` holds the mean squared residual (over every entry the
-    residual function returns, masked ones included as zeros) after each iteration.
+    residual function returns, masked ones included as zeros) after each iteration, with a
+    trailing member axis for an ensemble.
     """
     start = time.perf_counter()
-    if key is None:
-        key = jr.key(0)
-    if not isinstance(iterations, int) or iterations < 1:
-        raise MetaplasticError(f"iterations must be a positive integer, got {iterations!r}.")
+    check_scalar_options(
+        checkpoint_every=checkpoint_every,
+        iterations=iterations,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        damping=damping,
+        tol=tol,
+    )
+    if not damping > 0:
+        raise MetaplasticError(f"damping must be positive, got {damping!r}.")
+    if not (isinstance(l2, (int, float)) and l2 >= 0):
+        raise MetaplasticError(f"l2 must be a non-negative number, got {l2!r}.")
+    if not callable(residuals):
+        raise MetaplasticError(
+            f"residuals must be a function residuals(model, batch), got {residuals!r}."
+        )
+    key = _check_key(key)
+    if resume and checkpoint_dir is None:
+        raise MetaplasticError("resume=True needs a checkpoint_dir to resume from.")
+    if checkpoint_every is None:
+        checkpoint_every = 1
     if filter_spec is None:
         filter_spec = rule_filter_spec(model)
     params, static = eqx.partition(model, filter_spec)
@@ -91,14 +138,25 @@ def fit_least_squares(
         template = jax.tree.map(lambda a: a[0], params)
         _, unravel = ravel_pytree(template)
         flat = jax.vmap(lambda p: ravel_pytree(p)[0])(params)
+        members = (flat.shape[0],)
     else:
         flat, unravel = ravel_pytree(params)
+        members = ()
     if flat.size == 0:
         raise MetaplasticError("filter_spec selects no trainable array in the model.")
     n = _leading_size(data, 1 if data_axis == 0 else 0)
     batch = n if batch_size is None else min(batch_size, n)
     if batch % chunk_size:
         raise MetaplasticError(f"chunk_size {chunk_size} must divide the batch size {batch}.")
+    out = preflight(
+        lambda p, d: residuals(eqx.combine(p, static), d),
+        params,
+        data,
+        np.arange(chunk_size),
+        in_axes=(0, data_axis) if ensemble else None,
+    )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise MetaplasticError(f"residuals must return floating-point values, got {out.dtype}.")
     traces = [0]
 
     def res_fn(theta, d):
@@ -120,13 +178,13 @@ def fit_least_squares(
         jtj, jtr, rr, cnt = jtj.sum(0), jtr.sum(0), rr.sum(), cnt.sum()
         # The ridge term, scaled so that it weighs against the *mean* squared residual.
         ridge = l2 * jnp.maximum(cnt, 1)
-        jtj = jtj + ridge * jnp.eye(theta.size, dtype=jtj.dtype)
+        eye = jnp.eye(theta.size, dtype=jtj.dtype)
+        jtj = jtj + ridge * eye
         jtr = jtr + ridge * theta
         rr = rr + ridge * theta @ theta
         scale = jnp.maximum(jnp.max(jnp.diag(jtj)), jnp.finfo(jtj.dtype).tiny)
         lam = jnp.where(lam > 0, lam, damping * scale)
-        lams = lam * _TRIALS.astype(jtj.dtype)
-        eye = jnp.eye(theta.size, dtype=jtj.dtype)
+        lams = lam * jnp.asarray(_TRIALS, jtj.dtype)
         steps = jax.vmap(lambda lm: -jnp.linalg.solve(jtj + lm * eye, jtr))(lams)
         cand = theta + steps
         sub = take(d, idx)
@@ -142,27 +200,112 @@ def fit_least_squares(
         # Move the damping towards the step that worked; raise it sharply if none did.
         lam = jnp.where(improved, lams[best] / 3.0, lam * 1e3)
         loss = jnp.where(improved, new_rr[best], rr) / jnp.maximum(cnt, 1)
-        return theta, lam, loss, improved, finite
+        return theta, lam, loss, finite, jnp.isfinite(rr)
 
     if ensemble:
         iteration = jax.vmap(iteration, in_axes=(0, 0, data_axis, None))
-        lam = jnp.zeros(flat.shape[0], flat.dtype)
-    else:
-        lam = jnp.zeros((), flat.dtype)
     step = jax.jit(iteration)
+    unravel_all = jax.vmap(unravel) if ensemble else unravel
 
-    theta = flat
-    losses, snapshots = [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    theta = np.asarray(flat)
+    lam = np.zeros(members, theta.dtype)  # zero: set from the first Jacobian
+    losses = np.zeros((iterations,) + members, theta.dtype)
+    history_params = jax.tree.map(lambda p: np.zeros((iterations,) + p.shape, p.dtype), params)
+    history_leaves = jax.tree.leaves(history_params)
 
-        bar = tqdm(total=iterations, desc="fit (Levenberg-Marquardt)", unit="it", leave=False)
+    def as_params(t):
+        return unravel_all(jnp.asarray(t))
+
+    def result(t, done):
+        history = History(
+            loss=losses[:done].copy(),
+            params=jax.tree.map(lambda buf: buf[:done].copy(), history_params),
+        )
+        model_t = eqx.combine(as_params(t), static)
+        return FitResult(model_t, history, traces[0], time.perf_counter() - start)
+
+    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
+    config: dict[str, Any] = {}
+    if path is not None:
+        config = checkpoint_config(
+            model,
+            data,
+            key,
+            _path_names(params),
+            method="levenberg-marquardt",
+            n_trajectories=n,
+            batch_size=batch,
+            chunk_size=chunk_size,
+            damping=float(damping),
+            l2=float(l2),
+            tol=float(tol),
+            ensemble=bool(ensemble),
+        )
+
+    def state_tree(t, lam_, k, done):
+        model_arrays = eqx.filter(eqx.combine(as_params(t), static), eqx.is_array)
+        hist = jax.tree.map(lambda buf: buf[:done], history_params)
+        return (model_arrays, losses[:done], hist, _key_data(k), np.asarray(t), np.asarray(lam_))
+
+    def save(t, lam_, k, done, status, extra=None):
+        header = {
+            "epoch": done,
+            "epochs": iterations,
+            "status": status,
+            "config": config,
+            "loss_shape": list(members),
+            "loss_dtype": str(losses.dtype),
+        }
+        header.update(extra or {})
+        ckpt.write_checkpoint(path, state_tree(t, lam_, k, done), header)
+
+    done, converged = 0, False
+    opened = open_checkpoint(path, resume, config, iterations)
+    if opened is not None:
+        header, payload = opened
+        done = int(header["epoch"])
+        like = state_tree(theta, lam, key, done)
+        _, l_saved, h_saved, k_saved, theta, lam = ckpt.load_state(path, header, payload, like)
+        theta, lam = np.asarray(theta), np.asarray(lam)
+        key = _key_from_data(k_saved, key)
+        losses[:done] = l_saved
+        for buf, saved in zip(history_leaves, jax.tree.leaves(h_saved)):
+            buf[:done] = saved
+        converged = header.get("status") == "converged"
+        logger.info("fit_least_squares: resuming from %s at iteration %d", path, done)
+
+    bar = Progress(
+        iterations, desc="fit (Levenberg-Marquardt)", unit="it", enabled=progress, initial=done
+    )
     try:
-        for it in range(iterations):
-            key, sub = jr.split(key)
+        while done < iterations and not converged:
+            it = done
+            new_key, sub = jr.split(key)
             idx = jnp.arange(n) if batch == n else jr.choice(sub, n, (batch,), replace=False)
-            theta, lam, loss, improved, finite = step(theta, lam, data, idx)
+            new_theta, new_lam, loss, finite, rr_finite = step(
+                jnp.asarray(theta), jnp.asarray(lam), data, idx
+            )
+            if not np.all(np.asarray(rr_finite)):
+                # The residuals themselves are non-finite at the current parameters: no step
+                # can be judged, so stop and hand back these (finite) parameters.
+                member = None if not ensemble else int(np.argmin(np.asarray(rr_finite)))
+                if path is not None:
+                    diverged = {"epoch": it, "quantity": "residuals", "member": member}
+                    save(theta, lam, key, it, "diverged", {"diverged": diverged})
+                raise FitDivergedError(
+                    f"The Levenberg-Marquardt fit diverged in iteration {it}"
+                    + ("" if member is None else f" (ensemble member {member})")
+                    + ": the residuals at the current parameters are non-finite. The last "
+                    "finite parameters are in err.last_finite_model and err.result"
+                    + ("" if path is None else f", and saved in {path}")
+                    + ".",
+                    epoch=it,
+                    quantity="residuals",
+                    member=member,
+                    result=result(theta, it),
+                    checkpoint=None if path is None else str(path),
+                )
+            theta, lam, loss = np.asarray(new_theta), np.asarray(new_lam), np.asarray(loss)
             if not np.all(np.asarray(finite)):
                 logger.warning(
                     "iteration %d: non-finite Jacobian or residuals for %d fit(s); their "
@@ -170,30 +313,30 @@ def fit_least_squares(
                     it,
                     int(np.sum(~np.asarray(finite))),
                 )
-            loss_np = np.asarray(loss)
-            losses.append(loss_np)
-            snapshots.append(theta)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(np.max(loss_np)):.3g}")
-            logger.debug("LM iteration %d: loss %s", it, loss_np)
-            model_now = None
-            if callback is not None:
-                p = (jax.vmap(unravel) if ensemble else unravel)(theta)
-                model_now = eqx.combine(p, static)
-            if model_now is not None and callback(it, float(np.mean(loss_np)), model_now):
+            losses[it] = loss
+            for buf, leaf in zip(history_leaves, jax.tree.leaves(as_params(theta))):
+                buf[it] = np.asarray(leaf)
+            key, done = new_key, it + 1
+            converged = bool(np.all(loss < tol))
+            bar.update(1, loss=float(np.max(loss)))
+            logger.debug("LM iteration %d: loss %s", it, loss)
+            if path is not None and (
+                converged or done == iterations or done % checkpoint_every == 0
+            ):
+                status = (
+                    "converged" if converged else "finished" if done == iterations else "running"
+                )
+                save(theta, lam, key, done, status)
+            if callback is not None and callback(
+                it, float(np.mean(loss)), eqx.combine(as_params(theta), static)
+            ):
+                if path is not None and not converged and done < iterations:
+                    save(theta, lam, key, done, "stopped")
                 break
-            if np.all(loss_np < tol):
-                break
+    except KeyboardInterrupt:
+        if path is not None:
+            save(theta, lam, key, done, "interrupted")
+        raise
     finally:
-        if bar is not None:
-            bar.close()
-    unravel_all = jax.vmap(unravel) if ensemble else unravel
-    history = History(
-        loss=np.stack(losses),
-        params=jax.tree.map(
-            lambda *xs: np.stack([np.asarray(x) for x in xs]), *[unravel_all(s) for s in snapshots]
-        ),
-    )
-    model = eqx.combine(unravel_all(theta), static)
-    return FitResult(model, history, traces[0], time.perf_counter() - start)
+        bar.close()
+    return result(theta, done)

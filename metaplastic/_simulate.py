@@ -1,13 +1,17 @@
 """The scanned step loop of a plastic layer, and generation of activity datasets."""
 
+import typing
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ._errors import MetaplasticError
 from ._types import Key
 from .data import ActivityDataset
+from .data._activity import _real_array, float_dtype
 from .nn import ActivityReadout, PlasticDense
 
 
@@ -119,6 +123,7 @@ def simulate_dataset(
     )(data.initial_weights, data.inputs, data.rewards, data.step_mask)
 
 
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def generate_activity(
     layer: PlasticDense,
     inputs: Float[Array, "batch time n_in"],
@@ -134,8 +139,45 @@ def generate_activity(
 
     The recorded `ActivityDataset` and the true weight trajectories.
     """
-    batch, length = inputs.shape[:2]
-    rewards = jnp.zeros((batch, length), inputs.dtype) if rewards is None else rewards
+    if not isinstance(layer, PlasticDense):
+        raise MetaplasticError(f"layer must be a PlasticDense, got {type(layer).__name__}.")
+    if not isinstance(readout, ActivityReadout):
+        raise MetaplasticError(f"readout must be an ActivityReadout, got {type(readout).__name__}.")
+    if not (isinstance(key, jax.Array) and key.shape in ((), (2,))):
+        raise MetaplasticError(f"key must be one JAX PRNG key, got {key!r}.")
+    x = _real_array("inputs", inputs)
+    w0 = _real_array("initial_weights", initial_weights)
+    if x.ndim != 3 or 0 in x.shape:
+        raise MetaplasticError(
+            f"inputs must have shape (batch, time, n_in) with no empty axis, got {x.shape}."
+        )
+    batch, length, n_in = x.shape
+    if w0.ndim == 2:
+        w0 = np.broadcast_to(w0, (batch,) + w0.shape)
+    if w0.ndim != 3 or w0.shape[0] != batch or w0.shape[2] != n_in or w0.shape[1] < 1:
+        raise MetaplasticError(
+            f"initial_weights must have shape (batch={batch}, n_out, n_in={n_in}), got "
+            f"{np.shape(initial_weights)}."
+        )
+    if rewards is not None:
+        rewards = _real_array("rewards", rewards)
+        if rewards.shape != (batch, length):
+            raise MetaplasticError(
+                f"rewards must have shape (batch={batch}, time={length}), got {rewards.shape}."
+            )
+    if readout.mask is not None and readout.mask.shape != (w0.shape[1],):
+        raise MetaplasticError(
+            f"readout mask has shape {readout.mask.shape}, expected ({w0.shape[1]},) for "
+            f"{w0.shape[1]} neurons."
+        )
+    for name, arr in (("inputs", x), ("initial_weights", w0), ("rewards", rewards)):
+        if arr is not None and not np.all(np.isfinite(arr)):
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+            raise MetaplasticError(f"{name} holds a non-finite value at index {where}.")
+    dtype = float_dtype(x, w0)
+    inputs = jnp.asarray(x, dtype)
+    initial_weights = jnp.asarray(w0, dtype)
+    rewards = jnp.zeros((batch, length), dtype) if rewards is None else jnp.asarray(rewards, dtype)
     mask = jnp.ones((batch, length), bool)
     sim = jax.jit(jax.vmap(lambda w0, x, r, m: simulate(layer, w0, x, r, m, return_weights=True)))(
         initial_weights, inputs, rewards, mask

@@ -1,9 +1,52 @@
+import logging
+import typing
+from typing import Any
+
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from .._errors import MetaplasticError
+
+
+logger = logging.getLogger("metaplastic")
+
+
+def float_dtype(*arrays: np.ndarray) -> np.dtype:
+    """The floating-point dtype that holds all `arrays` (JAX's default float for integers),
+    as JAX will store it (float32 unless 64-bit mode is on)."""
+    dtype = np.result_type(*(a.dtype for a in arrays))
+    if dtype.kind != "f":
+        dtype = np.dtype(float)
+    return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def _real_array(name: str, value: Any) -> np.ndarray:
+    """`value` as a numpy array of real numbers (bool and int allowed), or `MetaplasticError`."""
+    if isinstance(value, jax.core.Tracer):
+        raise MetaplasticError(f"{name} must be a concrete array, not a traced value inside jit.")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise MetaplasticError(f"{name} must be an array of numbers: {err}") from None
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise MetaplasticError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
+    return arr
+
+
+def _mask_array(name: str, value: Any) -> np.ndarray:
+    """`value` as a numpy boolean array, or `MetaplasticError`."""
+    if isinstance(value, jax.core.Tracer):
+        raise MetaplasticError(f"{name} must be a concrete array, not a traced value inside jit.")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise MetaplasticError(f"{name} must be a boolean array: {err}") from None
+    if arr.dtype != bool:
+        raise MetaplasticError(f"{name} must be a boolean array (True = valid), got {arr.dtype}.")
+    return arr
 
 
 def _finite_where(name: str, values: np.ndarray, valid: np.ndarray) -> None:
@@ -34,19 +77,33 @@ class ActivityDataset(eqx.Module):
     neuron_mask: Bool[Array, "batch n_out"]
     rewards: Float[Array, "batch time"]
 
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def __init__(
         self,
         inputs: Float[ArrayLike, "batch time n_in"],
         activity: Float[ArrayLike, "batch time n_out"],
-        initial_weights: Float[ArrayLike, "batch n_out n_in"],
+        initial_weights: Float[ArrayLike, "batch n_out n_in"] | Float[ArrayLike, "n_out n_in"],
         *,
         step_mask: Bool[ArrayLike, "batch time"] | None = None,
         neuron_mask: Bool[ArrayLike, "batch n_out"] | Bool[ArrayLike, " n_out"] | None = None,
         rewards: Float[ArrayLike, "batch time"] | None = None,
     ):
-        inputs_np = np.asarray(inputs)
-        activity_np = np.asarray(activity)
-        w0 = np.asarray(initial_weights)
+        """**Arguments:**
+
+        - `inputs`: `(batch, time, n_in)`; `activity`: `(batch, time, n_out)`.
+        - `initial_weights`: `(batch, n_out, n_in)`, or `(n_out, n_in)` shared by all.
+        - `step_mask`: `(batch, time)` booleans, `True` on valid steps (default: all valid).
+        - `neuron_mask`: `(batch, n_out)` or `(n_out,)` booleans, `True` on recorded neurons.
+        - `rewards`: `(batch, time)`, zeros if `None`.
+
+        Raises `MetaplasticError` naming the array and index of any problem: wrong shapes or
+        dtypes, an empty dataset or trajectory, a trajectory without a valid step or recorded
+        neuron, or a NaN/Inf in an entry that the masks mark valid. Entries the masks mark
+        invalid are set to zero.
+        """
+        inputs_np = _real_array("inputs", inputs)
+        activity_np = _real_array("activity", activity)
+        w0 = _real_array("initial_weights", initial_weights)
         if inputs_np.ndim != 3:
             raise MetaplasticError(
                 f"inputs must have shape (batch, time, n_in), got {inputs_np.shape}."
@@ -56,48 +113,74 @@ class ActivityDataset(eqx.Module):
             raise MetaplasticError("The dataset is empty: inputs has 0 trajectories.")
         if t < 1:
             raise MetaplasticError("Trajectories must have at least one time step, got 0.")
+        if n_in < 1:
+            raise MetaplasticError("inputs must have at least one presynaptic neuron (n_in=0).")
         if activity_np.ndim != 3 or activity_np.shape[:2] != (b, t):
             raise MetaplasticError(
                 f"activity must have shape (batch={b}, time={t}, n_out), got {activity_np.shape}."
             )
         n_out = activity_np.shape[2]
-        if w0.ndim == 2:
+        if n_out < 1:
+            raise MetaplasticError("activity must have at least one neuron (n_out=0).")
+        if w0.ndim == 2 and w0.shape == (n_out, n_in):
             w0 = np.broadcast_to(w0, (b,) + w0.shape)
         if w0.shape != (b, n_out, n_in):
             raise MetaplasticError(
-                f"initial_weights must have shape (batch={b}, n_out={n_out}, n_in={n_in}), "
-                f"got {w0.shape}."
+                f"initial_weights must have shape (batch={b}, n_out={n_out}, n_in={n_in}) or "
+                f"(n_out={n_out}, n_in={n_in}), got {w0.shape}."
             )
-        sm = np.ones((b, t), bool) if step_mask is None else np.asarray(step_mask)
-        if sm.shape != (b, t) or sm.dtype != bool:
+        sm = np.ones((b, t), bool) if step_mask is None else _mask_array("step_mask", step_mask)
+        if sm.shape != (b, t):
             raise MetaplasticError(
                 f"step_mask must be a boolean array of shape ({b}, {t}), got {sm.dtype} {sm.shape}."
             )
         if not sm.any(axis=1).all():
             empty = int(np.argmin(sm.any(axis=1)))
             raise MetaplasticError(f"Trajectory {empty} has no valid step in step_mask.")
-        nm = np.ones((b, n_out), bool) if neuron_mask is None else np.asarray(neuron_mask)
-        if nm.ndim == 1:
+        nm = (
+            np.ones((b, n_out), bool)
+            if neuron_mask is None
+            else _mask_array("neuron_mask", neuron_mask)
+        )
+        if nm.ndim == 1 and nm.shape == (n_out,):
             nm = np.broadcast_to(nm, (b,) + nm.shape)
-        if nm.shape != (b, n_out) or nm.dtype != bool:
+        if nm.shape != (b, n_out):
             raise MetaplasticError(
                 f"neuron_mask must be a boolean array of shape ({n_out},) or ({b}, {n_out}), "
                 f"got {nm.dtype} {nm.shape}."
             )
-        rw = np.zeros((b, t), inputs_np.dtype) if rewards is None else np.asarray(rewards)
+        if not nm.any(axis=1).all():
+            empty = int(np.argmin(nm.any(axis=1)))
+            raise MetaplasticError(f"Trajectory {empty} records no neuron in neuron_mask.")
+        rw = (
+            np.zeros((b, t), inputs_np.dtype)
+            if rewards is None
+            else _real_array("rewards", rewards)
+        )
         if rw.shape != (b, t):
             raise MetaplasticError(f"rewards must have shape ({b}, {t}), got {rw.shape}.")
         _finite_where("inputs", inputs_np, np.broadcast_to(sm[:, :, None], inputs_np.shape))
         _finite_where("activity", activity_np, sm[:, :, None] & nm[:, None, :])
         _finite_where("initial_weights", w0, np.ones(w0.shape, bool))
         _finite_where("rewards", rw, sm)
-        self.inputs = jnp.asarray(np.where(sm[:, :, None], inputs_np, 0.0).astype(inputs_np.dtype))
+        single = np.flatnonzero(sm.sum(axis=1) == 1)
+        if len(single):
+            logger.warning(
+                "ActivityDataset: %d trajectory(ies) (the first is %d) have a single valid step; "
+                "activity before any plasticity step carries no information about the rule",
+                len(single),
+                int(single[0]),
+            )
+        dtype = float_dtype(inputs_np, activity_np, w0, rw)
         # Invalid entries are zeroed so that a NaN in padding can never leak into a gradient.
-        self.activity = jnp.asarray(np.where(sm[:, :, None] & nm[:, None, :], activity_np, 0.0))
-        self.initial_weights = jnp.asarray(w0)
+        self.inputs = jnp.asarray(np.where(sm[:, :, None], inputs_np, 0.0), dtype)
+        self.activity = jnp.asarray(
+            np.where(sm[:, :, None] & nm[:, None, :], activity_np, 0.0), dtype
+        )
+        self.initial_weights = jnp.asarray(w0, dtype)
         self.step_mask = jnp.asarray(sm)
         self.neuron_mask = jnp.asarray(nm)
-        self.rewards = jnp.asarray(np.where(sm, rw, 0.0))
+        self.rewards = jnp.asarray(np.where(sm, rw, 0.0), dtype)
 
     @property
     def n_trajectories(self) -> int:

@@ -1,10 +1,12 @@
+import typing
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from .._errors import MetaplasticError
-from ._activity import _finite_where
+from ._activity import _finite_where, _mask_array, _real_array
 
 
 class ChoiceDataset(eqx.Module):
@@ -34,6 +36,7 @@ class ChoiceDataset(eqx.Module):
     expected_rewards: Float[Array, "batch trials"]
     inputs: Float[Array, "batch trials presentations n_in"] | None
 
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def __init__(
         self,
         odours: Int[ArrayLike, "batch trials presentations"],
@@ -44,12 +47,12 @@ class ChoiceDataset(eqx.Module):
         expected_rewards: Float[ArrayLike, "batch trials"],
         inputs: Float[ArrayLike, "batch trials presentations n_in"] | None = None,
     ):
-        od = np.asarray(odours)
-        ch = np.asarray(choices, dtype=np.float64)
-        pm = np.asarray(presentation_mask)
-        tm = np.asarray(trial_mask)
-        rw = np.asarray(rewards, dtype=np.float64)
-        er = np.asarray(expected_rewards, dtype=np.float64)
+        od = _real_array("odours", odours)
+        ch = _real_array("choices", choices).astype(np.float64)
+        pm = _mask_array("presentation_mask", presentation_mask)
+        tm = _mask_array("trial_mask", trial_mask)
+        rw = _real_array("rewards", rewards).astype(np.float64)
+        er = _real_array("expected_rewards", expected_rewards).astype(np.float64)
         if od.ndim != 3:
             raise MetaplasticError(
                 f"odours must have shape (batch, trials, presentations), got {od.shape}."
@@ -96,7 +99,7 @@ class ChoiceDataset(eqx.Module):
             where = tuple(int(i) for i in np.argwhere(accepts > 1)[0])
             raise MetaplasticError(f"Trial {where} has more than one accepted presentation.")
         if inputs is not None:
-            x = np.asarray(inputs)
+            x = _real_array("inputs", inputs)
             if x.ndim != 4 or x.shape[:3] != (b, t, p):
                 raise MetaplasticError(
                     f"inputs must have shape ({b}, {t}, {p}, n_in), got {x.shape}."

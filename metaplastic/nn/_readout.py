@@ -1,7 +1,11 @@
+import math
+import typing
+
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Bool, Float
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from .._errors import MetaplasticError
 from .._types import Key
@@ -17,15 +21,41 @@ class ActivityReadout(eqx.Module):
 
     recorded_fraction: float = eqx.field(static=True)
     noise_std: float = eqx.field(static=True)
-    mask: Bool[Array, " n"] | None = None
+    mask: Bool[Array, " n"] | None
 
-    def __check_init__(self):
-        if not (0.0 < self.recorded_fraction <= 1.0):
-            raise MetaplasticError(
-                f"recorded_fraction must be in (0, 1], got {self.recorded_fraction}."
-            )
-        if not self.noise_std >= 0.0:
-            raise MetaplasticError(f"noise_std must be non-negative, got {self.noise_std}.")
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    def __init__(
+        self,
+        recorded_fraction: float = 1.0,
+        noise_std: float = 0.0,
+        mask: Bool[ArrayLike, " n"] | None = None,
+    ):
+        """**Arguments:**
+
+        - `recorded_fraction`: the fraction of neurons recorded, in (0, 1].
+        - `noise_std`: the standard deviation of the additive Gaussian noise, >= 0.
+        - `mask`: optionally, exactly which neurons are recorded, `(n,)` booleans; it takes
+          precedence over `recorded_fraction`.
+        """
+        for name, value in (("recorded_fraction", recorded_fraction), ("noise_std", noise_std)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise MetaplasticError(f"{name} must be a number, got {value!r}.")
+        if not (0.0 < recorded_fraction <= 1.0):
+            raise MetaplasticError(f"recorded_fraction must be in (0, 1], got {recorded_fraction}.")
+        if not (noise_std >= 0.0 and math.isfinite(noise_std)):
+            raise MetaplasticError(f"noise_std must be finite and non-negative, got {noise_std}.")
+        if mask is not None:
+            m = np.asarray(mask)
+            if m.dtype != bool or m.ndim != 1:
+                raise MetaplasticError(
+                    f"readout mask must be a 1-D boolean array, got {m.dtype} {m.shape}."
+                )
+            if not m.any():
+                raise MetaplasticError("readout mask records no neuron.")
+            mask = jnp.asarray(m)
+        self.recorded_fraction = float(recorded_fraction)
+        self.noise_std = float(noise_std)
+        self.mask = mask
 
     def neuron_mask(self, n: int, *, key: Key) -> Bool[Array, " n"]:
         """Which of `n` neurons are recorded: the explicit mask, or a random subset of

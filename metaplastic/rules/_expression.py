@@ -2,6 +2,10 @@
 
 import math
 import re
+import typing
+from typing import Any
+
+import numpy as np
 
 from .._errors import MetaplasticError
 
@@ -22,10 +26,29 @@ _TOKEN = re.compile(
 Monomial = tuple[int, ...]
 
 
+def as_factors(factors: Any) -> tuple[str, ...]:
+    """`factors` as a checked tuple: a tuple or list of distinct known factor names."""
+    if isinstance(factors, list):
+        factors = tuple(factors)
+    check_factors(factors)
+    return factors
+
+
+def check_order(order: Any) -> int:
+    """`order` as an int, or `MetaplasticError` unless it is a non-negative integer."""
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 0:
+        raise MetaplasticError(f"`order` must be a non-negative integer, got {order!r}.")
+    return int(order)
+
+
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def check_factors(factors: tuple[str, ...]) -> None:
     """Raise `MetaplasticError` unless `factors` is a non-empty tuple of distinct known factors."""
     if not isinstance(factors, tuple) or len(factors) == 0:
-        raise MetaplasticError(f"`factors` must be a non-empty tuple of names, got {factors!r}.")
+        raise MetaplasticError(
+            f"`factors` must be a non-empty tuple of names such as ('x', 'y', 'w'), got "
+            f"{factors!r}."
+        )
     for f in factors:
         if f not in KNOWN_FACTORS:
             raise MetaplasticError(
@@ -56,6 +79,7 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
     return tokens
 
 
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def parse_expression(text: str, factors: tuple[str, ...], order: int) -> dict[Monomial, float]:
     """Parse a polynomial expression into a map from exponent tuples to coefficients.
 
@@ -69,7 +93,8 @@ def parse_expression(text: str, factors: tuple[str, ...], order: int) -> dict[Mo
 
     A dict `{(a, b, ...): coefficient}`; repeated monomials are summed.
     """
-    check_factors(factors)
+    factors = as_factors(factors)
+    order = check_order(order)
     if not isinstance(text, str):
         raise MetaplasticError(f"A rule expression must be a string, got {type(text).__name__}.")
     tokens = _tokenize(text)

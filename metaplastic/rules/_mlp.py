@@ -1,3 +1,4 @@
+import typing
 from collections.abc import Callable
 
 import equinox as eqx
@@ -8,7 +9,7 @@ from jaxtyping import Array, Float
 from .._errors import MetaplasticError
 from .._types import Key, Post, Pre, Scalar, Weight
 from ._abstract import AbstractRule
-from ._expression import check_factors
+from ._expression import as_factors
 
 
 class MLPRule(AbstractRule):
@@ -21,6 +22,7 @@ class MLPRule(AbstractRule):
     mlp: eqx.nn.MLP
     factors: tuple[str, ...] = eqx.field(static=True)
 
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def __init__(
         self,
         factors: tuple[str, ...] = ("x", "y", "w", "r"),
@@ -38,12 +40,16 @@ class MLPRule(AbstractRule):
         - `activation`, `final_activation`: hidden and output non-linearities.
         - `key`: a JAX PRNG key for the initial parameters.
         """
-        factors = tuple(factors)
-        check_factors(factors)
-        if width < 1 or depth < 0:
+        factors = as_factors(factors)
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (width, depth))
+        if not ints or width < 1 or depth < 0:
             raise MetaplasticError(
-                f"MLPRule needs width >= 1 and depth >= 0, got {width}, {depth}."
+                f"MLPRule needs integers width >= 1 and depth >= 0, got {width!r}, {depth!r}."
             )
+        if not (callable(activation) and callable(final_activation)):
+            raise MetaplasticError("MLPRule activations must be functions such as jnp.tanh.")
+        if not (isinstance(key, jax.Array) and key.shape in ((), (2,))):
+            raise MetaplasticError(f"MLPRule needs one JAX PRNG key, got {key!r}.")
         self.factors = factors
         self.mlp = eqx.nn.MLP(
             in_size=len(factors),

@@ -1,5 +1,6 @@
 import itertools
 import math
+import typing
 
 import equinox as eqx
 import jax
@@ -11,7 +12,13 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 from .._errors import MetaplasticError
 from .._types import Key, Post, Pre, Scalar, Weight
 from ._abstract import AbstractRule
-from ._expression import check_factors, format_expression, format_monomial, parse_expression
+from ._expression import (
+    as_factors,
+    check_order,
+    format_expression,
+    format_monomial,
+    parse_expression,
+)
 
 
 _CANONICAL = ("x", "y", "w", "r")
@@ -22,6 +29,20 @@ def _powers(v: Array, order: int) -> list[Array]:
     for _ in range(order):
         out.append(out[-1] * v)
     return out
+
+
+def _as_real_array(value: typing.Any, name: str) -> Array:
+    """A JAX array of real numbers (bool and int are allowed), or `MetaplasticError`."""
+    if isinstance(value, jax.core.Tracer):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError) as err:
+            raise MetaplasticError(f"{name} must be an array of numbers: {err}") from None
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise MetaplasticError(f"{name} must be an array of real numbers, got dtype {arr.dtype}.")
+    return jnp.asarray(arr)
 
 
 class TaylorRule(AbstractRule):
@@ -39,6 +60,7 @@ class TaylorRule(AbstractRule):
     factors: tuple[str, ...] = eqx.field(static=True)
     order: int = eqx.field(static=True)
 
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def __init__(
         self,
         coefficients: Float[ArrayLike, "..."],
@@ -52,18 +74,31 @@ class TaylorRule(AbstractRule):
         - `factors`: tuple of distinct names from `"x"`, `"y"`, `"w"`, `"r"`.
         - `trainable`: optional boolean mask of the same shape; `False` freezes a term.
         """
-        factors = tuple(factors)
-        check_factors(factors)
-        coefficients = jnp.asarray(coefficients)
+        factors = as_factors(factors)
+        coefficients = _as_real_array(coefficients, "TaylorRule coefficients")
         if not jnp.issubdtype(coefficients.dtype, jnp.floating):
             coefficients = coefficients.astype(jnp.result_type(float))
         shape = coefficients.shape
-        if len(shape) != len(factors) or len(set(shape)) != 1:
+        if len(shape) != len(factors) or len(set(shape)) != 1 or 0 in shape:
             raise MetaplasticError(
                 f"TaylorRule coefficients must have shape (order+1,)*{len(factors)} for factors "
                 f"{factors!r}, got {shape}."
             )
+        if not isinstance(coefficients, jax.core.Tracer):
+            bad = np.argwhere(~np.isfinite(np.asarray(coefficients)))
+            if len(bad):
+                where = tuple(int(i) for i in bad[0])
+                raise MetaplasticError(
+                    f"TaylorRule coefficients must be finite; the term "
+                    f"{format_monomial(where, factors)!r} is {np.asarray(coefficients)[where]} "
+                    f"(in {coefficients.dtype})."
+                )
         if trainable is not None:
+            if isinstance(trainable, jax.core.Tracer) or np.asarray(trainable).dtype != bool:
+                raise MetaplasticError(
+                    "`trainable` must be a concrete boolean array (True: the term trains), got "
+                    f"{getattr(trainable, 'dtype', type(trainable).__name__)}."
+                )
             trainable = jnp.asarray(trainable, dtype=bool)
             if trainable.shape != shape:
                 raise MetaplasticError(
@@ -81,15 +116,15 @@ class TaylorRule(AbstractRule):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def zeros(cls, factors: tuple[str, ...] = ("x", "y", "w"), order: int = 2) -> "TaylorRule":
         """The zero rule (no plasticity) over `factors`, exponents `0..order`."""
-        factors = tuple(factors)
-        check_factors(factors)
-        if not isinstance(order, int) or order < 0:
-            raise MetaplasticError(f"`order` must be a non-negative integer, got {order!r}.")
+        factors = as_factors(factors)
+        order = check_order(order)
         return cls(jnp.zeros((order + 1,) * len(factors)), factors)
 
     @classmethod
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def random(
         cls,
         factors: tuple[str, ...] = ("x", "y", "w"),
@@ -100,9 +135,16 @@ class TaylorRule(AbstractRule):
     ) -> "TaylorRule":
         """A small random rule: coefficients drawn from N(0, scale²)."""
         rule = cls.zeros(factors, order)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)):
+            raise MetaplasticError(f"`scale` must be a number, got {scale!r}.")
+        if not (math.isfinite(scale) and scale >= 0):
+            raise MetaplasticError(f"`scale` must be finite and non-negative, got {scale!r}.")
+        if not (isinstance(key, jax.Array) and (key.shape == () or key.shape == (2,))):
+            raise MetaplasticError(f"`key` must be one JAX PRNG key, got {key!r}.")
         return cls(scale * jr.normal(key, rule.coefficients.shape), rule.factors)
 
     @classmethod
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def from_expression(
         cls, expression: str, factors: tuple[str, ...] = ("x", "y", "w"), order: int = 2
     ) -> "TaylorRule":
@@ -116,7 +158,9 @@ class TaylorRule(AbstractRule):
         coefficients = np.zeros(rule.coefficients.shape)
         for exps, value in terms.items():
             coefficients[exps] += value
-        return cls(jnp.asarray(coefficients, dtype=rule.coefficients.dtype), rule.factors)
+        with np.errstate(over="ignore"):  # an overflow is reported as a non-finite term
+            coefficients = coefficients.astype(rule.coefficients.dtype)
+        return cls(coefficients, rule.factors)
 
     # ------------------------------------------------------------------ inspection
     def _monomial(self, term: str) -> tuple[int, ...]:
@@ -125,6 +169,7 @@ class TaylorRule(AbstractRule):
             raise MetaplasticError(f"Expected a single monomial such as 'y^2*w', got {term!r}.")
         return next(iter(terms))
 
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def coefficient(self, term: str) -> float:
         """The coefficient of one monomial, e.g. `rule.coefficient("y^2*w")`."""
         return float(self.coefficients[self._monomial(term)])
@@ -159,14 +204,20 @@ class TaylorRule(AbstractRule):
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return f"TaylorRule({self.to_expression(tol=1e-6)!r}, factors={self.factors})"
 
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def mask(self, expression_terms: list[str] | tuple[str, ...]) -> Bool[np.ndarray, "..."]:
         """A boolean array that is `True` on the listed monomials, e.g. `["1", "r", "x", "x*r"]`;
         pass it as `trainable=` to fit only that family."""
+        if isinstance(expression_terms, str) or not isinstance(expression_terms, (list, tuple)):
+            raise MetaplasticError(
+                f"mask() takes a list of monomials such as ['x*y', 'w'], got {expression_terms!r}."
+            )
         out = np.zeros(self.coefficients.shape, dtype=bool)
         for term in expression_terms:
             out[self._monomial(term) if term != "1" else (0,) * len(self.factors)] = True
         return out
 
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def with_trainable(self, trainable: Bool[ArrayLike, "..."] | None) -> "TaylorRule":
         """The same rule with a new trainable mask (`None`: every term trains)."""
         return TaylorRule(self.coefficients, self.factors, trainable=trainable)

@@ -1,0 +1,259 @@
+"""Run records for examples and sweeps: one folder per run, every file written atomically.
+
+```python
+with metaplastic.runs.create_run("out", name="oja", config=vars(args)) as run:
+    result = metaplastic.fit(..., checkpoint_dir=run.path / "checkpoint")
+    run.log_history(result.history)
+    run.save_figure(metaplastic.plot.coefficient_trajectories(result.history), "coefficients.png")
+    run.finish({"loss": float(result.history.loss[-1])})
+```
+
+A run folder is named `<name>-<YYYYmmdd-HHMMSS>-<random suffix>` and created with an
+exclusive `mkdir`, so concurrent runs never share one; inside it, `config.json` (the full
+configuration with the library, JAX and Python versions and the backend), `metrics.csv` (one
+row per epoch or step), `summary.json` and the figures. Every file is written whole to a
+temporary file and renamed into place: a reader sees the previous version or the new one,
+never a torn file, and nothing is ever appended to a shared file.
+"""
+
+import csv
+import io
+import math
+import os
+import platform
+import re
+import secrets
+import sys
+import time
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._checkpoint import versions
+from ._errors import MetaplasticError
+from ._io import atomic_open, atomic_write_json, atomic_write_text, to_jsonable
+from ._progress import track as track
+
+
+__all__ = ["Run", "create_run", "history_rows", "read_metrics", "track"]
+
+
+def _environment() -> dict[str, Any]:
+    try:
+        devices = [str(d) for d in jax.devices()]
+    except RuntimeError:  # pragma: no cover - no backend at all
+        devices = []
+    return {
+        "versions": versions(),
+        "backend": jax.default_backend(),
+        "devices": devices,
+        "x64": bool(jax.config.jax_enable_x64),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "argv": list(sys.argv),
+        "pid": os.getpid(),
+    }
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value)) if math.isfinite(value) else str(float(value))
+    arr = np.asarray(value)
+    if arr.ndim == 0 and arr.dtype.kind in "biuf":
+        return _format(arr.item())
+    return str(value)
+
+
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+class Run:
+    """One run's folder. Make it with `create_run`; use it as a context manager so that a
+    failure is recorded in `summary.json` too."""
+
+    def __init__(self, path: Path, config: Mapping[str, Any]):
+        self.path = Path(path)
+        self.config = dict(config)
+        self.rows: list[dict[str, Any]] = []
+        self._columns: list[str] = []
+        self._start = time.perf_counter()
+        self._last_flush = time.perf_counter()
+        self.finished = False
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ metrics
+    def log(self, **metrics: Any) -> None:
+        """Add one row to `metrics.csv`, e.g. `run.log(epoch=3, loss=0.1)`. The file is
+        rewritten atomically at most every 10 seconds, by `flush()` and by `finish()`."""
+        for name in metrics:
+            if name not in self._columns:
+                self._columns.append(name)
+        self.rows.append(dict(metrics))
+        if time.perf_counter() - self._last_flush > 10.0:
+            self.flush()
+
+    def log_history(self, history: Any, *, prefix: str = "") -> None:
+        """Add one row per epoch of a fit's `History`: the loss and every Taylor coefficient
+        (named by its monomial; ensembles get one column per member)."""
+        for row in history_rows(history, prefix=prefix):
+            self.log(**row)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write `metrics.csv` now (atomically)."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self._columns)
+        for row in self.rows:
+            writer.writerow([_format(row.get(c)) for c in self._columns])
+        atomic_write_text(self.path / "metrics.csv", buf.getvalue())
+        self._last_flush = time.perf_counter()
+
+    # ------------------------------------------------------------------ files
+    def file(self, name: str) -> Path:
+        """The path of a file inside the run folder (no folders above it)."""
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise MetaplasticError(f"A run file needs a plain file name, got {name!r}.")
+        return self.path / name
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write a JSON file into the run folder (atomically)."""
+        path = self.file(name)
+        atomic_write_json(path, obj)
+        return path
+
+    def save_figure(self, figure: Any, name: str, **savefig_kwargs: Any) -> Path:
+        """Save a matplotlib figure into the run folder (atomically); the format follows the
+        name's suffix (default `.png`)."""
+        path = self.file(name if Path(name).suffix else name + ".png")
+        savefig_kwargs.setdefault("dpi", 150)
+        savefig_kwargs.setdefault("bbox_inches", "tight")
+        with atomic_open(path, "wb") as f:
+            figure.savefig(f, format=path.suffix[1:], **savefig_kwargs)
+        return path
+
+    def finish(self, summary: Mapping[str, Any] | None = None, *, status: str = "finished") -> Path:
+        """Write `metrics.csv` and `summary.json` (the given values, the status and the
+        seconds since the run started)."""
+        if self.rows:
+            self.flush()
+        record = {
+            "status": status,
+            "seconds": time.perf_counter() - self._start,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "summary": to_jsonable(dict(summary or {})),
+        }
+        self.finished = True
+        return self.write_json("summary.json", record)
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            status = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+            self.finish({"error": f"{exc_type.__name__}: {exc}"}, status=status)
+        elif not self.finished:
+            self.finish()
+
+
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+def create_run(
+    out_dir: str | os.PathLike = "out", name: str = "run", config: Mapping[str, Any] | None = None
+) -> Run:
+    """Create a new, unique run folder under `out_dir` and write its `config.json`.
+
+    **Arguments:**
+
+    - `out_dir`: the folder that holds run folders (created if needed).
+    - `name`: a short name for the run (letters, digits, `.`, `_`, `-`).
+    - `config`: the run's full configuration (JSON-able: numbers, strings, lists, dicts;
+      numpy and JAX values are converted).
+
+    **Returns:**
+
+    A `Run`.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+        raise MetaplasticError(
+            f"A run name must be 1-64 letters, digits, '.', '_' or '-', got {name!r}."
+        )
+    if config is not None and not isinstance(config, Mapping):
+        raise MetaplasticError(f"config must be a mapping, got {type(config).__name__}.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for _ in range(100):
+        path = out / f"{name}-{stamp}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir()  # exclusive: fails if another run took this name
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 collisions of a 24-bit random suffix
+        raise MetaplasticError(f"Could not create a unique run folder in {out}.")
+    run = Run(path, config or {})
+    record = {
+        "name": name,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": to_jsonable(dict(config or {})),
+    }
+    record.update(_environment())
+    run.write_json("config.json", record)
+    return run
+
+
+def history_rows(history: Any, *, prefix: str = "") -> list[dict[str, Any]]:
+    """One dict per epoch of a fit's `History`: `epoch` (from 1), `loss` and the coefficient
+    of every monomial of every Taylor rule in the trained parameters."""
+    from .rules import TaylorRule
+
+    loss = np.asarray(history.loss)
+    epochs = loss.shape[0]
+    columns: dict[str, np.ndarray] = {}
+
+    def add(name: str, values: np.ndarray) -> None:
+        values = values.reshape(epochs, -1)
+        if values.shape[1] == 1:
+            columns[prefix + name] = values[:, 0]
+        else:
+            for m in range(values.shape[1]):
+                columns[f"{prefix}{name}[{m}]"] = values[:, m]
+
+    add("loss", loss)
+    rules = [
+        leaf
+        for leaf in jax.tree.leaves(history.params, is_leaf=lambda n: isinstance(n, TaylorRule))
+        if isinstance(leaf, TaylorRule)
+    ]
+    from .rules._expression import format_monomial
+
+    for i, rule in enumerate(rules):
+        c = np.asarray(rule.coefficients)
+        k = len(rule.factors)
+        tag = f"rule{i}:" if len(rules) > 1 else ""
+        for exps in np.ndindex(*c.shape[c.ndim - k :]):
+            add(tag + format_monomial(exps, rule.factors), c[(Ellipsis, *exps)])
+    return [
+        {"epoch": e + 1, **{name: float(v[e]) for name, v in columns.items()}}
+        for e in range(epochs)
+    ]
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Read a run's `metrics.csv` (or the run folder's) as a list of dicts of strings."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.csv"
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

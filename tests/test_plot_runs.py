@@ -1,0 +1,184 @@
+import json
+import sys
+import threading
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+import metaplastic as mp
+from metaplastic import plot, runs
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_history(epochs=30, members=None):
+    """A History like fit's, with coefficients drifting towards Oja's rule."""
+    layer = mp.nn.PlasticDense(mp.TaylorRule.zeros())
+    params = eqx.partition(layer, mp.rule_filter_spec(layer))[0]
+    target = np.asarray(mp.rules.oja().coefficients)
+    progress = 1 - np.exp(-np.arange(1, epochs + 1) / 8)
+    coefficients = progress[:, None, None, None] * target
+    loss = np.exp(-np.arange(epochs) / 8)
+    if members is not None:
+        scale = np.linspace(0.8, 1.1, members)
+        coefficients = coefficients[:, None] * scale[None, :, None, None, None]
+        loss = loss[:, None] * scale
+    stacked = jax.tree.map(lambda _: coefficients, params)
+    return mp.History(loss=loss, params=stacked)
+
+
+def test_coefficient_trajectories(tmp_path):
+    path = tmp_path / "coefficients.png"
+    fig = plot.coefficient_trajectories(fake_history(), true_rule=mp.rules.oja(), top=3, path=path)
+    assert path.read_bytes().startswith(PNG)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:2] == ["y^2*w (true -1)", "x*y (true 1)"]
+    curve = next(line for line in ax.get_lines() if line.get_label() == "x*y (true 1)")
+    np.testing.assert_allclose(curve.get_ydata()[-1], 1 - np.exp(-30 / 8), rtol=1e-6)
+    # Ensembles: one thin line per member plus the median.
+    fig = plot.coefficient_trajectories(fake_history(members=3), terms=["x*y"])
+    assert len([line for line in fig.axes[0].get_lines() if line.get_alpha() == 0.25]) == 3
+    with pytest.raises(mp.MetaplasticError, match="Unknown terms"):
+        plot.coefficient_trajectories(fake_history(), terms=["x*q"])
+    with pytest.raises(mp.MetaplasticError, match="no trained Taylor-rule"):
+        plot.coefficient_trajectories(mp.History(loss=np.zeros(2), params={"a": np.zeros(2)}))
+
+
+def test_weight_trajectories(tmp_path):
+    rng = np.random.default_rng(0)
+    true = np.cumsum(rng.normal(size=(20, 3, 4)), axis=0)
+    fig = plot.weight_trajectories(true, true + 0.1, synapses=4, path=tmp_path / "w.svg")
+    assert (tmp_path / "w.svg").read_text().lstrip().startswith("<?xml")
+    assert "R² = 0.99" in fig.axes[1].get_title()
+    with pytest.raises(mp.MetaplasticError, match="share a shape"):
+        plot.weight_trajectories(true, true[:-1])
+    with pytest.raises(mp.MetaplasticError, match="NaN"):
+        plot.weight_trajectories(true, np.full_like(true, np.nan))
+
+
+def test_sweep_heatmap(tmp_path):
+    rows = [
+        {"noise_std": n, "recorded_fraction": f, "seed": s, "r2_weights": 1 - n / f + 0.01 * s}
+        for n in (0.0, 0.1)
+        for f in (0.5, 1.0)
+        for s in range(3)
+    ]
+    fig = plot.sweep_heatmap(rows, path=tmp_path / "heat.png")
+    assert (tmp_path / "heat.png").read_bytes().startswith(PNG)
+    image = fig.axes[0].get_images()[0].get_array()
+    np.testing.assert_allclose(image, [[1.01, 1.01], [0.81, 0.91]])  # medians of the seeds
+    assert "median of 3" in fig.axes[0].get_title()
+    columns = {k: [r[k] for r in rows] for k in rows[0]}
+    np.testing.assert_allclose(
+        plot.sweep_heatmap(columns).axes[0].get_images()[0].get_array(), image
+    )
+    with pytest.raises(mp.MetaplasticError, match="no column 'r2'"):
+        plot.sweep_heatmap(rows, value="r2")
+
+
+def test_coefficient_distributions_and_deviance(tmp_path):
+    rng = np.random.default_rng(1)
+    fits = [
+        mp.TaylorRule(mp.rules.oja().coefficients + 0.05 * rng.normal(size=(3, 3, 3)))
+        for _ in range(12)
+    ]
+    fig = plot.coefficient_distributions(
+        fits, top=4, true_rule=mp.rules.oja(), path=tmp_path / "d.png"
+    )
+    assert (tmp_path / "d.png").read_bytes().startswith(PNG)
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert set(ticks[:2]) == {"x*y", "y^2*w"}
+    assert len(fig.axes[0].collections) == 4  # one scatter of 12 flies per term
+    plot.coefficient_distributions({"x*r": rng.normal(size=9), "w": rng.normal(size=9)})
+    scores = {"Taylor": rng.normal(8, 1, 10), "MLP": rng.normal(9, 1, 10), "null": np.zeros(10)}
+    fig = plot.deviance_comparison(scores, path=tmp_path / "dev.pdf")
+    assert (tmp_path / "dev.pdf").read_bytes().startswith(b"%PDF")
+    bars = [p.get_height() for p in fig.axes[0].patches]
+    np.testing.assert_allclose(bars, [np.mean(v) for v in scores.values()])
+    with pytest.raises(mp.MetaplasticError, match="one score per fly"):
+        plot.deviance_comparison({"a": [1.0, 2.0], "b": [1.0]})
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(mp.MissingDependencyError, match=r"pip install metaplastic\[plot\]") as info:
+        plot.deviance_comparison({"a": [1.0]})
+    assert isinstance(info.value, ImportError) and isinstance(info.value, mp.MetaplasticError)
+
+
+def test_concurrent_runs_get_their_own_folders(tmp_path):
+    made, errors = [], []
+
+    def make(i):
+        try:
+            run = runs.create_run(tmp_path, name="sweep", config={"seed": i, "lr": np.float32(0.5)})
+            run.log(epoch=1, loss=float(i))
+            run.finish({"seed": i})
+            made.append(run)
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    folders = sorted(p for p in tmp_path.iterdir())
+    assert len(folders) == 16 and len({r.path for r in made}) == 16
+    for run in made:
+        config = json.loads((run.path / "config.json").read_text())
+        seed = config["config"]["seed"]
+        assert config["config"]["lr"] == 0.5
+        assert config["versions"]["metaplastic"] == mp.__version__
+        assert config["versions"]["jax"] == jax.__version__
+        assert config["backend"] == jax.default_backend()
+        assert runs.read_metrics(run.path) == [{"epoch": "1", "loss": repr(float(seed))}]
+        summary = json.loads((run.path / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["summary"] == {"seed": seed}
+        assert sorted(p.name for p in run.path.iterdir()) == [
+            "config.json",
+            "metrics.csv",
+            "summary.json",
+        ]
+
+
+def test_run_records_history_figures_and_failures(tmp_path):
+    history = fake_history(epochs=5)
+    with runs.create_run(tmp_path, name="oja", config={"epochs": 5}) as run:
+        run.log_history(history)
+        run.save_figure(plot.coefficient_trajectories(history), "coefficients")
+    rows = runs.read_metrics(run.path)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert float(rows[-1]["x*y"]) == pytest.approx(1 - np.exp(-5 / 8))
+    assert float(rows[0]["loss"]) == 1.0 and "y^2*w" in rows[0] and "1" in rows[0]
+    assert (run.path / "coefficients.png").read_bytes().startswith(PNG)
+    assert json.loads((run.path / "summary.json").read_text())["status"] == "finished"
+    with pytest.raises(RuntimeError):
+        with runs.create_run(tmp_path, name="broken") as failed:
+            raise RuntimeError("out of memory")
+    summary = json.loads((failed.path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "out of memory" in summary["summary"]["error"]
+    with pytest.raises(mp.MetaplasticError, match="run name"):
+        runs.create_run(tmp_path, name="../escape")
+    with pytest.raises(mp.MetaplasticError, match="plain file name"):
+        run.write_json("../x.json", {})
+    with pytest.raises(mp.MetaplasticError, match="plain file name"):
+        run.write_json(3, {})
+
+
+def test_sweep_progress_and_logging_without_tqdm(monkeypatch, capsys, caplog):
+    assert list(runs.track(range(3), desc="sweep")) == [0, 1, 2]
+    assert "sweep" in capsys.readouterr().err
+    assert list(runs.track(iter("ab"), progress=False)) == ["a", "b"]
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with caplog.at_level("INFO", logger="metaplastic"):
+        assert list(runs.track(range(2), desc="grid")) == [0, 1]
+    assert capsys.readouterr().err == ""
+    assert "grid: 2/2 run" in caplog.text
