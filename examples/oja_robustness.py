@@ -195,26 +195,47 @@ def _heatmaps(args, r2_grid, err_grid):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LogNorm, Normalize
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, values, title, cmap, vmin, vmax in [
-        (axes[0], r2_grid, "median R² of weights", "viridis", 0.0, 1.0),
-        (axes[1], err_grid, "median Oja coefficient error", "magma_r", 0.0, None),
-    ]:
-        im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    r2 = np.asarray(r2_grid)
+    err = np.maximum(np.asarray(err_grid), 1e-16)
+    panels = [
+        (
+            axes[0],
+            r2,
+            "median R² of weights (held out)",
+            "viridis",
+            Normalize(r2.min(), 1.0),
+            "{:.4f}",
+        ),
+        (
+            axes[1],
+            err,
+            "median Oja coefficient error",
+            "magma_r",
+            LogNorm(err.min(), err.max()),
+            "{:.2g}",
+        ),
+    ]
+    for ax, values, title, cmap, norm, fmt in panels:
+        im = ax.imshow(values, cmap=cmap, norm=norm, aspect="auto")
         ax.set_xticks(range(len(args.fractions)), [f"{f:g}" for f in args.fractions])
         ax.set_yticks(range(len(args.noises)), [f"{n:g}" for n in args.noises])
         ax.set(xlabel="recorded fraction", ylabel="noise (× activity std)", title=title)
         for i, row in enumerate(values):
             for j, v in enumerate(row):
+                rgba = im.cmap(norm(v))
+                dark = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
                 ax.text(
                     j,
                     i,
-                    f"{v:.2f}",
+                    fmt.format(v),
                     ha="center",
                     va="center",
                     fontsize=7,
-                    color="w" if (vmax and v < 0.5 * vmax) else "k",
+                    color="w" if dark else "k",
                 )
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
