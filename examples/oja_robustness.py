@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import time
+from pathlib import Path
 
 
 NOISES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -80,9 +81,12 @@ def main(argv=None):
     held_x = mp.tasks.gaussian_stimuli(n_in, length, n_trajectories=args.n_test, key=jr.key(10_000))
     held_w0 = 0.01 * jr.normal(jr.key(10_001), (args.n_test, n_out, n_in))
     seeds = list(range(args.seeds))
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "oja_robustness.csv")
-    rows = _read_rows(path) if args.resume and os.path.exists(path) else []
+    if args.resume:
+        run = mp.runs.Run(Path(args.resume), vars(args))
+    else:
+        run = mp.runs.create_run(args.out, name="oja_robustness", config=vars(args))
+    path = str(run.file("oja_robustness.csv"))
+    rows = _read_rows(path) if os.path.exists(path) else []
     done = {(r["noise"], r["recorded_fraction"]) for r in rows}
     for noise in args.noises:
         for fraction in args.fractions:
@@ -152,7 +156,7 @@ def main(argv=None):
 
     r2_grid, err_grid = grid("r2_weights"), grid("oja_error")
     try:
-        _heatmaps(args, r2_grid, err_grid)
+        _heatmaps(run, args, r2_grid, err_grid)
     except ImportError:
         pass
     summary = {
@@ -164,8 +168,10 @@ def main(argv=None):
         "median_r2_weights": r2_grid,
         "median_oja_error": err_grid,
         "csv": path,
+        "run": str(run.path),
         "seconds": time.perf_counter() - start,
     }
+    run.finish(summary)
     print(json.dumps(summary))
     return summary
 
@@ -190,7 +196,7 @@ def _read_rows(path):
     return rows
 
 
-def _heatmaps(args, r2_grid, err_grid):
+def _heatmaps(run, args, r2_grid, err_grid):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,7 +245,7 @@ def _heatmaps(args, r2_grid, err_grid):
                 )
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "oja_robustness.png"), dpi=120)
+    run.save_figure(fig, "oja_robustness.png", dpi=120)
     plt.close(fig)
 
 

@@ -12,7 +12,6 @@ activity matches the recording, then scored on held-out trajectories.
 
 import argparse
 import json
-import os
 import time
 
 
@@ -44,7 +43,7 @@ def parse_args(argv=None):
         "--float32", action="store_true", help="fit in float32 (default float64: see README)"
     )
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", default="out", help="folder for figures and the run record")
+    p.add_argument("--out", default="out", help="folder in which the run folder is created")
     return p.parse_args(argv)
 
 
@@ -158,22 +157,21 @@ def main(argv=None):
     ]
     summary["seconds"] = time.perf_counter() - start
 
-    os.makedirs(args.out, exist_ok=True)
-    try:
-        _figures(args, result, truth, curve)
-    except ImportError:
-        pass
-    with open(os.path.join(args.out, f"recover_oja_{args.rule}.json.tmp"), "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(
-        os.path.join(args.out, f"recover_oja_{args.rule}.json.tmp"),
-        os.path.join(args.out, f"recover_oja_{args.rule}.json"),
-    )
+    # A run folder of its own: config.json, metrics.csv (loss and parameters per
+    # iteration), summary.json and the figures.
+    with mp.runs.create_run(args.out, name=f"recover_oja_{args.rule}", config=vars(args)) as run:
+        run.log_history(result.history)
+        try:
+            _figures(run, args, result, truth, curve)
+        except ImportError:
+            pass
+        summary["run"] = str(run.path)
+        run.finish(summary)
     print(json.dumps(summary))
     return summary
 
 
-def _figures(args, result, truth, curve):
+def _figures(run, args, result, truth, curve):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,7 +211,7 @@ def _figures(args, result, truth, curve):
     axes[1].axhline(0.02, ls=":", c="k")
     axes[1].set(xlabel="wall time (s)", ylabel="max |θ − θ_Oja|", title="time to recovery")
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "recover_oja_taylor.png"), dpi=120)
+    run.save_figure(fig, "recover_oja_taylor.png", dpi=120)
     plt.close(fig)
 
 
