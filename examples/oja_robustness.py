@@ -38,7 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=5)
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument(
-        "--resume", action="store_true", help="keep the cells already in <out>/oja_robustness.csv"
+        "--resume",
+        default=None,
+        help="the run folder of an interrupted grid: keep its finished cells",
     )
     p.add_argument("--l2", type=float, default=0.0, help="ridge penalty on the coefficients")
     p.add_argument(
