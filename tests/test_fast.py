@@ -1,0 +1,227 @@
+"""The hand-written reverse pass of Taylor-rule layers against jax.grad and finite differences."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from helpers import finite_difference_grad
+
+import metaplastic as mp
+from metaplastic import _fast
+
+
+def padded_data(factors, *, n_in=4, n_out=5, length=13, key=jr.key(0)):
+    """Three trajectories of unequal length (padded, masked), some neurons unrecorded, and a
+    reward signal; the recorded activity is arbitrary."""
+    k = jr.split(key, 4)
+    inputs = mp.tasks.gaussian_stimuli(n_in, length, n_trajectories=3, std=0.5, key=k[0])
+    lengths = jnp.array([length, length - 4, 6])
+    step_mask = jnp.arange(length)[None, :] < lengths[:, None]
+    neuron_mask = jnp.ones((3, n_out), bool).at[1, 0].set(False)
+    return mp.data.ActivityDataset(
+        inputs,
+        jr.uniform(k[1], (3, length, n_out)),
+        0.3 * jr.normal(k[2], (3, n_out, n_in)),
+        step_mask=step_mask,
+        neuron_mask=neuron_mask,
+        rewards=jr.normal(k[3], (3, length)) if "r" in factors else None,
+    )
+
+
+def loss_of_coefficients(rule, data, *, eta=0.8, activation="sigmoid", **kwargs):
+    def loss(coefficients):
+        layer = mp.nn.PlasticDense(
+            mp.TaylorRule(coefficients, rule.factors, trainable=rule.trainable),
+            eta=eta,
+            activation=activation,
+        )
+        return mp.losses.activity_mse(layer, data, **kwargs)
+
+    return jax.jit(loss)
+
+
+@pytest.mark.parametrize(
+    "factors, activation, checkpoint",
+    [
+        (("x", "y", "w"), "sigmoid", False),
+        (("x", "y", "w", "r"), "tanh", True),
+        (("w", "x", "y", "r"), "sigmoid", 4),
+        (("y", "x"), "identity", 5),
+    ],
+)
+def test_gradient_matches_autodiff_and_finite_differences(x64, factors, activation, checkpoint):
+    data = padded_data(factors)
+    rule = mp.TaylorRule.random(factors, key=jr.key(1), scale=0.3)
+    fast = loss_of_coefficients(rule, data, activation=activation, checkpoint=checkpoint)
+    plain = loss_of_coefficients(
+        rule, data, activation=activation, checkpoint=checkpoint, fast_gradient=False
+    )
+    np.testing.assert_allclose(fast(rule.coefficients), plain(rule.coefficients), rtol=1e-12)
+    g_fast = np.asarray(jax.grad(fast)(rule.coefficients))
+    g_plain = np.asarray(jax.grad(plain)(rule.coefficients))
+    assert np.abs(g_plain).max() > 1e-3  # a real gradient, not a vacuous comparison
+    np.testing.assert_allclose(g_fast, g_plain, rtol=1e-9, atol=1e-13)
+    numeric = finite_difference_grad(fast, rule.coefficients)
+    np.testing.assert_allclose(g_fast, numeric, rtol=1e-5, atol=1e-10)
+
+
+def test_padded_steps_contribute_nothing(x64):
+    data = padded_data(("x", "y", "w"))
+    rule = mp.TaylorRule.random(key=jr.key(2), scale=0.3)
+    # Garbage beyond each trajectory's end must not change the loss or its gradient.
+    garbage = mp.data.ActivityDataset(
+        jnp.where(data.step_mask[:, :, None], data.inputs, 1e3),
+        jnp.where(data.step_mask[:, :, None], data.activity, -7.0),
+        data.initial_weights,
+        step_mask=data.step_mask,
+        neuron_mask=data.neuron_mask,
+    )
+    (va, ga), (vb, gb) = (
+        jax.value_and_grad(loss_of_coefficients(rule, d))(rule.coefficients)
+        for d in (data, garbage)
+    )
+    np.testing.assert_allclose(va, vb, rtol=1e-12)
+    np.testing.assert_allclose(ga, gb, rtol=1e-12)
+
+
+def test_frozen_terms_get_no_gradient(x64):
+    data = padded_data(("x", "y", "w"))
+    rule = mp.TaylorRule.random(key=jr.key(3), scale=0.3)
+    trainable = rule.mask(["x*y", "y^2*w", "w", "1"])
+    rule = rule.with_trainable(trainable)
+    layer = mp.nn.PlasticDense(rule, eta=0.8)
+    g_fast = eqx.filter_grad(mp.losses.activity_mse)(layer, data).rule.coefficients
+    g_plain = eqx.filter_grad(lambda m, d: mp.losses.activity_mse(m, d, fast_gradient=False))(
+        layer, data
+    ).rule.coefficients
+    assert np.all(np.asarray(g_fast)[~trainable] == 0.0)
+    assert np.all(np.asarray(g_fast)[trainable] != 0.0)
+    np.testing.assert_allclose(g_fast, g_plain, rtol=1e-9, atol=1e-14)
+
+
+def test_gradients_with_respect_to_the_data_and_initial_weights(x64):
+    """Initial weights, inputs, rewards and recorded activity can be differentiated too."""
+    data = padded_data(("x", "y", "w", "r"))
+    layer = mp.nn.PlasticDense(
+        mp.TaylorRule.random(("x", "y", "w", "r"), key=jr.key(4), scale=0.3), eta=0.8
+    )
+    fast = jax.grad(lambda d: mp.losses.activity_mse(layer, d, checkpoint=4), allow_int=True)
+    plain = jax.grad(
+        lambda d: mp.losses.activity_mse(layer, d, checkpoint=4, fast_gradient=False),
+        allow_int=True,
+    )
+    fast, plain = fast(data), plain(data)
+    for name in ("initial_weights", "inputs", "rewards", "activity"):
+        ref = np.asarray(getattr(plain, name))
+        assert np.abs(ref).max() > 1e-4, name
+        np.testing.assert_allclose(getattr(fast, name), ref, rtol=1e-8, atol=1e-14)
+
+
+def test_gradient_with_respect_to_eta(x64):
+    """η is a static float of `PlasticDense`; the reverse pass still returns its exact
+    cotangent for a traced η, checked against central differences."""
+    data = padded_data(("x", "y", "w"))
+    rule = mp.TaylorRule.random(key=jr.key(5), scale=0.3)
+    layer = mp.nn.PlasticDense(rule, eta=0.8)
+    c4 = _fast.canonical_coefficients(rule)
+    cfg = _fast._config("sigmoid", False, data.inputs.shape[1], 8 * 20)
+
+    def loss(eta):
+        return _fast._mse(
+            cfg,
+            c4,
+            eta,
+            data.initial_weights,
+            data.inputs,
+            data.rewards,
+            data.step_mask,
+            data.neuron_mask,
+            data.activity,
+        )
+
+    np.testing.assert_allclose(loss(0.8), mp.losses.activity_mse(layer, data), rtol=1e-12)
+    eps = 1e-6
+    numeric = (loss(0.8 + eps) - loss(0.8 - eps)) / (2 * eps)
+    np.testing.assert_allclose(jax.grad(loss)(0.8), numeric, rtol=1e-6)
+
+
+def test_checkpointed_segments_of_a_long_trajectory(x64, monkeypatch):
+    """Past the storage budget the backward pass recomputes √T-step segments."""
+    monkeypatch.setattr(_fast, "STORE_BUDGET_BYTES", 10 * 8 * 4 * 5)
+    data = padded_data(("x", "y", "w"), length=40)
+    assert _fast._config("sigmoid", False, 40, 8 * 4 * 5).segment == 7
+    rule = mp.TaylorRule.random(key=jr.key(6), scale=0.3)
+    fast = loss_of_coefficients(rule, data)
+    plain = loss_of_coefficients(rule, data, fast_gradient=False)
+    np.testing.assert_allclose(
+        jax.grad(fast)(rule.coefficients), jax.grad(plain)(rule.coefficients), rtol=1e-9
+    )
+
+
+def test_simulate_fast_gradient_for_any_loss(x64):
+    """`simulate(..., fast_gradient=True)`: cotangents of the activity and of the final
+    weights, through `jax.vjp` and `jax.jacrev`."""
+    data = padded_data(("x", "y", "w", "r"))
+    rule = mp.TaylorRule.random(("x", "y", "w", "r"), key=jr.key(7), scale=0.3)
+
+    def run(coefficients, w0, fast):
+        layer = mp.nn.PlasticDense(mp.TaylorRule(coefficients, rule.factors), eta=0.8)
+        sim = mp.simulate(
+            layer,
+            w0,
+            data.inputs[0],
+            data.rewards[0],
+            data.step_mask[0],
+            checkpoint=3,
+            fast_gradient=fast,
+        )
+        return jnp.sum(jnp.sin(sim.activity)) + jnp.sum(sim.final_weights**2)
+
+    args = (rule.coefficients, data.initial_weights[0])
+    fast = jax.grad(lambda *a: run(*a, True), argnums=(0, 1))(*args)
+    plain = jax.grad(lambda *a: run(*a, False), argnums=(0, 1))(*args)
+    for a, b in zip(fast, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
+    layer = mp.nn.PlasticDense(rule, eta=0.8)
+    w0 = data.initial_weights
+
+    def residuals(w, fast):
+        d = eqx.tree_at(lambda d: d.initial_weights, data, w)
+        return mp.losses.activity_residuals(layer, d, fast_gradient=fast)
+
+    jac = jax.jacrev(lambda w: residuals(w, True))(w0)
+    ref = jax.jacfwd(lambda w: residuals(w, False))(w0)
+    np.testing.assert_allclose(jac, ref, rtol=1e-9, atol=1e-14)
+
+
+def test_forward_mode_needs_the_plain_path():
+    data = padded_data(("x", "y", "w"))
+    rule = mp.TaylorRule.random(key=jr.key(8), scale=0.3)
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jacfwd(loss_of_coefficients(rule, data))(rule.coefficients)
+    jac = jax.jacfwd(loss_of_coefficients(rule, data, fast_gradient=False))(rule.coefficients)
+    np.testing.assert_allclose(
+        jac, jax.grad(loss_of_coefficients(rule, data))(rule.coefficients), rtol=1e-4, atol=1e-8
+    )
+
+
+def test_other_layers_fall_back_to_autodiff():
+    rule = mp.MLPRule(("x", "y", "w"), width=4, key=jr.key(9))
+    assert not _fast.supports_fast_gradient(mp.nn.PlasticDense(rule))
+    assert _fast.supports_fast_gradient(mp.nn.PlasticDense(mp.rules.oja()))
+    data = padded_data(("x", "y", "w"))
+    layer = mp.nn.PlasticDense(rule, eta=0.5)
+    g = eqx.filter_grad(mp.losses.activity_mse)(layer, data)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(eqx.filter(g, eqx.is_array)))
+
+
+def test_fit_runs_in_float64_when_enabled(x64):
+    data = padded_data(("x", "y", "w"))
+    layer = mp.nn.PlasticDense(mp.TaylorRule.zeros(), eta=1.0)
+    result = mp.fit(layer, data, loss=mp.losses.activity_mse, epochs=3, progress=False)
+    assert result.model.rule.coefficients.dtype == jnp.float64
+    assert result.history.loss.dtype == np.float64
+    assert result.n_traces == 1
+    assert result.history.loss[-1] < result.history.loss[0]
