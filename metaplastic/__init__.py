@@ -5,6 +5,7 @@ from . import losses as losses
 from . import metrics as metrics
 from . import nn as nn
 from . import rules as rules
+from . import sharding as sharding
 from . import tasks as tasks
 from ._errors import MetaplasticError as MetaplasticError
 from ._fit import FitResult as FitResult

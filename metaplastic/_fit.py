@@ -102,6 +102,21 @@ def _leading_size(data: PyTree, axis: int) -> int:
     return n
 
 
+def _place_like(state: PyTree, params: PyTree) -> PyTree:
+    """Lay the optimiser state out like parameters placed on a device mesh (replicated, or
+    split along the leading member axis of an ensemble), as the jitted epoch returns it, so
+    that every epoch sees the same layout and the step is traced once."""
+    shardings = {leaf.sharding for leaf in jax.tree.leaves(params) if isinstance(leaf, jax.Array)}
+    if len(shardings) != 1:
+        return state
+    sharding = shardings.pop()
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return state
+    whole = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    place = lambda a: jax.device_put(a, sharding if a.ndim >= len(sharding.spec) else whole)
+    return jax.tree.map(lambda a: place(a) if eqx.is_array(a) else a, state)
+
+
 def fit(
     model: PyTree,
     data: PyTree,
@@ -190,6 +205,7 @@ def fit(
         opt_state = jax.vmap(optimizer.init)(params)
     else:
         opt_state = optimizer.init(params)
+    opt_state = _place_like(opt_state, params)
     run_epoch = jax.jit(epoch_fn)
 
     losses: list[np.ndarray] = []
