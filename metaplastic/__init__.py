@@ -7,6 +7,7 @@ from . import nn as nn
 from . import plot as plot
 from . import rules as rules
 from . import runs as runs
+from . import sharding as sharding
 from . import tasks as tasks
 from ._errors import CheckpointError as CheckpointError
 from ._errors import FitDivergedError as FitDivergedError

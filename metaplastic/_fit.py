@@ -203,6 +203,21 @@ def _first_nonfinite(name: str, value: Any) -> str:
     return f"{name}{list(where)} = {arr[where]}"
 
 
+def _place_like(state: PyTree, params: PyTree) -> PyTree:
+    """Lay the optimiser state out like parameters placed on a device mesh (replicated, or
+    split along the leading member axis of an ensemble), as the jitted epoch returns it, so
+    that every epoch sees the same layout and the step is traced once."""
+    shardings = {leaf.sharding for leaf in jax.tree.leaves(params) if isinstance(leaf, jax.Array)}
+    if len(shardings) != 1:
+        return state
+    sharding = shardings.pop()
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return state
+    whole = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    place = lambda a: jax.device_put(a, sharding if a.ndim >= len(sharding.spec) else whole)
+    return jax.tree.map(lambda a: place(a) if eqx.is_array(a) else a, state)
+
+
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def fit(
     model: PyTree,
@@ -361,6 +376,7 @@ def fit(
         opt_state = jax.vmap(optimizer.init)(params)
     else:
         opt_state = optimizer.init(params)
+    opt_state = _place_like(opt_state, params)
     run_epoch = jax.jit(epoch_fn)
 
     # The history lives in preallocated host buffers, so saving and resuming are cheap.
