@@ -685,8 +685,9 @@ def _sensitivity_jacobian(network: MushroomBody, parts: Callable, data: PackedCh
         sens0 = jnp.zeros((n_params,) + w0.shape, w0.dtype)
         _, (before, sens) = jax.lax.scan(trial, (w0, sens0), (x_acc, accepted, signal))
         hidden = jnp.tanh(jnp.einsum("nji,ni->nj", before[trial_index], inputs))
+        logits = jax.vmap(network.readout)(hidden)[:, 0]
         d_logit = (readout[None, :] * (1 - hidden**2))[:, :, None] * inputs[:, None, :]
-        return jnp.einsum("npji,nji->np", sens[trial_index], d_logit)
+        return logits, jnp.einsum("npji,nji->np", sens[trial_index], d_logit)
 
     batch = data.trial_mask.shape[0]
     w0 = jnp.broadcast_to(network.initial_weights, (batch,) + network.initial_weights.shape)
@@ -705,8 +706,8 @@ def choice_jacobian(
     theta: Float[Array, " n_params"],
     to_model: Callable[[Array], MushroomBody],
     data: PackedChoiceDataset,
-) -> Float[Array, "batch n n_params"]:
-    """The exact Jacobian of the teacher-forced logits with respect to the flat trainable
+) -> tuple[Float[Array, "batch n"], Float[Array, "batch n n_params"]]:
+    """The teacher-forced logits and their exact Jacobian with respect to the flat trainable
     parameters θ, for `fit_bernoulli_gauss_newton(..., jacobian=choice_jacobian)`.
 
     Computed by forward sensitivities through the trial scan, which requires θ to hold the
@@ -722,7 +723,8 @@ def choice_jacobian(
 
     **Returns:**
 
-    `∂logits/∂θ`, `(batch, n, θ.size)`, with the logits of `replay(to_model(θ), data)`.
+    The logits of `replay(to_model(θ), data)`, `(batch, n)`, and `∂logits/∂θ`,
+    `(batch, n, θ.size)`.
     """
     network = to_model(theta)
     rule = network.rule
@@ -734,13 +736,14 @@ def choice_jacobian(
         or (isinstance(rule, TaylorRule) and theta.size != rule.coefficients.size)
     )
     if generic:
-        return jax.jacfwd(lambda t: replay(to_model(t), data).logits)(theta)
+        logits, jvp = jax.linearize(lambda t: replay(to_model(t), data).logits, theta)
+        return logits, jax.vmap(jvp, out_axes=-1)(jnp.eye(theta.size, dtype=theta.dtype))
     if isinstance(rule, TaylorRule):
         # θ is the coefficient tensor itself (rule_filter_spec); frozen terms get no derivative.
-        jac = _sensitivity_jacobian(
+        logits, jac = _sensitivity_jacobian(
             network, lambda x, y, w, r: _taylor_parts(rule, x, y, w, r), data
         )
-        return jac if rule.trainable is None else jac * rule.trainable.reshape(-1)
+        return logits, (jac if rule.trainable is None else jac * rule.trainable.reshape(-1))
     rule_of = lambda t: to_model(t).rule
     return _sensitivity_jacobian(
         network, lambda x, y, w, r: _synapse_parts(rule_of, theta, x, y, w, r), data

@@ -35,7 +35,8 @@ def fit_bernoulli_gauss_newton(
     data: PyTree,
     *,
     logits: Callable[[PyTree, PyTree], tuple[Array, Array, Array]],
-    jacobian: Callable[[Array, Callable[[Array], PyTree], PyTree], Array] | None = None,
+    jacobian: Callable[[Array, Callable[[Array], PyTree], PyTree], tuple[Array, Array]]
+    | None = None,
     iterations: int = 20,
     l1: float = 0.0,
     l1_smoothing: float = 1e-3,
@@ -61,8 +62,9 @@ def fit_bernoulli_gauss_newton(
     - `logits`: `logits(model, data) -> (logits, targets, mask)`, arrays of one shape:
       the model's logits, the 0/1 observations and `True` on the valid entries.
     - `jacobian`: optionally, a faster exact Jacobian: `jacobian(theta, to_model, data)`
-      returns `∂logits/∂θ`, shape `logits.shape + (θ.size,)`, where `θ` is the flat vector of
-      trainable parameters and `to_model(θ)` the model. Default: `jax.jacfwd` of `logits`.
+      returns the logits and `∂logits/∂θ` (shape `logits.shape + (θ.size,)`), where `θ` is
+      the flat vector of trainable parameters and `to_model(θ)` the model. Default:
+      `jax.jacfwd` of `logits`.
     - `iterations`: the number of Gauss–Newton iterations.
     - `l1`: weight of a smoothed L1 penalty `l1 · Σ sqrt(θ² + s²)` on every trainable
       parameter (use it for Taylor coefficients); `l1_smoothing` is `s`.
@@ -101,19 +103,21 @@ def fit_bernoulli_gauss_newton(
     def penalty(theta):
         return l1 * jnp.sum(jnp.sqrt(theta**2 + l1_smoothing**2))
 
+    def mean_nll(z, c, m):
+        nll = -(c * jax.nn.log_sigmoid(z) + (1 - c) * jax.nn.log_sigmoid(-z))
+        return jnp.sum(jnp.where(m, nll, 0.0)) / jnp.maximum(jnp.sum(m), 1)
+
     def objective(theta, d):
         z, c, m = objective_parts(theta, d)
-        nll = -(c * jax.nn.log_sigmoid(z) + (1 - c) * jax.nn.log_sigmoid(-z))
-        count = jnp.maximum(jnp.sum(m), 1)
-        return jnp.sum(jnp.where(m, nll, 0.0)) / count + penalty(theta)
+        return mean_nll(z, c, m) + penalty(theta)
 
-    def iteration(carry, _, d):
+    def iteration(carry, _, d, c, m):
         theta, lam, value = carry
         if jacobian is None:
-            jac = jax.jacfwd(lambda t: objective_parts(t, d)[0])(theta)
+            z, jvp = jax.linearize(lambda t: objective_parts(t, d)[0], theta)
+            jac = jax.vmap(jvp, out_axes=-1)(jnp.eye(theta.size, dtype=theta.dtype))
         else:
-            jac = jacobian(theta, to_model, d)
-        z, c, m = objective_parts(theta, d)
+            z, jac = jacobian(theta, to_model, d)
         count = jnp.maximum(jnp.sum(m), 1)
         jac = jnp.where(m[..., None], jac, 0.0).reshape(-1, theta.size)
         p = jax.nn.sigmoid(z).reshape(-1)
@@ -145,10 +149,15 @@ def fit_bernoulli_gauss_newton(
 
     def run(theta0, d):
         traces[0] += 1
-        value0 = objective(theta0, d)
+        # The targets and the mask do not depend on θ.
+        z0, c, m = objective_parts(theta0, d)
+        value0 = mean_nll(z0, c, m) + penalty(theta0)
         lam0 = jnp.asarray(damping, theta0.dtype)
         _, (values, thetas) = jax.lax.scan(
-            lambda c, x: iteration(c, x, d), (theta0, lam0, value0), None, length=iterations
+            lambda carry, _: iteration(carry, None, d, c, m),
+            (theta0, lam0, value0),
+            None,
+            length=iterations,
         )
         return values, thetas
 

@@ -476,8 +476,13 @@ def test_choice_jacobian_matches_forward_mode(kind, x64):
 
     theta, unravel = ravel_pytree(params)
     to_model = lambda t: eqx.combine(unravel(t), static)
-    fast = mp.choice_jacobian(theta, to_model, data)
+    logits, fast = mp.choice_jacobian(theta, to_model, data)
     slow = jax.jacfwd(lambda t: mp.replay(to_model(t), data).logits)(theta)
+    np.testing.assert_allclose(
+        jnp.where(data.presentation_mask, logits, 0),
+        jnp.where(data.presentation_mask, mp.replay(net, data).logits, 0),
+        rtol=1e-12,
+    )
     assert bool(jnp.any(jnp.abs(mp.replay(net, data).weights) == bound))
     mask = data.presentation_mask[..., None]
     np.testing.assert_allclose(jnp.where(mask, fast, 0), jnp.where(mask, slow, 0), atol=1e-9)
