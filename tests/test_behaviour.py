@@ -1,0 +1,490 @@
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import metaplastic as mp
+
+
+FACTORS = ("x", "y", "w", "r")
+
+
+# ---------------------------------------------------------------------------------- the task
+def test_block_schedule():
+    task = mp.tasks.OperantTask(((0.2, 0.8), (0.9, 0.1)), (2, 3))
+    assert task.n_trials == 5
+    np.testing.assert_allclose(
+        task.trial_probabilities(), [[0.2, 0.8]] * 2 + [[0.9, 0.1]] * 3, rtol=1e-6
+    )
+    default = mp.tasks.OperantTask()
+    assert default.n_trials == 240 and default.block_lengths == (80, 80, 80)
+    np.testing.assert_allclose(default.trial_probabilities()[80], [0.9, 0.1], rtol=1e-6)
+    with pytest.raises(mp.MetaplasticError, match="probabilities"):
+        mp.tasks.OperantTask(((0.2, 1.5),))
+    with pytest.raises(mp.MetaplasticError, match="block_lengths"):
+        mp.tasks.OperantTask(((0.2, 0.8), (0.5, 0.5)), (3,))
+    with pytest.raises(mp.MetaplasticError, match="max_presentations"):
+        mp.tasks.OperantTask(max_presentations=0)
+
+
+def test_bait_and_collect_by_hand():
+    # Baiting: a reward drawn once stays until collected (u < p draws it).
+    baited = mp.tasks.bait(jnp.array([False, False]), jnp.array([0.2, 0.8]), jnp.array([0.5, 0.5]))
+    assert baited.tolist() == [False, True]
+    baited = mp.tasks.bait(baited, jnp.array([0.2, 0.8]), jnp.array([0.1, 0.9]))
+    assert baited.tolist() == [True, True]  # B stays baited although its draw failed
+    # Accepting B collects it and clears only B.
+    reward, baited = mp.tasks.collect_reward(baited, jnp.array(1), jnp.array(True))
+    assert float(reward) == 1.0 and baited.tolist() == [True, False]
+    # Accepting an unbaited odour gives nothing and changes nothing.
+    reward, baited = mp.tasks.collect_reward(baited, jnp.array(1), jnp.array(True))
+    assert float(reward) == 0.0 and baited.tolist() == [True, False]
+    # A trial ended by the cap (no acceptance) collects nothing and keeps the bait.
+    reward, baited = mp.tasks.collect_reward(baited, jnp.array(0), jnp.array(False))
+    assert float(reward) == 0.0 and baited.tolist() == [True, False]
+
+
+def test_task_sequence_by_hand():
+    # Block 1 baits only A (p = 1, 0), block 2 only B (p = 0, 1): the draws are certain, so
+    # the rewards of a scripted sequence of accepted odours can be checked by hand.
+    task = mp.tasks.OperantTask(((1.0, 0.0), (0.0, 1.0)), 3, expectation_window=2)
+    probs = task.trial_probabilities()
+    script = [  # (accepted odour, accepted?) -> expected reward, bait after the trial
+        (1, True, 0.0, [True, False]),  # B unbaited; A stays baited
+        (0, True, 1.0, [False, False]),  # A collected
+        (1, True, 0.0, [True, False]),  # A re-baited at the start, B still nothing
+        (0, True, 1.0, [False, True]),  # block 2: A's old bait carried over, B baited
+        (0, False, 0.0, [False, True]),  # the cap: nothing collected, B kept
+        (1, True, 1.0, [False, False]),  # B collected
+    ]
+    state = task.init_state()
+    rewards, expected = [], []
+    for t, (odour, accepted, want_r, want_bait) in enumerate(script):
+        state = task.start_trial(state, probs[t], jnp.array([0.5, 0.5]))
+        expected.append(float(task.expected_reward(state)))
+        r, state = task.end_trial(state, jnp.array(odour), jnp.array(accepted))
+        rewards.append(float(r))
+        assert float(r) == want_r, t
+        assert state.baited.tolist() == want_bait, t
+    # E[R] is the mean of the previous two rewards, starting from zeros.
+    assert expected == [0.0, 0.0, 0.5, 0.5, 0.5, 0.5]
+    np.testing.assert_allclose(mp.data.expected_reward(jnp.array(rewards), 2), expected)
+
+
+def test_expected_reward_moving_average():
+    r = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0])
+    np.testing.assert_allclose(
+        mp.data.expected_reward(r, 3), [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3], rtol=1e-6
+    )
+    np.testing.assert_allclose(mp.data.expected_reward(r, 1), [0, 1, 0, 1, 1])
+    # Batched, and the default window of 10 with the history starting at zero.
+    batch = jnp.ones((2, 12))
+    np.testing.assert_allclose(
+        mp.data.expected_reward(batch)[0], [k / 10 for k in range(11)] + [1.0], rtol=1e-6
+    )
+
+
+# ---------------------------------------------------------------------------------- network
+def test_encoding_and_network():
+    enc = mp.nn.OdourEncoding(4, mean=0.75, variance=0.0, key=jr.key(0))
+    x = enc(jnp.array([0, 1]), key=jr.key(1))
+    assert (x > 0).sum(axis=1).tolist() == [2, 2]  # each odour drives its own half
+    assert float(jnp.sum(x[0] * x[1])) == 0.0
+    np.testing.assert_allclose(x.sum(axis=1), [1.5, 1.5])
+    with pytest.raises(mp.MetaplasticError, match="even"):
+        mp.nn.OdourEncoding(3)
+    net = mp.nn.MushroomBody(mp.rules.reward_modulated(), n_in=4, hidden=5, key=jr.key(0))
+    assert net.plastic.eta == 0.25 and net.plastic.activation == "tanh"
+    np.testing.assert_allclose(net.readout.weight, np.full((1, 5), 1.0))
+    assert net.initial_weights.shape == (5, 4)
+    assert float(jnp.std(net.sample_initial_weights(200, key=jr.key(1)))) == pytest.approx(
+        0.01, rel=0.05
+    )
+    w = jnp.full((5, 4), 0.2)
+    y, logits = net.forward(w, x)
+    np.testing.assert_allclose(logits, 5 * jnp.mean(jnp.tanh(w @ x.T), axis=0), rtol=1e-6)
+    with pytest.raises(mp.MetaplasticError, match="reward_signal"):
+        mp.nn.MushroomBody(mp.rules.reward_modulated(), reward_signal="dopamine", key=jr.key(0))
+
+
+# ---------------------------------------------------------------------------------- helpers
+def hand_dataset(inputs=True):
+    """Two trajectories, three trials of up to three presentations, by hand."""
+    odours = np.array(
+        [
+            [[0, 1, 0], [1, 0, 0], [1, 1, 1]],
+            [[1, 0, 0], [0, 0, 0], [0, 1, 0]],
+        ]
+    )
+    choices = np.array(
+        [
+            [[0, 1, 0], [1, 0, 0], [0, 0, 0]],  # trial 3: the cap, no acceptance
+            [[0, 0, 1], [1, 0, 0], [0, 1, 0]],
+        ],
+        float,
+    )
+    pmask = np.array(
+        [
+            [[1, 1, 0], [1, 0, 0], [1, 1, 1]],
+            [[1, 1, 1], [1, 0, 0], [1, 1, 0]],
+        ],
+        bool,
+    )
+    rewards = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    x = None
+    if inputs:
+        x = jr.normal(jr.key(3), odours.shape + (2,)) * 0.3 + 0.5
+    return mp.data.ChoiceDataset(
+        odours,
+        choices,
+        pmask,
+        np.ones((2, 3), bool),
+        rewards,
+        mp.data.expected_reward(rewards, 2),
+        x,
+    )
+
+
+def network(rule=None, **kw):
+    rule = (
+        mp.TaylorRule.from_expression("x*r - 0.3*y*w + 0.2*x*y", FACTORS) if rule is None else rule
+    )
+    kw.setdefault("init_std", 0.3)
+    return mp.nn.MushroomBody(rule, key=jr.key(7), **kw)
+
+
+def pad(data, trials=2, presentations=2, junk=7.0):
+    """Pad a dataset with extra trials and presentations, and then write junk into every
+    padded entry (behind the constructor's back) so only the masks can protect a loss."""
+    b, t, p = data.odours.shape
+
+    def grow(a, fill, axes):
+        widths = [(0, 0)] * a.ndim
+        if 1 in axes:
+            widths[1] = (0, trials)
+        if 2 in axes:
+            widths[2] = (0, presentations)
+        return np.pad(np.asarray(a), widths, constant_values=fill)
+
+    padded = mp.data.ChoiceDataset(
+        grow(data.odours, 0, (1, 2)),
+        grow(data.choices, 0.0, (1, 2)),
+        grow(data.presentation_mask, False, (1, 2)),
+        grow(data.trial_mask, False, (1,)),
+        grow(data.rewards, 0.0, (1,)),
+        grow(data.expected_rewards, 0.0, (1,)),
+        np.pad(np.asarray(data.inputs), [(0, 0), (0, trials), (0, presentations), (0, 0)]),
+    )
+    pm, tm = padded.presentation_mask, padded.trial_mask
+    return eqx.tree_at(
+        lambda d: (d.choices, d.inputs, d.rewards, d.expected_rewards),
+        padded,
+        (
+            jnp.where(pm, padded.choices, 1.0),
+            jnp.where(pm[..., None], padded.inputs, junk),
+            jnp.where(tm, padded.rewards, 1.0),
+            jnp.where(tm, padded.expected_rewards, -junk),
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------- replay
+def test_update_uses_the_accepted_presentation():
+    data = hand_dataset()
+    net = network()
+    rep = mp.replay(net, data)
+    w = net.initial_weights
+    r = data.rewards - data.expected_rewards
+    eta = 0.5
+    for t in range(3):
+        x = data.inputs[0, t]
+        # Every presentation of a trial sees the weights before the trial's update.
+        np.testing.assert_allclose(rep.hidden[0, t], jnp.tanh(x @ w.T), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            rep.logits[0, t], 0.5 * jnp.tanh(x @ w.T).sum(-1), rtol=1e-5, atol=1e-6
+        )
+        accepted = np.flatnonzero(np.asarray(data.choices[0, t]))
+        if accepted.size:  # trial 0: the 2nd presentation, trial 1: the 1st
+            xa = x[accepted[0]]
+            w = w + eta * net.rule(xa, jnp.tanh(w @ xa), w, r[0, t])
+        # else: trial 2 hit the cap, no update
+        np.testing.assert_allclose(rep.weights[0, t], w, rtol=1e-5, atol=1e-6)
+    # A wrong presentation would give another weight change.
+    wrong = net.initial_weights + eta * net.rule(
+        data.inputs[0, 0, 0],
+        jnp.tanh(net.initial_weights @ data.inputs[0, 0, 0]),
+        net.initial_weights,
+        r[0, 0],
+    )
+    assert not np.allclose(rep.weights[0, 0], wrong, atol=1e-4)
+
+
+def test_reward_signal_option():
+    data = hand_dataset()
+    pe = mp.replay(network(), data).weights
+    raw = mp.replay(network(reward_signal="reward"), data).weights
+    assert not np.allclose(pe, raw)
+    data_no_expectation = eqx.tree_at(
+        lambda d: d.expected_rewards, data, jnp.zeros_like(data.expected_rewards)
+    )
+    np.testing.assert_allclose(mp.replay(network(), data_no_expectation).weights, raw, rtol=1e-6)
+
+
+def test_padding_never_changes_a_loss_or_metric():
+    data = hand_dataset()
+    padded = pad(data)
+    net, ref = network(), network(mp.rules.reward_modulated())
+    np.testing.assert_allclose(mp.choice_bce(net, data), mp.choice_bce(net, padded), rtol=1e-6)
+    np.testing.assert_allclose(
+        mp.choice_log_likelihood(net, data), mp.choice_log_likelihood(net, padded), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        mp.percent_deviance(net, data), mp.percent_deviance(net, padded), rtol=1e-5
+    )
+    a = mp.compare_behaviour(ref, net, data)
+    b = mp.compare_behaviour(ref, net, padded)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=k)
+    g = lambda d: eqx.filter_grad(mp.choice_bce)(net, d).plastic.rule.coefficients
+    np.testing.assert_allclose(g(data), g(padded), rtol=1e-5, atol=1e-8)
+    # The mean is over valid presentations only: 12 of them, not 18 (or 40 padded).
+    logits = mp.replay(net, data).logits
+    c = data.choices
+    per = -(c * jax.nn.log_sigmoid(logits) + (1 - c) * jax.nn.log_sigmoid(-logits))
+    manual = float(jnp.sum(jnp.where(data.presentation_mask, per, 0.0))) / 12
+    assert int(data.presentation_mask.sum()) == 12
+    assert float(mp.choice_bce(net, data)) == pytest.approx(manual, rel=1e-6)
+    # The packed layout gives the same loss and gradient.
+    packed = mp.data.PackedChoiceDataset.from_choices(padded)
+    assert packed.choices.shape == (2, 6)
+    np.testing.assert_allclose(mp.choice_bce(net, packed), mp.choice_bce(net, data), rtol=1e-6)
+    np.testing.assert_allclose(g(packed), g(data), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(
+        mp.replay(net, packed).weights[:, :3], mp.replay(net, data).weights, rtol=1e-6
+    )
+
+
+def test_null_model_deviance():
+    data = hand_dataset()
+    # With zero initial weights and no plasticity p(accept) = 1/2 everywhere.
+    flat = mp.null_network(network(init_std=0.0))
+    n = int(data.presentation_mask.sum(axis=(1, 2))[0])
+    np.testing.assert_allclose(
+        -2 * mp.choice_log_likelihood(flat, data)[0], 2 * n * math.log(2), rtol=1e-6
+    )
+    net = network()
+    null = mp.null_network(net)
+    np.testing.assert_allclose(mp.percent_deviance(null, data), [0.0, 0.0], atol=1e-4)
+    # The null model's weights never move.
+    rep = mp.replay(null, data)
+    np.testing.assert_allclose(rep.weights, jnp.broadcast_to(net.initial_weights, (2, 3, 10, 2)))
+    # Percent deviance against hand-computed deviances.
+    ll, ll0 = mp.choice_log_likelihood(net, data), mp.choice_log_likelihood(null, data)
+    np.testing.assert_allclose(
+        mp.percent_deviance(net, data), 100 * (-2 * ll0 + 2 * ll) / (-2 * ll0), rtol=1e-5
+    )
+
+
+def test_encode_odours_fills_inputs_with_fresh_noise():
+    data = hand_dataset(inputs=False)
+    enc = mp.nn.OdourEncoding(2, key=jr.key(0))
+    with pytest.raises(mp.MetaplasticError, match="encode_odours"):
+        mp.choice_bce(network(), data)
+    a = mp.encode_odours(data, enc, key=jr.key(1))
+    b = mp.encode_odours(data, enc, key=jr.key(2))
+    assert a.inputs.shape == (2, 3, 3, 2)
+    assert not np.allclose(a.inputs, b.inputs)
+    assert bool(jnp.all(a.inputs[~data.presentation_mask] == 0))
+    np.testing.assert_array_equal(a.odours, data.odours)
+
+
+# ---------------------------------------------------------------------------------- generation
+@pytest.fixture(scope="module")
+def generated():
+    task = mp.tasks.OperantTask(((0.2, 0.8), (0.9, 0.1)), 30, max_presentations=3)
+    enc = mp.nn.OdourEncoding(2, key=jr.key(0))
+    net = mp.nn.MushroomBody(mp.rules.reward_modulated(), key=jr.key(1))
+    return task, enc, net, mp.generate_behaviour(net, task, enc, 4, key=jr.key(2))
+
+
+def test_generation_is_reproducible_from_a_key(generated):
+    task, enc, net, g = generated
+    again = mp.generate_behaviour(net, task, enc, 4, key=jr.key(2))
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)
+    other = mp.generate_behaviour(net, task, enc, 4, key=jr.key(3))
+    assert not np.array_equal(g.data.rewards, other.data.rewards)
+
+
+def test_generated_behaviour_follows_the_task(generated):
+    task, enc, net, g = generated
+    d = g.data
+    assert d.odours.shape[:2] == (4, 60) and d.odours.shape[2] <= 3
+    assert g.weights.shape == (4, 60, 10, 2)
+    np.testing.assert_allclose(d.expected_rewards, mp.data.expected_reward(d.rewards), atol=1e-6)
+    accepted = np.asarray(d.accepted.any(-1))
+    odour = np.asarray((d.accepted * d.odours).sum(-1))
+    baited = np.asarray(g.baited)
+    rewards = np.asarray(d.rewards)
+    # A reward comes exactly when the accepted odour was baited during the trial.
+    hit = accepted & baited[np.arange(4)[:, None], np.arange(60)[None], odour]
+    np.testing.assert_array_equal(rewards, hit.astype(float))
+    # Bait persists: what was baited and not collected is still baited next trial.
+    kept = baited[:, :-1] & ~(hit[:, :-1, None] & (np.arange(2) == odour[:, :-1, None]))
+    assert np.all(baited[:, 1:] >= kept)
+    # Trials that hit the cap: every presentation valid and rejected, no reward, no update.
+    capped = ~accepted
+    assert capped.any(), "the cap of 3 presentations should be reached sometimes"
+    assert np.all(np.asarray(d.presentation_mask.sum(-1))[capped] == 3)
+    assert np.all(rewards[capped] == 0)
+    w = np.asarray(g.weights)
+    before = np.concatenate([np.asarray(g.initial_weights)[:, None], w[:, :-1]], 1)
+    np.testing.assert_array_equal(w[capped], before[capped])
+    # x*r changes the weights whenever a trial ends in acceptance with r = R - E[R] != 0.
+    moved = accepted & (np.abs(rewards - np.asarray(d.expected_rewards)) > 1e-6)
+    assert np.all(np.abs(w[moved] - before[moved]).max(axis=(-1, -2)) > 0)
+    # Presentations end at the first acceptance.
+    last = np.asarray(d.presentation_mask.sum(-1)) - 1
+    acc_at = np.asarray(jnp.argmax(d.choices, -1))
+    np.testing.assert_array_equal(acc_at[accepted], last[accepted])
+
+
+def test_closed_loop_equals_teacher_forcing_on_the_generating_inputs(generated):
+    task, enc, net, g = generated
+    exact = eqx.tree_at(lambda d: d.inputs, g.data, g.generating_inputs)
+    rep = mp.replay(net, exact, g.initial_weights)
+    np.testing.assert_allclose(rep.weights, g.weights, rtol=1e-5, atol=1e-6)
+    # The training inputs are a fresh draw of the encoding, not the generating inputs.
+    assert not np.allclose(g.data.inputs, g.generating_inputs)
+    kept = mp.generate_behaviour(net, task, enc, 4, key=jr.key(2), resample_inputs=False)
+    np.testing.assert_array_equal(kept.data.inputs, g.generating_inputs)
+
+
+def test_neural_readout_loss(generated):
+    task, enc, net, _ = generated
+    readout = mp.nn.ActivityReadout(recorded_fraction=0.5, noise_std=0.0)
+    g = mp.generate_behaviour(
+        net, task, enc, 3, key=jr.key(5), resample_inputs=False, readout=readout
+    )
+    data = mp.ChoiceActivityDataset.from_generated(g)
+    assert int(data.neuron_mask[0].sum()) == 5
+    start = eqx.tree_at(lambda m: m.initial_weights, net, g.initial_weights[0])
+    one = jax.tree.map(lambda a: a[:1], data)
+    # The true network from the true initial weights reproduces the noise-free recording.
+    loss = mp.choice_activity_loss(start, one, activity_weight=10.0)
+    np.testing.assert_allclose(loss, mp.choice_bce(start, one.choices), rtol=1e-5)
+    other = start.with_rule(mp.TaylorRule.zeros(FACTORS))
+    assert float(mp.choice_activity_loss(other, one)) > float(mp.choice_bce(other, one.choices))
+
+
+# ---------------------------------------------------------------------------------- fitting
+def test_recover_rule_runs_end_to_end():
+    res = mp.recover_rule(
+        mp.rules.reward_modulated(),
+        seeds=2,
+        n_train=2,
+        n_test=2,
+        task=mp.tasks.OperantTask(((0.2, 0.8), (0.9, 0.1)), 10),
+        iterations=2,
+        key=jr.key(0),
+    )
+    assert res.fitted.rule.coefficients.shape == (2, 3, 3, 3, 3)
+    assert res.fit.n_traces == 1
+    assert res.fit.history.loss.shape == (2, 2)
+    # Gauss-Newton steps are only taken when they lower the objective.
+    assert np.all(np.diff(res.fit.history.loss, axis=0) <= 0)
+    for k in ("r2_weights", "r2_activity", "percent_deviance", "true_percent_deviance"):
+        assert res.scores[k].shape == (2,) and res.per_trajectory[k].shape == (2, 2)
+        assert np.all(np.isfinite(res.scores[k]))
+
+
+def test_compare_ensemble_matches_members():
+    data = hand_dataset()
+    ref = network(mp.rules.reward_modulated())
+    coefficients = jnp.stack(
+        [network().rule.coefficients, mp.rules.reward_modulated().coefficients * 0.5]
+    )
+    stacked = jax.tree.map(
+        lambda *a: jnp.stack(a),
+        *[mp.TaylorRule(c, FACTORS) for c in coefficients],
+    )
+    ens = ref.with_rule(stacked)
+    both = mp.compare_behaviour(ref, ens, data, ensemble=True, data_ensemble_axis=None)
+    for i in range(2):
+        one = mp.compare_behaviour(
+            ref, ref.with_rule(mp.TaylorRule(coefficients[i], FACTORS)), data
+        )
+        for k in one:
+            np.testing.assert_allclose(both[k][i], one[k], rtol=1e-5, err_msg=k)
+    # The true rule scores perfectly against itself.
+    self_scores = mp.compare_behaviour(ref, ref, data)
+    np.testing.assert_allclose(self_scores["r2_weights"], 1.0)
+    np.testing.assert_allclose(
+        self_scores["percent_deviance"], self_scores["true_percent_deviance"]
+    )
+
+
+@pytest.mark.slow
+def test_recovers_x_times_r():
+    res = mp.recover_rule(mp.rules.reward_modulated(), seeds=3, key=jr.key(0))
+    med = res.median()
+    assert med["r2_weights"] > 0.85
+    assert med["r2_activity"] > 0.95
+    assert abs(med["percent_deviance"] - med["true_percent_deviance"]) < 2
+    for s in range(3):
+        rule = mp.TaylorRule(res.fitted.rule.coefficients[s], FACTORS)
+        top, value = rule.top_terms(1)[0]
+        assert top == "x*r" and value > 0
+
+
+@pytest.mark.slow
+def test_adam_fit_lowers_the_choice_loss():
+    data = mp.recovery_data(
+        mp.rules.reward_modulated(),
+        seeds=2,
+        n_train=4,
+        n_test=2,
+        task=mp.tasks.OperantTask(block_lengths=20),
+        key=jr.key(0),
+    )
+    res = mp.fit_behaviour(
+        data.teacher, data.train, seeds=2, method="adam", epochs=30, key=jr.key(1)
+    )
+    assert res.n_traces == 1
+    assert np.all(res.history.loss[-1] < res.history.loss[0])
+
+
+@pytest.mark.parametrize("kind", ["taylor", "frozen", "mlp"])
+def test_choice_jacobian_matches_forward_mode(kind, x64):
+    data = mp.data.PackedChoiceDataset.from_choices(pad(hand_dataset()))
+    data = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, data)
+    if kind == "mlp":
+        rule = mp.MLPRule(FACTORS, width=4, key=jr.key(0))
+    else:
+        rule = mp.TaylorRule.random(FACTORS, 2, scale=0.2, key=jr.key(1))
+        rule = mp.TaylorRule(rule.coefficients.astype(jnp.float64), FACTORS)
+        if kind == "frozen":
+            rule = rule.with_trainable(rule.mask(["x*r", "y*w", "x^2*y*r^2"]))
+    bound = 0.4 if kind == "mlp" else 1.0
+    net = network(rule, weight_bound=bound)  # the bound is reached: its derivative counts too
+    params, static = eqx.partition(net, mp.rule_filter_spec(net))
+    from jax.flatten_util import ravel_pytree
+
+    theta, unravel = ravel_pytree(params)
+    to_model = lambda t: eqx.combine(unravel(t), static)
+    logits, fast = mp.choice_jacobian(theta, to_model, data)
+    slow = jax.jacfwd(lambda t: mp.replay(to_model(t), data).logits)(theta)
+    np.testing.assert_allclose(
+        jnp.where(data.presentation_mask, logits, 0),
+        jnp.where(data.presentation_mask, mp.replay(net, data).logits, 0),
+        rtol=1e-12,
+    )
+    assert bool(jnp.any(jnp.abs(mp.replay(net, data).weights) == bound))
+    mask = data.presentation_mask[..., None]
+    np.testing.assert_allclose(jnp.where(mask, fast, 0), jnp.where(mask, slow, 0), atol=1e-9)
+    if kind == "frozen":
+        assert float(jnp.abs(fast).sum(axis=(0, 1)).astype(bool).sum()) == 3
