@@ -22,7 +22,6 @@ import optax
 from jaxtyping import Array, Bool, Float, PyTree
 from jaxtyping import Key as PRNGKeyArray
 
-from ._compile import COMPILER_OPTIONS
 from ._errors import MetaplasticError
 from ._fisher import fit_bernoulli_gauss_newton
 from ._fit import FitResult, fit
@@ -89,7 +88,7 @@ class GeneratedBehaviour(eqx.Module):
     neuron_mask: Bool[Array, "batch n"] | None
 
 
-@eqx.filter_jit(compiler_options=COMPILER_OPTIONS)
+@eqx.filter_jit
 def _closed_loop(
     network: MushroomBody,
     task: OperantTask,

@@ -435,15 +435,15 @@ def test_compare_ensemble_matches_members():
 
 @pytest.mark.slow
 def test_recovers_x_times_r():
-    res = mp.recover_rule(mp.rules.reward_modulated(), seeds=3, key=jr.key(0))
+    # The targets, on the median over 5 seeds.
+    res = mp.recover_rule(mp.rules.reward_modulated(), seeds=5, key=jr.key(0))
     med = res.median()
     assert med["r2_weights"] > 0.85
     assert med["r2_activity"] > 0.95
     assert abs(med["percent_deviance"] - med["true_percent_deviance"]) < 2
-    for s in range(3):
-        rule = mp.TaylorRule(res.fitted.rule.coefficients[s], FACTORS)
-        top, value = rule.top_terms(1)[0]
-        assert top == "x*r" and value > 0
+    median_rule = mp.TaylorRule(np.median(res.fitted.rule.coefficients, axis=0), FACTORS)
+    top, value = median_rule.top_terms(1)[0]
+    assert top == "x*r" and value > 0
 
 
 @pytest.mark.slow
