@@ -437,7 +437,7 @@ def null_network(network: MushroomBody) -> MushroomBody:
 @eqx.filter_jit
 def percent_deviance(
     network: MushroomBody,
-    data: ChoiceDataset,
+    data: ChoiceDataset | PackedChoiceDataset,
     initial_weights: Float[Array, "batch hidden n_in"] | None = None,
 ) -> Float[Array, " batch"]:
     """Percent deviance explained per trajectory, `100 · (D_null − D) / D_null` with
