@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 
 TARGETS = {
@@ -55,9 +56,47 @@ def parse_args(argv=None):
     )
     p.add_argument("--l1", type=float, default=1e-3, help="L1 penalty on Taylor coefficients")
     p.add_argument("--families", default="taylor,mlp", help="comma-separated rule families")
+    p.add_argument(
+        "--jobs", type=int, default=2, help="processes: 2 fits the two families side by side"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out", help="folder for the CSV and JSON results")
     return p.parse_args(argv)
+
+
+def _key_data(keys, family):
+    import jax.random as jr
+    import numpy as np
+
+    return np.asarray(jr.key_data(keys[family]))
+
+
+def fit_family(data, family, method, l1, iterations, key_data):
+    """Fit one rule family on `data` (several seeds vmapped) and score it; plain results so
+    that it can run in another process."""
+    import jax.random as jr
+    import numpy as np
+
+    import metaplastic as mp
+
+    if method == "adam":
+        options = {"epochs": iterations or 300}
+    else:
+        options = {"iterations": iterations or (12 if family == "taylor" else 16)}
+    res = mp.recover_rule(
+        data=data,
+        rule=family,
+        method=method,
+        l1=l1,
+        key=jr.wrap_key_data(key_data),
+        **options,
+    )
+    coefficients = np.asarray(res.fitted.rule.coefficients) if family == "taylor" else None
+    return {
+        "scores": {k: np.asarray(v) for k, v in res.scores.items()},
+        "coefficients": coefficients,
+        "fit_seconds": res.seconds["fit"] + res.seconds["evaluate"],
+    }
 
 
 def main(argv=None):
@@ -90,33 +129,41 @@ def main(argv=None):
     rows = []
     families = [f for f in ("taylor", "mlp") if f in args.families.split(",")]
     keys = {"taylor": k_taylor, "mlp": k_mlp}
+    settings = (args.method, args.l1, args.iterations)
+    results = {}
+    if args.jobs > 1 and len(families) > 1:
+        # The families are independent fits, each mostly on one core: fit the MLP in a second
+        # process while this one fits the Taylor rule.
+        import multiprocessing
 
-    def recover(family):
-        if args.method == "adam":
-            fit_options = {"epochs": args.iterations or 300}
-        else:
-            fit_options = {"iterations": args.iterations or (12 if family == "taylor" else 16)}
-        return mp.recover_rule(
-            data=data, rule=family, method=args.method, l1=args.l1, key=keys[family], **fit_options
-        )
-
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            other = pool.submit(
+                fit_family, data, families[1], *settings, _key_data(keys, families[1])
+            )
+            results[families[0]] = fit_family(
+                data, families[0], *settings, _key_data(keys, families[0])
+            )
+            results[families[1]] = other.result()
+    else:
+        for family in families:
+            results[family] = fit_family(data, family, *settings, _key_data(keys, family))
     for family in families:
-        res = recover(family)
-        med = res.median()
+        res = results[family]
+        med = {k: float(np.median(v)) for k, v in res["scores"].items()}
         entry = {k: round(v, 4) for k, v in med.items()}
-        entry["per_seed"] = {k: np.round(v, 4).tolist() for k, v in res.scores.items()}
-        entry["fit_seconds"] = round(res.seconds["fit"], 2)
+        entry["per_seed"] = {k: np.round(v, 4).tolist() for k, v in res["scores"].items()}
+        entry["fit_seconds"] = round(res["fit_seconds"], 2)
         for s in range(args.seeds):
             rows.append(
-                {"family": family, "seed": s} | {k: float(v[s]) for k, v in res.scores.items()}
+                {"family": family, "seed": s} | {k: float(v[s]) for k, v in res["scores"].items()}
             )
         print(
             f"{family}: R² weights {med['r2_weights']:.3f}, R² activity {med['r2_activity']:.3f}, "
             f"% deviance {med['percent_deviance']:.2f} (true rule {med['true_percent_deviance']:.2f})"
-            f"  [median of {args.seeds} seeds; fit {res.seconds['fit']:.1f} s]"
+            f"  [median of {args.seeds} seeds; fit {res['fit_seconds']:.1f} s]"
         )
         if family == "taylor":
-            coefficients = np.asarray(res.fitted.rule.coefficients)
+            coefficients = res["coefficients"]
             median_rule = mp.TaylorRule(np.median(coefficients, axis=0), truth.factors)
             per_seed_top = [mp.TaylorRule(c, truth.factors).top_terms(1)[0] for c in coefficients]
             print("top recovered terms (median over seeds):")

@@ -22,7 +22,6 @@ import optax
 from jaxtyping import Array, Bool, Float, PyTree
 from jaxtyping import Key as PRNGKeyArray
 
-from ._compile import COMPILER_OPTIONS
 from ._errors import MetaplasticError
 from ._fisher import fit_bernoulli_gauss_newton
 from ._fit import FitResult, fit
@@ -89,7 +88,7 @@ class GeneratedBehaviour(eqx.Module):
     neuron_mask: Bool[Array, "batch n"] | None
 
 
-@eqx.filter_jit(compiler_options=COMPILER_OPTIONS)
+@eqx.filter_jit
 def _closed_loop(
     network: MushroomBody,
     task: OperantTask,
@@ -438,7 +437,7 @@ def null_network(network: MushroomBody) -> MushroomBody:
 @eqx.filter_jit
 def percent_deviance(
     network: MushroomBody,
-    data: ChoiceDataset,
+    data: ChoiceDataset | PackedChoiceDataset,
     initial_weights: Float[Array, "batch hidden n_in"] | None = None,
 ) -> Float[Array, " batch"]:
     """Percent deviance explained per trajectory, `100 · (D_null − D) / D_null` with
@@ -595,47 +594,47 @@ def choice_logits(
     return replay(network, data).logits, data.choices, data.presentation_mask
 
 
+_CANONICAL = ("x", "y", "w", "r")
+
+
 def _taylor_parts(rule: TaylorRule, x, y, w, r):
     """For one plasticity step of a Taylor rule: the change `Δ`, its derivative with respect
     to every (effective) coefficient (the monomials, `(C, hidden, n_in)`, in the order of
     `rule.coefficients.ravel()`), and the per-synapse derivatives `∂Δ_ji/∂w_ji` and
     `∂Δ_ji/∂y_j`."""
     order = rule.order
-    shape = w.shape
-    values = {
-        "x": jnp.broadcast_to(x[None, :], shape),
-        "y": jnp.broadcast_to(y[:, None], shape),
-        "w": w,
-        "r": jnp.broadcast_to(r, shape),
-    }
+    sizes = [order + 1 if f in rule.factors else 1 for f in _CANONICAL]
 
-    def powers(v):
+    def powers(v, size):
         p, dp = [jnp.ones_like(v)], [jnp.zeros_like(v)]
-        for k in range(1, order + 1):
+        for k in range(1, size):
             dp.append(k * p[-1])
             p.append(p[-1] * v)
         return jnp.stack(p), jnp.stack(dp)
 
-    stacks = {f: powers(values[f]) for f in rule.factors}
-    k = len(rule.factors)
-
-    def outer(parts):
-        out = parts[0].reshape((order + 1,) + (1,) * (k - 1) + shape)
-        for i, part in enumerate(parts[1:], start=1):
-            out = out * part.reshape((1,) * i + (order + 1,) + (1,) * (k - 1 - i) + shape)
-        return out.reshape((-1,) + shape)
-
-    coefficients = rule.effective_coefficients.reshape(-1)
-    monomials = outer([stacks[f][0] for f in rule.factors])
-    delta = jnp.einsum("c,cji->ji", coefficients, monomials)
-
-    def derivative(name):
-        if name not in rule.factors:
-            return jnp.zeros(shape, w.dtype)
-        parts = [stacks[f][1] if f == name else stacks[f][0] for f in rule.factors]
-        return jnp.einsum("c,cji->ji", coefficients, outer(parts))
-
-    return delta, monomials, derivative("w"), derivative("y")
+    xs, _ = powers(x, sizes[0])  # (nx, n_in)
+    ys, dys = powers(y, sizes[1])  # (ny, hidden)
+    ws, dws = powers(w, sizes[2])  # (nw, hidden, n_in)
+    rs, _ = powers(jnp.asarray(r, w.dtype), sizes[3])  # (nr,)
+    # Coefficients in canonical (x, y, w, r) order, size-1 axes for absent factors; contract
+    # the reward and presynaptic powers first, then the postsynaptic ones: A_c = Σ θ x^a y^b r^d.
+    present = [f for f in _CANONICAL if f in rule.factors]
+    c = jnp.transpose(rule.effective_coefficients, [rule.factors.index(f) for f in present])
+    c = jnp.tensordot(c.reshape(sizes), rs, axes=[[3], [0]])  # (nx, ny, nw)
+    cx = jnp.einsum("abc,ai->bci", c, xs)  # (ny, nw, n_in)
+    a = jnp.einsum("bci,bj->cji", cx, ys)  # (nw, hidden, n_in)
+    da = jnp.einsum("bci,bj->cji", cx, dys)
+    delta = jnp.sum(a * ws, axis=0)
+    d_w = jnp.sum(a * dws, axis=0)
+    d_y = jnp.sum(da * ws, axis=0)
+    # The monomials x^a y^b w^c r^d of every synapse, in the rule's own factor order.
+    xr = xs[:, None, :] * rs[None, :, None]  # (nx, nr, n_in)
+    yw = ys[:, None, :, None] * ws[None]  # (ny, nw, hidden, n_in)
+    canonical = xr[:, None, None, :, None, :] * yw[None, :, :, None, :, :]
+    perm = [_CANONICAL.index(f) for f in rule.factors]
+    perm += [i for i, f in enumerate(_CANONICAL) if f not in rule.factors] + [4, 5]
+    monomials = jnp.transpose(canonical, perm).reshape((-1,) + w.shape)
+    return delta, monomials, d_w, d_y
 
 
 def _synapse_parts(rule_of: Callable, theta, x, y, w, r):

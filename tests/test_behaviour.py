@@ -1,3 +1,4 @@
+import functools
 import math
 
 import equinox as eqx
@@ -112,6 +113,7 @@ def test_encoding_and_network():
 
 
 # ---------------------------------------------------------------------------------- helpers
+@functools.cache
 def hand_dataset(inputs=True):
     """Two trajectories, three trials of up to three presentations, by hand."""
     odours = np.array(
@@ -155,6 +157,11 @@ def network(rule=None, **kw):
     )
     kw.setdefault("init_std", 0.3)
     return mp.nn.MushroomBody(rule, key=jr.key(7), **kw)
+
+
+@functools.cache
+def padded_hand_dataset():
+    return pad(hand_dataset())
 
 
 def pad(data, trials=2, presentations=2, junk=7.0):
@@ -234,38 +241,34 @@ def test_reward_signal_option():
     np.testing.assert_allclose(mp.replay(network(), data_no_expectation).weights, raw, rtol=1e-6)
 
 
+@eqx.filter_jit
+def losses_of(net, data):
+    """The choice loss, its gradient, the log-likelihoods and the replayed weights."""
+    value, grad = eqx.filter_value_and_grad(mp.choice_bce)(net, data)
+    ll = mp.choice_log_likelihood(net, data)
+    return value, grad.plastic.rule.coefficients, ll, mp.replay(net, data).weights
+
+
 def test_padding_never_changes_a_loss_or_metric():
     data = hand_dataset()
-    padded = pad(data)
+    padded = padded_hand_dataset()
+    packed = mp.data.PackedChoiceDataset.from_choices(padded)
+    assert packed.choices.shape == (2, 6)
     net, ref = network(), network(mp.rules.reward_modulated())
-    np.testing.assert_allclose(mp.choice_bce(net, data), mp.choice_bce(net, padded), rtol=1e-6)
-    np.testing.assert_allclose(
-        mp.choice_log_likelihood(net, data), mp.choice_log_likelihood(net, padded), rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        mp.percent_deviance(net, data), mp.percent_deviance(net, padded), rtol=1e-5
-    )
-    a = mp.compare_behaviour(ref, net, data)
+    plain = losses_of(net, data)
+    # Padded with junk behind the masks, and packed: the same loss, gradient and weights.
+    for other in (losses_of(net, padded), losses_of(net, packed)):
+        np.testing.assert_allclose(other[0], plain[0], rtol=1e-6)
+        np.testing.assert_allclose(other[1], plain[1], rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(other[2], plain[2], rtol=1e-6)
+        np.testing.assert_allclose(other[3][:, :3], plain[3], rtol=1e-6)
+    a = mp.compare_behaviour(ref, net, data)  # R² of weights and activity, % deviance
     b = mp.compare_behaviour(ref, net, padded)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=k)
-    g = lambda d: eqx.filter_grad(mp.choice_bce)(net, d).plastic.rule.coefficients
-    np.testing.assert_allclose(g(data), g(padded), rtol=1e-5, atol=1e-8)
     # The mean is over valid presentations only: 12 of them, not 18 (or 40 padded).
-    logits = mp.replay(net, data).logits
-    c = data.choices
-    per = -(c * jax.nn.log_sigmoid(logits) + (1 - c) * jax.nn.log_sigmoid(-logits))
-    manual = float(jnp.sum(jnp.where(data.presentation_mask, per, 0.0))) / 12
     assert int(data.presentation_mask.sum()) == 12
-    assert float(mp.choice_bce(net, data)) == pytest.approx(manual, rel=1e-6)
-    # The packed layout gives the same loss and gradient.
-    packed = mp.data.PackedChoiceDataset.from_choices(padded)
-    assert packed.choices.shape == (2, 6)
-    np.testing.assert_allclose(mp.choice_bce(net, packed), mp.choice_bce(net, data), rtol=1e-6)
-    np.testing.assert_allclose(g(packed), g(data), rtol=1e-5, atol=1e-8)
-    np.testing.assert_allclose(
-        mp.replay(net, packed).weights[:, :3], mp.replay(net, data).weights, rtol=1e-6
-    )
+    assert float(plain[0]) == pytest.approx(-float(plain[2].sum()) / 12, rel=1e-6)
 
 
 def test_null_model_deviance():
@@ -364,6 +367,7 @@ def test_closed_loop_equals_teacher_forcing_on_the_generating_inputs(generated):
     np.testing.assert_array_equal(kept.data.inputs, g.generating_inputs)
 
 
+@pytest.mark.slow
 def test_neural_readout_loss(generated):
     task, enc, net, _ = generated
     readout = mp.nn.ActivityReadout(recorded_fraction=0.5, noise_std=0.0)
@@ -382,6 +386,7 @@ def test_neural_readout_loss(generated):
 
 
 # ---------------------------------------------------------------------------------- fitting
+@pytest.mark.slow
 def test_recover_rule_runs_end_to_end():
     res = mp.recover_rule(
         mp.rules.reward_modulated(),
@@ -430,15 +435,15 @@ def test_compare_ensemble_matches_members():
 
 @pytest.mark.slow
 def test_recovers_x_times_r():
-    res = mp.recover_rule(mp.rules.reward_modulated(), seeds=3, key=jr.key(0))
+    # The issue's targets, on the median over 5 seeds.
+    res = mp.recover_rule(mp.rules.reward_modulated(), seeds=5, key=jr.key(0))
     med = res.median()
     assert med["r2_weights"] > 0.85
     assert med["r2_activity"] > 0.95
     assert abs(med["percent_deviance"] - med["true_percent_deviance"]) < 2
-    for s in range(3):
-        rule = mp.TaylorRule(res.fitted.rule.coefficients[s], FACTORS)
-        top, value = rule.top_terms(1)[0]
-        assert top == "x*r" and value > 0
+    median_rule = mp.TaylorRule(np.median(res.fitted.rule.coefficients, axis=0), FACTORS)
+    top, value = median_rule.top_terms(1)[0]
+    assert top == "x*r" and value > 0
 
 
 @pytest.mark.slow
@@ -458,15 +463,20 @@ def test_adam_fit_lowers_the_choice_loss():
     assert np.all(res.history.loss[-1] < res.history.loss[0])
 
 
-@pytest.mark.parametrize("kind", ["taylor", "frozen", "mlp"])
-def test_choice_jacobian_matches_forward_mode(kind, x64):
-    data = mp.data.PackedChoiceDataset.from_choices(pad(hand_dataset()))
-    data = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, data)
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("taylor", marks=pytest.mark.slow),
+        "frozen",
+        pytest.param("mlp", marks=pytest.mark.slow),
+    ],
+)
+def test_choice_jacobian_matches_forward_mode(kind):
+    data = mp.data.PackedChoiceDataset.from_choices(padded_hand_dataset())
     if kind == "mlp":
         rule = mp.MLPRule(FACTORS, width=4, key=jr.key(0))
     else:
         rule = mp.TaylorRule.random(FACTORS, 2, scale=0.2, key=jr.key(1))
-        rule = mp.TaylorRule(rule.coefficients.astype(jnp.float64), FACTORS)
         if kind == "frozen":
             rule = rule.with_trainable(rule.mask(["x*r", "y*w", "x^2*y*r^2"]))
     bound = 0.4 if kind == "mlp" else 1.0
@@ -476,15 +486,50 @@ def test_choice_jacobian_matches_forward_mode(kind, x64):
 
     theta, unravel = ravel_pytree(params)
     to_model = lambda t: eqx.combine(unravel(t), static)
-    logits, fast = mp.choice_jacobian(theta, to_model, data)
-    slow = jax.jacfwd(lambda t: mp.replay(to_model(t), data).logits)(theta)
-    np.testing.assert_allclose(
-        jnp.where(data.presentation_mask, logits, 0),
-        jnp.where(data.presentation_mask, mp.replay(net, data).logits, 0),
-        rtol=1e-12,
-    )
+
+    @jax.jit
+    def both(t):
+        logits, fast = mp.choice_jacobian(t, to_model, data)
+        slow = jax.jacfwd(lambda u: mp.replay(to_model(u), data).logits)(t)
+        return logits, fast, slow
+
+    logits, fast, slow = both(theta)
     assert bool(jnp.any(jnp.abs(mp.replay(net, data).weights) == bound))
-    mask = data.presentation_mask[..., None]
-    np.testing.assert_allclose(jnp.where(mask, fast, 0), jnp.where(mask, slow, 0), atol=1e-9)
+    m = data.presentation_mask
+    np.testing.assert_allclose(
+        jnp.where(m, logits, 0), jnp.where(m, mp.replay(net, data).logits, 0), rtol=1e-6
+    )
+    scale = float(jnp.max(jnp.abs(slow)))
+    np.testing.assert_allclose(
+        jnp.where(m[..., None], fast, 0), jnp.where(m[..., None], slow, 0), atol=1e-5 * scale
+    )
     if kind == "frozen":
         assert float(jnp.abs(fast).sum(axis=(0, 1)).astype(bool).sum()) == 3
+
+
+@pytest.mark.parametrize(
+    "factors",
+    [
+        pytest.param(("x", "y", "w", "r"), marks=pytest.mark.slow),
+        ("r", "w", "y", "x"),
+        pytest.param(("y", "x"), marks=pytest.mark.slow),
+    ],
+)
+def test_taylor_parts(factors):
+    from metaplastic._behaviour import _taylor_parts
+
+    rule = mp.TaylorRule.random(factors, 2, scale=0.5, key=jr.key(0))
+    x, y = jnp.array([0.7, -0.2]), jnp.array([0.3, -0.5, 0.9])
+    w, r = jr.normal(jr.key(1), (3, 2)), jnp.array(0.4)
+
+    @jax.jit
+    def check(rule):
+        parts = _taylor_parts(rule, x, y, w, r)
+        jac = jax.jacfwd(lambda c: mp.TaylorRule(c, factors)(x, y, w, r))(rule.coefficients)
+        d_w = jax.jvp(lambda w: rule(x, y, w, r), (w,), (jnp.ones_like(w),))[1]
+        d_y = jax.jvp(lambda y: rule(x, y, w, r), (y,), (jnp.ones_like(y),))[1]
+        return parts, (rule(x, y, w, r), jnp.moveaxis(jac.reshape(3, 2, -1), -1, 0), d_w, d_y)
+
+    parts, expected = check(rule)
+    for name, a, b in zip(["delta", "monomials", "d_w", "d_y"], parts, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
