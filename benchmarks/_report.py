@@ -116,6 +116,58 @@ def _targets(records) -> list[str]:
     return _table(["target", "measured", ""], rows)
 
 
+def _limits(records) -> list[str]:
+    """Where the time goes, from this run's numbers."""
+    ceil = _find(records, "ceiling", batch=50)
+    fwd = _find(records, "oja_forward", batch=50)
+    grad = _find(records, "oja_grad", batch=50)
+    long = _find(records, "long_trajectory")
+    auto = _find(records, "naive_baseline", impl="library_autodiff")
+    lib = _find(records, "naive_baseline", impl="library")
+    if not (ceil and fwd and grad):
+        return []
+    c, f, g = (r["synapse_steps_per_s"] for r in (ceil, fwd, grad))
+    lines = [
+        "## Where XLA on CPU is the limit",
+        "",
+        f"- One read and one write of the weights per step (the `ceiling` rows) reach "
+        f"{c / 1e6:.0f} M synapse-steps/s at batch 50 in this run: memory traffic and XLA's "
+        "per-kernel overhead, not arithmetic, bound a plastic layer on this CPU.",
+        f"- The forward pass of the 27-term rule runs at {f / 1e6:.0f} M/s ({f / c:.0%} of that "
+        "ceiling): per step a matrix-vector product, the rule in about 12 multiply-adds per "
+        "synapse (Horner's scheme in w, then in y, on θ contracted with the powers of x), and "
+        "the update.",
+        f"- The gradient runs at {g / 1e6:.0f} M/s ({g / c:.0%} of the ceiling, "
+        f"{g / f:.2f}× the forward pass). Per step it makes about 18 passes over a weight-sized "
+        "array against the ceiling's 2: the forward step and the store of W; in the reverse "
+        "pass the fetch of the stored W into the loop carry (XLA adds two loop-carry copies), "
+        "the powers Λ, Λ⊙W, Λ⊙W² and their product with the powers of x (the only contraction "
+        "the θ-gradient and the adjoint of y need), and the elementwise adjoint update. Each "
+        "of these is a separate XLA kernel (~15 per step), split over both threads; the "
+        "per-kernel cost grows when other jobs hold the cores.",
+        "- What XLA does not do on CPU, and what would close the rest of the gap, is fusing "
+        "the whole reverse step into one pass over W and Λ; it also duplicates cheap "
+        "per-neuron computations into every synapse of a fused loop and loses vectorisation "
+        "when a fused loop slices a stacked array, which is why the per-step inputs of the "
+        "weight-sized loops come out of matrix products and the stored W is fetched into the "
+        "loop carry (see `metaplastic/_fast.py`).",
+    ]
+    if auto and lib:
+        lines.append(
+            f"- Plain `jax.grad` through the same factorised simulation runs at "
+            f"{auto['synapse_steps_per_s'] / 1e6:.1f} M/s at batch 1; the hand-written reverse "
+            f"pass is {auto['step_s'] / lib['step_s']:.1f}× faster in the same run."
+        )
+    if long:
+        per_step = long["estimate_autodiff_no_checkpoint_mb"] / long["config"]["T"]
+        lines.append(
+            f"- Memory: `jax.grad` without checkpointing keeps {per_step:.2f} MiB per step "
+            f"({per_step / long['weight_matrix_mb']:.1f} weight matrices); the reverse pass "
+            "keeps one matrix per step (or per segment) of one trajectory at a time."
+        )
+    return lines + [""]
+
+
 SECTIONS = {
     "ceiling": (
         "Elementwise ceiling (a scan that only updates W elementwise)",
@@ -231,7 +283,7 @@ SECTIONS = {
             "one device: step (s)",
             "compile (s)",
             "traces",
-            "max |Δθ| vs one device",
+            "max abs Δθ vs one device",
         ],
         lambda r: [
             r["config"]["layout"],
@@ -277,6 +329,7 @@ def write_results(records, path, *, command: str, machine: dict, started) -> Non
         if not recs:
             continue
         lines += [f"## {title}", "", *_table(headers, [row(r) for r in recs]), ""]
+    lines += _limits(records)
     lines += [
         "## GPU",
         "",

@@ -14,8 +14,8 @@ and the adjoint itself obeys the elementwise recursion
     ȳ_t = ∂L/∂y_t + η m_t Σ_j Λ_{t+1,ij} ∂g_ij/∂y_i,
 
 where `m_t` is the step mask. Both need only `Q_t[c, i, a] = Σ_j Λ_{t+1,ij} W_{t,ij}^c x_tj^a`,
-three small matrix products per step. The backward pass below keeps one weight matrix per step
-(or one per checkpointed segment, recomputing inside it) and nothing else.
+one matrix product per step. The backward pass below keeps one weight matrix per step (or one
+per checkpointed segment, recomputing inside it) and nothing else.
 
 Two entry points share it:
 
