@@ -83,7 +83,7 @@ def _targets(records) -> list[str]:
     rows.append(
         [
             "fly_fit ≤ 10 s end to end",
-            "not measured: the behavioural model is not on this branch yet (TODO)",
+            "not measured: left to the behavioural-model work (TODO)",
             "–",
         ]
     )
