@@ -14,8 +14,8 @@ and the adjoint itself obeys the elementwise recursion
     ȳ_t = ∂L/∂y_t + η m_t Σ_j Λ_{t+1,ij} ∂g_ij/∂y_i,
 
 where `m_t` is the step mask. Both need only `Q_t[c, i, a] = Σ_j Λ_{t+1,ij} W_{t,ij}^c x_tj^a`,
-three small matrix products per step. The backward pass below keeps one weight matrix per step
-(or one per checkpointed segment, recomputing inside it) and nothing else.
+one matrix product per step. The backward pass below keeps one weight matrix per step (or one
+per checkpointed segment, recomputing inside it) and nothing else.
 
 Two entry points share it:
 
@@ -54,7 +54,7 @@ _CANONICAL = ("x", "y", "w", "r")
 # Without an explicit `checkpoint`, the backward pass keeps every step's weights while they
 # take at most this many bytes per trajectory, and otherwise one matrix per segment of about
 # √T steps, recomputing the weights inside a segment.
-STORE_BUDGET_BYTES = 64 * 2**20
+STORE_BUDGET_BYTES = 128 * 2**20
 # Trajectories processed together (vmapped) inside the loss.
 CHUNK = 1
 
@@ -88,9 +88,13 @@ def canonical_coefficients(rule: TaylorRule) -> Float[Array, "nx ny nw nr"]:
 
 
 def _config(activation: str, checkpoint, length: int, matrix_bytes: int) -> _Config:
-    """How the backward pass stores weights for a trajectory of `length` steps; `checkpoint`
-    as in `metaplastic.simulate` (an integer `k`: one stored matrix per `k` steps)."""
-    if checkpoint is True or checkpoint is False or checkpoint is None:
+    """How the backward pass stores weights for a trajectory of `length` steps. `checkpoint`
+    as in `metaplastic.simulate`: `True` keeps every step's weights, an integer `k` one matrix
+    per `k` steps (recomputing inside), `False` every step's weights up to
+    `STORE_BUDGET_BYTES` per trajectory and √T-step segments beyond."""
+    if checkpoint is True:
+        segment = 1  # what per-step checkpointing keeps: every step's weights
+    elif checkpoint is False or checkpoint is None:
         segment = 1
         if length * matrix_bytes > STORE_BUDGET_BYTES:
             segment = math.isqrt(length - 1) + 1
@@ -355,7 +359,8 @@ def _mse_fwd(cfg, c4, eta, w0, inputs, rewards, step_mask, neuron_mask, target):
         )
 
     traj = (w0, inputs, rewards, step_mask, neuron_mask, target)
-    parts, h, lam, xbar, rbar, tbar = jax.lax.map(one, traj, batch_size=cfg.chunk)
+    chunk = None if cfg.chunk == 1 else cfg.chunk
+    parts, h, lam, xbar, rbar, tbar = jax.lax.map(one, traj, batch_size=chunk)
     h = jnp.sum(h, axis=0)
     grads = (eta * h, jnp.sum(c4 * h), lam, xbar, rbar, tbar)
     return jnp.sum(parts) / count, grads

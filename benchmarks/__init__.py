@@ -1,0 +1,1 @@
+"""The metaplastic benchmark suite: `python -m benchmarks` (see benchmarks/README.md)."""

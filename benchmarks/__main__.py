@@ -1,0 +1,124 @@
+"""Run the benchmark suite: `python -m benchmarks` (all) or `python -m benchmarks --only NAME`.
+
+Every configuration prints one JSON object. The full suite runs each benchmark in its own
+process (so that `peak_rss_mb` is that benchmark's own peak) and writes `benchmarks/RESULTS.md`.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+ORDER = (
+    "ceiling",
+    "oja_forward",
+    "oja_grad",
+    "naive_baseline",
+    "scaling",
+    "long_trajectory",
+    "devices",
+)
+
+
+def run_one(name: str, as_json: bool) -> None:
+    if name == "devices" and "device_count" not in os.environ.get("XLA_FLAGS", ""):
+        # Without accelerators JAX sees the CPU as one device; split it into 4 virtual devices
+        # (before JAX starts) to show the sharded layout. Other platforms are unaffected.
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=4").strip()
+    from ._harness import machine_facts
+    from ._suite import BENCHMARKS
+
+    if name not in BENCHMARKS:
+        raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    if not as_json:
+        print(f"# {name}: {json.dumps(machine_facts())}", flush=True)
+    for rec in BENCHMARKS[name]():
+        print(json.dumps(rec), flush=True)
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_all(names, as_json: bool, results: str | None, command: str) -> int:
+    from ._harness import machine_facts
+    from ._report import write_results
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    machine = machine_facts()
+    records, failures = [], []
+    t0 = time.perf_counter()
+    for name in names:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks", "--only", name, "--json"],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for line in proc.stdout:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            rec = json.loads(line)
+            records.append(rec)
+            print(line if as_json else _human(rec), flush=True)
+        if proc.wait() != 0:
+            failures.append(name)
+            print(json.dumps({"name": name, "error": f"exit code {proc.returncode}"}), flush=True)
+    machine["load_avg_1min_end"] = machine_facts().get("load_avg_1min")
+    machine["suite_wall_s"] = round(time.perf_counter() - t0, 1)
+    if results:
+        write_results(records, results, command=command, machine=machine, started=started)
+        if not as_json:
+            print(f"wrote {os.path.relpath(results, ROOT)}")
+    return 1 if failures else 0
+
+
+def _human(rec: dict) -> str:
+    thr = rec.get("synapse_steps_per_s")
+    parts = [f"{rec['name']:16s}", json.dumps(rec["config"])]
+    if rec.get("step_s") is not None:
+        parts.append(f"step {rec['step_s']:.4g} s")
+    if rec.get("compile_s") is not None:
+        parts.append(f"compile {rec['compile_s']:.3g} s")
+    if thr:
+        parts.append(f"{thr / 1e6:.1f} M synapse-steps/s")
+    if "slope" in rec:
+        parts.append(f"slope {rec['slope']}")
+    parts.append(f"peak RSS {rec['peak_rss_mb']:.0f} MiB")
+    return "  ".join(parts)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--only", help="run one benchmark (or a comma-separated list)")
+    parser.add_argument("--json", action="store_true", help="print only the JSON lines")
+    parser.add_argument(
+        "--results",
+        default=os.path.join(HERE, "RESULTS.md"),
+        help="where the full suite writes its table (default benchmarks/RESULTS.md)",
+    )
+    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    args = parser.parse_args(argv)
+    command = "python -m benchmarks" + (" " + shlex.join(argv or sys.argv[1:])).rstrip()
+    if args.only and "," not in args.only:
+        run_one(args.only, args.json)
+        return 0
+    names = args.only.split(",") if args.only else list(ORDER)
+    results = None if (args.no_results or args.only) else args.results
+    return run_all(names, args.json, results, command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Timing, memory and machine facts shared by the benchmarks."""
+
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+import metaplastic as mp
+
+
+REPEATS = 5  # steady-state repetitions per configuration (the median is reported)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024 if platform.system() != "Darwin" else kib / 2**20
+
+
+def device_facts() -> dict:
+    devices = jax.devices()
+    return {
+        "backend": jax.default_backend(),
+        "device": devices[0].device_kind,
+        "n_devices": len(devices),
+    }
+
+
+def machine_facts() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    facts = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        facts["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    return facts
+
+
+def time_compiled(fn: Callable, *args, repeats: int = REPEATS) -> tuple[float, float, object]:
+    """Compile `jax.jit(fn)` ahead of time, run it once to warm up, then `repeats` times.
+
+    **Returns:**
+
+    `(compile_s, median step_s, last output)`; every run is waited for with
+    `jax.block_until_ready`.
+    """
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    out = jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    return compile_s, statistics.median(times), out
+
+
+def record(name: str, config: dict, *, compile_s, step_s, throughput: dict, **extra) -> dict:
+    """One JSON-ready result line."""
+    out = {
+        "name": name,
+        "config": config,
+        "compile_s": None if compile_s is None else round(compile_s, 4),
+        "step_s": None if step_s is None else round(step_s, 6),
+    }
+    out.update({k: (round(v, 1) if isinstance(v, float) else v) for k, v in throughput.items()})
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    out.update(device_facts())
+    out.update(extra)
+    return out
+
+
+def oja_dataset(
+    batch: int,
+    length: int,
+    n_in: int = 100,
+    n_out: int = 1000,
+    *,
+    dtype=jnp.float32,
+    key=jr.key(0),
+) -> mp.data.ActivityDataset:
+    """Activity of a 100 → 1000 sigmoid layer learning by Oja's rule (`x*y - y^2*w`) from
+    Gaussian inputs; no weight trajectories are kept (they would take batch · T matrices)."""
+    k_x, k_w = jr.split(key)
+    teacher = mp.nn.PlasticDense(mp.rules.oja(), eta=1.0)
+    inputs = mp.tasks.gaussian_stimuli(n_in, length, n_trajectories=batch, key=k_x).astype(dtype)
+    w0 = (0.01 * jr.normal(k_w, (batch, n_out, n_in))).astype(dtype)
+    simulate = jax.jit(jax.vmap(lambda w, x: mp.simulate(teacher, w, x).activity))
+    activity = simulate(w0, inputs)
+    return mp.data.ActivityDataset(inputs, activity, w0)
+
+
+def synapse_steps(data: mp.data.ActivityDataset) -> int:
+    batch, length, n_in = data.inputs.shape
+    return batch * length * n_in * data.activity.shape[2]
+
+
+def student_rule(dtype=jnp.float32) -> mp.TaylorRule:
+    """The 27-term rule over (x, y, w) that a fit starts from (small random coefficients)."""
+    return mp.TaylorRule((1e-3 * jr.normal(jr.key(1), (3, 3, 3))).astype(dtype), ("x", "y", "w"))
+
+
+def coefficient_loss(**loss_kwargs) -> Callable:
+    """`(coefficients, data) -> activity_mse` of a sigmoid `PlasticDense` layer (η = 1)."""
+
+    def loss(coefficients, data):
+        layer = mp.nn.PlasticDense(mp.TaylorRule(coefficients, ("x", "y", "w")), eta=1.0)
+        return mp.losses.activity_mse(layer, data, **loss_kwargs)
+
+    return loss
+
+
+def loglog_slope(x, y) -> float:
+    """The slope of `log y` against `log x` (least squares)."""
+    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])

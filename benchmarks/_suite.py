@@ -1,0 +1,375 @@
+"""The benchmarks. Each is a generator of result records (one JSON object per configuration)."""
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+
+import metaplastic as mp
+
+from ._harness import (
+    REPEATS,
+    coefficient_loss,
+    loglog_slope,
+    oja_dataset,
+    peak_rss_mb,
+    record,
+    student_rule,
+    synapse_steps,
+    time_compiled,
+)
+
+
+N_IN, N_OUT, LENGTH = 100, 1000, 50
+LAYER = {"n_in": N_IN, "n_out": N_OUT, "activation": "sigmoid", "terms": 27, "dtype": "float32"}
+
+
+def _throughput(data, step_s: float) -> dict:
+    return {"synapse_steps_per_s": synapse_steps(data) / step_s}
+
+
+# ---------------------------------------------------------------------------- calibration
+
+
+def ceiling() -> Iterator[dict]:
+    """The practical ceiling: a scan that only updates the weight matrix elementwise
+    (`W ← W ⊙ a_t + b_t`, one read and one write of W per step), vmapped over the batch."""
+    for batch in (1, 50):
+        k = jr.split(jr.key(2), 3)
+        w0 = jr.normal(k[0], (batch, N_OUT, N_IN))
+        a = 1.0 + 1e-3 * jr.normal(k[1], (batch, LENGTH, N_IN))
+        b = 1e-3 * jr.normal(k[2], (batch, LENGTH, N_OUT))
+
+        def run(w0, a, b):
+            def one(w, a, b):
+                body = lambda w, ab: (w * ab[0][None, :] + ab[1][:, None], None)
+                return jax.lax.scan(body, w, (a, b))[0]
+
+            return jax.vmap(one)(w0, a, b)
+
+        compile_s, step_s, _ = time_compiled(run, w0, a, b)
+        config = {"batch": batch, "T": LENGTH, "n_in": N_IN, "n_out": N_OUT, "dtype": "float32"}
+        steps = batch * LENGTH * N_IN * N_OUT
+        yield record(
+            "ceiling",
+            config,
+            compile_s=compile_s,
+            step_s=step_s,
+            throughput={"synapse_steps_per_s": steps / step_s},
+        )
+
+
+# ---------------------------------------------------------------------------- the Oja layer
+
+
+def oja_forward() -> Iterator[dict]:
+    """The trajectory loss (forward pass only) of the 100 → 1000 layer with a 27-term rule."""
+    for batch in (1, 50):
+        data = oja_dataset(batch, LENGTH)
+        loss = coefficient_loss()
+        compile_s, step_s, _ = time_compiled(loss, student_rule().coefficients, data)
+        config = {"batch": batch, "T": LENGTH, **LAYER}
+        yield record(
+            "oja_forward",
+            config,
+            compile_s=compile_s,
+            step_s=step_s,
+            throughput=_throughput(data, step_s),
+        )
+
+
+class _CompileLog(logging.Handler):
+    """Collects JAX's own timings of tracing, lowering and XLA compilation of `epoch_fn` (the
+    function `fit` jits), from its `jax_log_compiles` messages."""
+
+    PATTERN = re.compile(
+        r"Finished (tracing epoch_fn for jit|jaxpr to MLIR module conversion jit\(epoch_fn\)"
+        r"|XLA compilation of jit\(epoch_fn\)) in ([0-9.eE+-]+) sec"
+    )
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.seconds = {}
+
+    def emit(self, rec):
+        match = self.PATTERN.search(rec.getMessage())
+        if match:
+            key = match.group(1).split()[0]  # tracing / jaxpr / XLA
+            self.seconds[key] = self.seconds.get(key, 0.0) + float(match.group(2))
+
+
+def _fit_compile(data) -> dict:
+    """A real `fit` of two full-batch epochs: the trace count, JAX's own timings of tracing,
+    lowering and compiling the fit step, and the wall time of each epoch."""
+    layer = mp.nn.PlasticDense(student_rule(), eta=1.0)
+    stamps = [time.perf_counter()]
+    handler, logger = _CompileLog(), logging.getLogger("jax")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with jax.log_compiles(True):
+            result = mp.fit(
+                layer,
+                data,
+                loss=mp.losses.activity_mse,
+                optimizer=optax.adam(1e-3),
+                epochs=2,
+                progress=False,
+                callback=lambda *_: stamps.append(time.perf_counter()) and None,
+            )
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    parts = handler.seconds
+    return {
+        "fit_compile_s": round(sum(parts.values()), 3) if parts else None,
+        "fit_trace_s": round(parts.get("tracing", 0.0), 3),
+        "fit_lower_s": round(parts.get("jaxpr", 0.0), 3),
+        "fit_xla_compile_s": round(parts.get("XLA", 0.0), 3),
+        "fit_first_epoch_s": round(stamps[1] - stamps[0], 3),
+        "fit_steady_epoch_s": round(stamps[2] - stamps[1], 3),
+        "fit_n_traces": result.n_traces,
+    }
+
+
+def oja_grad() -> Iterator[dict]:
+    """Forward + backward of the trajectory loss with respect to the 27 Taylor coefficients
+    (the library's hand-written reverse pass), and the compile time and trace count of a
+    real `fit` step."""
+    for batch in (1, 50):
+        data = oja_dataset(batch, LENGTH)
+        grad = jax.value_and_grad(coefficient_loss())
+        compile_s, step_s, _ = time_compiled(grad, student_rule().coefficients, data)
+        config = {"batch": batch, "T": LENGTH, **LAYER}
+        extra = _fit_compile(data) if batch == 50 else {}
+        yield record(
+            "oja_grad",
+            config,
+            compile_s=compile_s,
+            step_s=step_s,
+            throughput=_throughput(data, step_s),
+            **extra,
+        )
+
+
+def naive_loss(coefficients, data, eta: float = 1.0):
+    """A deliberately straightforward implementation of the same loss: every step builds the
+    27 monomials `x^a y^b w^c` of every synapse, `(n_out, n_in, 3, 3, 3)`, and contracts them
+    with θ by einsum; `jax.grad` differentiates it through the scan."""
+    exponents = jnp.arange(3)
+
+    def trajectory(w0, inputs, mask, target, recorded):
+        def step(w, xs):
+            x, valid = xs
+            y = jax.nn.sigmoid(w @ x)
+            xp = x[:, None] ** exponents  # (n_in, 3)
+            yp = y[:, None] ** exponents  # (n_out, 3)
+            wp = w[:, :, None] ** exponents  # (n_out, n_in, 3)
+            monomials = (
+                xp[None, :, :, None, None] * yp[:, None, None, :, None] * wp[:, :, None, None, :]
+            )
+            dw = jnp.einsum("ijabc,abc->ij", monomials, coefficients)
+            return jnp.where(valid, w + eta * dw, w), y
+
+        _, activity = jax.lax.scan(step, w0, (inputs, mask))
+        valid = mask[:, None] & recorded[None, :]
+        return jnp.sum(jnp.where(valid, activity - target, 0.0) ** 2), jnp.sum(valid)
+
+    sq, count = jax.vmap(trajectory)(
+        data.initial_weights, data.inputs, data.step_mask, data.activity, data.neuron_mask
+    )
+    return jnp.sum(sq) / jnp.maximum(jnp.sum(count), 1)
+
+
+def naive_baseline() -> Iterator[dict]:
+    """The naive per-synapse-monomial implementation, plain `jax.grad` through the library's
+    factorised simulation, and the library's reverse pass, on the same data in one run.
+    Batch 1: the naive gradient keeps 27 weight-sized monomial arrays per step (≈0.5 GB for
+    T = 50), so a batch of 50 would not fit in memory."""
+    data = oja_dataset(1, LENGTH)
+    theta = student_rule().coefficients
+    impls: dict[str, Callable] = {
+        "naive": naive_loss,
+        "library_autodiff": coefficient_loss(fast_gradient=False),
+        "library": coefficient_loss(),
+    }
+    out = {}
+    for impl, loss in impls.items():
+        compile_s, step_s, (value, grad) = time_compiled(jax.value_and_grad(loss), theta, data)
+        out[impl] = (compile_s, step_s, np.asarray(grad))
+    reference = out["naive"][2]
+    for impl, (compile_s, step_s, grad) in out.items():
+        err = float(np.max(np.abs(grad - reference)) / np.max(np.abs(reference)))
+        yield record(
+            "naive_baseline",
+            {"impl": impl, "batch": 1, "T": LENGTH, **LAYER},
+            compile_s=compile_s,
+            step_s=step_s,
+            throughput=_throughput(data, step_s),
+            speedup_vs_naive=round(out["naive"][1] / step_s, 2),
+            grad_rel_diff_vs_naive=err,
+        )
+
+
+def long_trajectory() -> Iterator[dict]:
+    """The gradient through T = 10,000 steps of the 100 → 1000 layer. The reverse pass stores
+    one weight matrix per segment of √T steps and recomputes inside a segment. What other
+    strategies would need is read from XLA's own buffer assignment for the compiled program
+    (`memory_analysis()`), without running them."""
+    length = 10_000
+    data = oja_dataset(1, length)
+    theta = student_rule().coefficients
+    rss_before = peak_rss_mb()
+    grad = jax.value_and_grad(coefficient_loss())
+    compile_s, step_s, _ = time_compiled(grad, theta, data)
+
+    def temp_mb(**kwargs) -> float:
+        compiled = jax.jit(jax.value_and_grad(coefficient_loss(**kwargs))).lower(theta, data)
+        return round(compiled.compile().memory_analysis().temp_size_in_bytes / 2**20, 1)
+
+    matrix_mb = N_IN * N_OUT * 4 / 2**20
+    yield record(
+        "long_trajectory",
+        {"batch": 1, "T": length, "checkpoint": "auto (sqrt(T)-step segments)", **LAYER},
+        compile_s=compile_s,
+        step_s=step_s,
+        throughput=_throughput(data, step_s),
+        peak_rss_before_mb=round(rss_before, 1),
+        xla_temp_mb=temp_mb(),
+        estimate_store_every_step_mb=temp_mb(checkpoint=True),
+        estimate_autodiff_no_checkpoint_mb=temp_mb(fast_gradient=False),
+        estimate_autodiff_checkpoint_100_mb=temp_mb(fast_gradient=False, checkpoint=100),
+        weight_matrix_mb=round(matrix_mb, 3),
+    )
+
+
+def scaling() -> Iterator[dict]:
+    """Step time of the gradient (batch 1) against the trajectory length and the layer size,
+    with the slope of log(time) against log(size) (1 = linear). The configurations are timed
+    in turn, repetition by repetition, so that a change in the machine's load affects them
+    alike."""
+    theta = student_rule().coefficients
+    grad = jax.value_and_grad(coefficient_loss())
+    configs = [("T", length, N_OUT) for length in (25, 50, 100, 200)]
+    configs += [("synapses", LENGTH, n_out) for n_out in (250, 500, 2000)]
+    runs = {}
+    for vary, length, n_out in configs:
+        data = oja_dataset(1, length, n_out=n_out)
+        start = time.perf_counter()
+        compiled = jax.jit(grad).lower(theta, data).compile()
+        compile_s = time.perf_counter() - start
+        jax.block_until_ready(compiled(theta, data))
+        runs[(vary, length, n_out)] = (compiled, data, compile_s, [])
+    for _ in range(REPEATS):
+        for compiled, data, _, times in runs.values():
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(theta, data))
+            times.append(time.perf_counter() - start)
+    series = {"T": [], "synapses": []}
+    for (vary, length, n_out), (_, data, compile_s, times) in runs.items():
+        step_s = float(np.median(times))
+        series["T" if vary == "T" else "synapses"].append((length, n_out, step_s))
+        yield record(
+            "scaling",
+            {"vary": vary, "batch": 1, "T": length, **{**LAYER, "n_out": n_out}},
+            compile_s=compile_s,
+            step_s=step_s,
+            throughput=_throughput(data, step_s),
+        )
+    # The T = 50, 1000-neuron point belongs to both series.
+    series["synapses"] += [p for p in series["T"] if p[0] == LENGTH]
+    for vary, points in series.items():
+        points = sorted(points, key=lambda p: p[0] if vary == "T" else p[1])
+        sizes = [p[0] if vary == "T" else N_IN * p[1] for p in points]
+        times = [p[2] for p in points]
+        yield record(
+            "scaling",
+            {"vary": vary, "fit": "log(step_s) = slope * log(size) + c", "sizes": sizes},
+            compile_s=None,
+            step_s=None,
+            throughput={},
+            slope=round(loglog_slope(sizes, times), 3),
+            step_s_series=[round(t, 6) for t in times],
+        )
+
+
+def _timed_fit(model, data, **kwargs) -> tuple[mp.FitResult, float, float]:
+    stamps = [time.perf_counter()]
+    callback = lambda *_: stamps.append(time.perf_counter()) and None
+    result = mp.fit(model, data, progress=False, callback=callback, **kwargs)
+    epochs = np.diff(stamps)
+    return result, float(epochs[0] - np.median(epochs[1:])), float(np.median(epochs[1:]))
+
+
+def devices() -> Iterator[dict]:
+    """A batched fit sharded across all visible devices (data-parallel over trajectories, and
+    an ensemble of seeds split over devices), against the same fit on one device. On a CPU the
+    suite runs this benchmark with 4 virtual devices
+    (`XLA_FLAGS=--xla_force_host_platform_device_count=4`), which share the same cores."""
+    n = len(jax.devices())
+    mesh = mp.sharding.batch_mesh()
+    epochs = REPEATS + 1
+    data = oja_dataset(2 * n, LENGTH)
+    layer = mp.nn.PlasticDense(student_rule(), eta=1.0)
+    kwargs = dict(loss=mp.losses.activity_mse, optimizer=optax.adam(1e-3), epochs=epochs)
+    single, single_compile, single_step = _timed_fit(layer, data, **kwargs)
+    sharded, compile_s, step_s = _timed_fit(
+        mp.sharding.replicate(layer, mesh),
+        mp.sharding.shard_batch(data, mesh),
+        **{**kwargs, "loss": mp.sharding.data_parallel(mp.losses.activity_mse, mesh)},
+    )
+    diff = float(jnp.max(jnp.abs(sharded.model.rule.coefficients - single.model.rule.coefficients)))
+    yield record(
+        "devices",
+        {"layout": "data_parallel", "batch": 2 * n, "T": LENGTH, "epochs": epochs, **LAYER},
+        compile_s=compile_s,
+        step_s=step_s,
+        throughput=_throughput(data, step_s),
+        single_device_step_s=round(single_step, 6),
+        single_device_compile_s=round(single_compile, 4),
+        max_coefficient_diff_vs_single_device=diff,
+        n_traces=sharded.n_traces,
+    )
+
+    members = n
+    make = lambda key: mp.nn.PlasticDense(
+        mp.TaylorRule(1e-3 * jr.normal(key, (3, 3, 3)), ("x", "y", "w")), eta=1.0
+    )
+    ensemble = eqx.filter_vmap(make)(jr.split(jr.key(3), members))
+    small = oja_dataset(2, LENGTH)
+    ens_kwargs = dict(kwargs, ensemble=True, data_ensemble_axis=None)
+    single, single_compile, single_step = _timed_fit(ensemble, small, **ens_kwargs)
+    placed = mp.sharding.shard_ensemble(ensemble, mesh)
+    sharded, compile_s, step_s = _timed_fit(placed, small, **ens_kwargs)
+    diff = float(jnp.max(jnp.abs(sharded.model.rule.coefficients - single.model.rule.coefficients)))
+    steps = members * synapse_steps(small)
+    yield record(
+        "devices",
+        {"layout": "ensemble", "members": members, "batch": 2, "T": LENGTH, **LAYER},
+        compile_s=compile_s,
+        step_s=step_s,
+        throughput={"synapse_steps_per_s": steps / step_s},
+        single_device_step_s=round(single_step, 6),
+        single_device_compile_s=round(single_compile, 4),
+        max_coefficient_diff_vs_single_device=diff,
+        n_traces=sharded.n_traces,
+    )
+
+
+BENCHMARKS: dict[str, Callable[[], Iterator[dict]]] = {
+    "ceiling": ceiling,
+    "oja_forward": oja_forward,
+    "oja_grad": oja_grad,
+    "naive_baseline": naive_baseline,
+    "scaling": scaling,
+    "long_trajectory": long_trajectory,
+    "devices": devices,
+}
