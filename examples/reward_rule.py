@@ -17,7 +17,6 @@ several seeds vmapped, and scored on 7 held-out trajectories per seed.
 import argparse
 import csv
 import json
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -60,7 +59,7 @@ def parse_args(argv=None):
         "--jobs", type=int, default=2, help="processes: 2 fits the two families side by side"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out", help="folder for the CSV and JSON results")
+    p.add_argument("--out", default="out", help="folder in which the run folder is made")
     return p.parse_args(argv)
 
 
@@ -74,6 +73,8 @@ def _key_data(keys, family):
 def fit_family(data, family, method, l1, iterations, key_data):
     """Fit one rule family on `data` (several seeds vmapped) and score it; plain results so
     that it can run in another process."""
+    import equinox as eqx
+    import jax
     import jax.random as jr
     import numpy as np
 
@@ -92,9 +93,17 @@ def fit_family(data, family, method, l1, iterations, key_data):
         **options,
     )
     coefficients = np.asarray(res.fitted.rule.coefficients) if family == "taylor" else None
+    # For the figures: the weight trajectories of seed 0's first held-out trajectory under
+    # the true rule and under that seed's fitted rule.
+    first = lambda tree: jax.tree.map(lambda a: a[0] if eqx.is_array(a) else a, tree)
+    one = jax.tree.map(lambda a: a[:1], first(data.test))
+    fitted0 = data.teacher.with_rule(first(res.fitted.rule))
     return {
         "scores": {k: np.asarray(v) for k, v in res.scores.items()},
         "coefficients": coefficients,
+        "loss_history": np.asarray(res.fit.history.loss),
+        "true_weights": np.asarray(mp.replay(data.teacher, one).weights[0]),
+        "fitted_weights": np.asarray(mp.replay(fitted0, one).weights[0]),
         "fit_seconds": res.seconds["fit"] + res.seconds["evaluate"],
     }
 
@@ -205,16 +214,81 @@ def main(argv=None):
         seconds=round(seconds, 2),
     )
 
-    os.makedirs(args.out, exist_ok=True)
-    if rows:
-        with open(os.path.join(args.out, "reward_rule.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    with open(os.path.join(args.out, "reward_rule.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    # A run folder of its own: config.json, metrics.csv (per seed and family), the fits'
+    # loss per iteration, summary.json and the figures.
+    with mp.runs.create_run(args.out, name="reward_rule", config=vars(args)) as run:
+        for row in rows:
+            run.log(**row)
+        run.flush()
+        history = {
+            "iteration": np.arange(1, 1 + max(len(r["loss_history"]) for r in results.values()))
+        }
+        for family, res in results.items():
+            loss = np.asarray(res["loss_history"]).reshape(len(res["loss_history"]), -1)
+            for s in range(loss.shape[1]):
+                history[f"{family}_loss[{s}]"] = np.pad(
+                    loss[:, s], (0, len(history["iteration"]) - len(loss)), constant_values=np.nan
+                )
+        _write_csv(run.file("fit_history.csv"), history)
+        try:
+            _figures(run, results, truth, summary)
+        except ImportError:  # matplotlib is an optional extra
+            pass
+        summary["run"] = str(run.path)
+        run.finish(summary)
     print(json.dumps(summary))
     return summary
+
+
+def _write_csv(path, columns):
+    import io
+
+    from metaplastic._io import atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(list(columns))
+    for row in zip(*columns.values()):
+        writer.writerow([f"{float(v):.6g}" for v in row])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _figures(run, results, truth, summary):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    import metaplastic as mp
+
+    for family, res in results.items():
+        fig = mp.plot.weight_trajectories(
+            res["true_weights"],
+            res["fitted_weights"],
+            xlabel="trial",
+            title=f"{family} rule, seed 0, first held-out trajectory: true (x·r) vs fitted",
+        )
+        run.save_figure(fig, f"weights_{family}.png", dpi=110)
+        plt.close(fig)
+    if "taylor" in results:
+        rules = [mp.TaylorRule(c, truth.factors) for c in results["taylor"]["coefficients"]]
+        fig = mp.plot.coefficient_distributions(
+            rules,
+            true_rule=truth,
+            title=f"Fitted Taylor coefficients over {len(rules)} seeds (dashed: true rule x·r)",
+        )
+        run.save_figure(fig, "coefficients_taylor.png", dpi=110)
+        plt.close(fig)
+    first = next(iter(results.values()))
+    scores = {"true rule": first["scores"]["true_percent_deviance"]}
+    scores |= {family: res["scores"]["percent_deviance"] for family, res in results.items()}
+    fig = mp.plot.deviance_comparison(
+        {k: np.asarray(v) for k, v in scores.items()},
+        title="Held-out % deviance per seed (median over held-out trajectories)",
+    )
+    run.save_figure(fig, "deviance.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

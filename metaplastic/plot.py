@@ -162,6 +162,7 @@ def weight_trajectories(
     *,
     synapses: int = 6,
     seed: int = 0,
+    xlabel: str = "time step",
     title: str | None = None,
     path: str | os.PathLike | None = None,
 ) -> Any:
@@ -175,6 +176,7 @@ def weight_trajectories(
     - `true_weights`, `fitted_weights`: `(time, n_out, n_in)` (or `(time, n)`), e.g.
       `simulate(layer, w0, x, return_weights=True).weights`.
     - `synapses`: how many synapses to draw on the left (chosen at random with `seed`).
+    - `xlabel`: the label of the time axis (e.g. `"trial"` for behaviour).
     - `path`: where to save the figure.
 
     **Returns:**
@@ -201,7 +203,7 @@ def weight_trajectories(
     left.plot([], [], color="0.3", label="true")
     left.plot([], [], color="0.3", linestyle="--", label="fitted")
     left.legend(frameon=False)
-    left.set_xlabel("time step")
+    left.set_xlabel(xlabel)
     left.set_ylabel("weight")
     left.set_title(f"{count} synapses")
     ss_res = float(np.sum((a2 - b2) ** 2))
