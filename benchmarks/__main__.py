@@ -24,6 +24,7 @@ ORDER = (
     "scaling",
     "long_trajectory",
     "devices",
+    "fly_fit",
 )
 
 
@@ -79,7 +80,15 @@ def run_all(names, as_json: bool, results: str | None, command: str) -> int:
     machine["load_avg_1min_end"] = machine_facts().get("load_avg_1min")
     machine["suite_wall_s"] = round(time.perf_counter() - t0, 1)
     if results:
-        write_results(records, results, command=command, machine=machine, started=started)
+        gpu = os.path.join(HERE, "RESULTS_GPU.md")
+        gpu_line = (
+            "The same suite on a GPU: [RESULTS_GPU.md](RESULTS_GPU.md)."
+            if os.path.exists(gpu)
+            else None
+        )
+        write_results(
+            records, results, command=command, machine=machine, started=started, gpu=gpu_line
+        )
         if not as_json:
             print(f"wrote {os.path.relpath(results, ROOT)}")
     return 1 if failures else 0

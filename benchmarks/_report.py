@@ -80,13 +80,27 @@ def _targets(records) -> list[str]:
                 verdict(grad50["fit_n_traces"] == 1),
             ]
         )
-    rows.append(
-        [
-            "fly_fit ≤ 10 s end to end",
-            "not measured: left to the behavioural-model work (TODO)",
-            "–",
-        ]
-    )
+    for fly in (r for r in records if r.get("name") == "fly_fit"):
+        seeds = fly["config"]["seeds"]
+        rows.append(
+            [
+                f"fly_fit ≤ 10 s end to end ({seeds} seed{'s' if seeds > 1 else ''})",
+                f"{fly['end_to_end_s']:.1f} s (generate {fly['generate_s']:.1f}, fit "
+                f"{fly['fit_s']:.1f}, score {fly['evaluate_s']:.1f}); whole process with "
+                f"imports {fly['process_s']:.1f} s",
+                verdict(fly["end_to_end_s"] <= 10.0),
+            ]
+        )
+        parts = fly["fit_compile_parts_s"]
+        rows.append(
+            [
+                f"compile of one fit step ≤ 3 s (fly model, {seeds} seed{'s' if seeds > 1 else ''})",
+                f"{fly['compile_s']:.2f} s (trace {parts['trace']:.2f} + lowering "
+                f"{parts['lower']:.2f} + XLA {parts['xla']:.2f}); the Gauss–Newton fit is one "
+                f"compiled program, {fly['n_traces']} trace",
+                verdict(fly["compile_s"] <= 3.0),
+            ]
+        )
     if long:
         rows.append(
             [
@@ -274,6 +288,37 @@ SECTIONS = {
             _f(r["estimate_autodiff_checkpoint_100_mb"], 6),
         ],
     ),
+    "fly_fit": (
+        "fly_fit: the reward_rule.py Taylor protocol end to end (fresh process each)",
+        [
+            "seeds",
+            "end to end (s)",
+            "process (s)",
+            "generate (s)",
+            "of which compile (s)",
+            "fit (s)",
+            "fit compile (s)",
+            "GN iteration (s)",
+            "score (s)",
+            "peak RSS (MiB)",
+            "R² weights",
+            "% deviance (fit / true)",
+        ],
+        lambda r: [
+            _f(r["config"]["seeds"]),
+            _f(r["end_to_end_s"]),
+            _f(r["process_s"]),
+            _f(r["generate_s"]),
+            _f(r["generate_compile_s"]),
+            _f(r["fit_s"]),
+            _f(r["compile_s"]),
+            _f(r["step_s"]),
+            _f(r["evaluate_s"]),
+            _f(r["peak_rss_mb"], 5),
+            _f(r["median_r2_weights"]),
+            f"{r['median_percent_deviance']:.2f} / {r['median_true_percent_deviance']:.2f}",
+        ],
+    ),
     "devices": (
         "devices: a batched fit sharded over all visible devices vs one device",
         [
@@ -298,7 +343,25 @@ SECTIONS = {
 }
 
 
-def write_results(records, path, *, command: str, machine: dict, started) -> None:
+SHARED_NOTE = (
+    "The machine was shared with other jobs while this ran: a load average above the core "
+    "count means this suite had only part of the CPUs, and every time below is inflated "
+    "accordingly (the ratios measured within one run are the fairer comparison)."
+)
+
+
+def write_results(
+    records,
+    path,
+    *,
+    command: str,
+    machine: dict,
+    started,
+    note: str = SHARED_NOTE,
+    gpu: str | None = None,
+) -> None:
+    """Write the tables of `records` to `path`. `gpu`: a line for the GPU section (default:
+    not measured)."""
     backend = records[0]["backend"] if records else "?"
     device = records[0]["device"] if records else "?"
     lines = [
@@ -312,14 +375,17 @@ def write_results(records, path, *, command: str, machine: dict, started) -> Non
         f"- machine: {machine.get('cpu')}, {machine.get('cores')} cores; {machine.get('platform')}",
         f"- backend: {backend} ({device}); jax {machine.get('jax')}, "
         f"python {machine.get('python')}",
-        f"- load average (1 min) at start / end: {machine.get('load_avg_1min')} / "
-        f"{machine.get('load_avg_1min_end')}; suite wall time {machine.get('suite_wall_s')} s",
+    ]
+    if machine.get("load_avg_1min") is not None:
+        lines.append(
+            f"- load average (1 min) at start / end: {machine.get('load_avg_1min')} / "
+            f"{machine.get('load_avg_1min_end')}; suite wall time {machine.get('suite_wall_s')} s"
+        )
+    lines += [
         "",
-        "The machine was shared with other jobs while this ran: a load average above the core "
-        "count means this suite had only part of the CPUs, and every time below is inflated "
-        "accordingly (the ratios measured within one run are the fairer comparison).",
+        note,
         "",
-        "## Targets (CPU, float32)",
+        f"## Targets ({backend.upper()}, float32; the targets are set for a 2-core CPU)",
         "",
         *_targets(records),
         "",
@@ -329,15 +395,16 @@ def write_results(records, path, *, command: str, machine: dict, started) -> Non
         if not recs:
             continue
         lines += [f"## {title}", "", *_table(headers, [row(r) for r in recs]), ""]
-    lines += _limits(records)
+    if backend == "cpu":
+        lines += _limits(records)
+    if backend == "cpu":
+        lines += [
+            "## GPU",
+            "",
+            gpu or "Not measured.",
+            "",
+        ]
     lines += [
-        "## GPU",
-        "",
-        *_table(
-            ["benchmark", "result"],
-            [[name, "not measured (no GPU lent to this task)"] for name in SECTIONS],
-        ),
-        "",
         "## Raw records",
         "",
         "<details><summary>JSON lines</summary>",

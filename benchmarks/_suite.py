@@ -364,6 +364,118 @@ def devices() -> Iterator[dict]:
     )
 
 
+# ---------------------------------------------------------------------------- behaviour
+
+
+class _CompileTimer:
+    """Sums JAX's own compile-time events (tracing, lowering, XLA compilation) while active."""
+
+    EVENTS = {
+        "/jax/core/compile/jaxpr_trace_duration": "trace",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+        "/jax/core/compile/backend_compile_duration": "xla",
+    }
+
+    def __init__(self):
+        self.seconds = {"trace": 0.0, "lower": 0.0, "xla": 0.0}
+        self.active = False
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event: str, duration: float, **_) -> None:
+        if self.active and event in self.EVENTS:
+            self.seconds[self.EVENTS[event]] += duration
+
+    def take(self) -> dict:
+        out = dict(self.seconds)
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+        return out
+
+
+def fly_protocol(seeds: int) -> dict:
+    """The `examples/reward_rule.py` Taylor protocol in this (fresh) process: generate
+    `seeds` × (18 training + 7 held-out) trajectories of 240 trials from the rule `x*r`, fit
+    the 81-coefficient Taylor rule with L1 by 12 Gauss–Newton iterations (all seeds vmapped),
+    score it on the held-out trajectories. Wall times of each phase, compile included."""
+    timer = _CompileTimer()
+    timer.active = True
+    k_data, k_fit = jr.split(jr.key(0))
+    start = time.perf_counter()
+    data = mp.recovery_data(mp.rules.reward_modulated(), seeds=seeds, key=k_data)
+    generated = time.perf_counter()
+    generate_compile = timer.take()
+    result = mp.fit_behaviour(
+        data.teacher, data.train, rule="taylor", seeds=seeds, iterations=12, l1=1e-3, key=k_fit
+    )
+    jax.block_until_ready(result.model)
+    fitted = time.perf_counter()
+    fit_compile = timer.take()
+    scores = mp.compare_behaviour(data.teacher, result.model, data.test, ensemble=True)
+    end = time.perf_counter()
+    medians = {k: float(np.median(np.median(v, axis=1))) for k, v in scores.items()}
+    iterations = 12
+    return record(
+        "fly_fit",
+        {
+            "seeds": seeds,
+            "n_train": 18,
+            "n_test": 7,
+            "trials": 240,
+            "hidden": 10,
+            "terms": 81,
+            "method": "gauss_newton",
+            "iterations": iterations,
+            "dtype": "float32",
+        },
+        # The compile time of the fit: the whole Gauss–Newton fit is one compiled function
+        # (a scan over iterations), so this is the compile time of one fit step.
+        compile_s=sum(fit_compile.values()),
+        step_s=(fitted - generated - sum(fit_compile.values())) / iterations,
+        throughput={"end_to_end_s": end - start},
+        generate_s=round(generated - start, 3),
+        generate_compile_s=round(sum(generate_compile.values()), 3),
+        fit_s=round(fitted - generated, 3),
+        fit_compile_parts_s={k: round(v, 3) for k, v in fit_compile.items()},
+        evaluate_s=round(end - fitted, 3),
+        n_traces=result.n_traces,
+        median_r2_weights=round(medians["r2_weights"], 4),
+        median_percent_deviance=round(medians["percent_deviance"], 3),
+        median_true_percent_deviance=round(medians["true_percent_deviance"], 3),
+    )
+
+
+def fly_fit() -> Iterator[dict]:
+    """End-to-end wall time of the behavioural Taylor fit (`fly_protocol`), each
+    configuration in a fresh Python process so that importing and compiling are counted;
+    `process_s` is the whole child process, interpreter start and imports included."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # On a GPU this process may already hold most of the device's memory (JAX preallocates
+    # it); the child allocates what it needs instead.
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    code = (
+        "import json, sys; from benchmarks._suite import fly_protocol; "
+        "print(json.dumps(fly_protocol(int(sys.argv[1]))))"
+    )
+    for seeds in (1, 5):
+        start = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(seeds)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
+        process_s = time.perf_counter() - start
+        rec = json.loads(out.stdout.strip().splitlines()[-1])
+        rec["process_s"] = round(process_s, 3)
+        yield rec
+
+
 BENCHMARKS: dict[str, Callable[[], Iterator[dict]]] = {
     "ceiling": ceiling,
     "oja_forward": oja_forward,
@@ -372,4 +484,5 @@ BENCHMARKS: dict[str, Callable[[], Iterator[dict]]] = {
     "scaling": scaling,
     "long_trajectory": long_trajectory,
     "devices": devices,
+    "fly_fit": fly_fit,
 }
