@@ -891,10 +891,15 @@ def recovery_data(
         key=k_data,
         resample_inputs=resample_inputs,
     ).data
+    # Split and stack on the host: as JAX operations each slice and reshape would compile
+    # once for its shape, which costs more than the generation itself.
+    host = lambda tree: jax.tree.map(lambda a: np.asarray(a) if eqx.is_array(a) else a, tree)
+    device = lambda tree: jax.tree.map(lambda a: jnp.asarray(a) if eqx.is_array(a) else a, tree)
+    everything = host(everything)
     split = n_train * seeds
     train = jax.tree.map(lambda a: a[:split], everything)
-    test = stack_members(jax.tree.map(lambda a: a[split:], everything), seeds)
-    train = stack_members(PackedChoiceDataset.from_choices(train), seeds)
+    test = device(stack_members(jax.tree.map(lambda a: a[split:], everything), seeds))
+    train = device(stack_members(host(PackedChoiceDataset.from_choices(train)), seeds))
     jax.block_until_ready((train, test))
     return RecoveryData(teacher, encoding, train, test, time.perf_counter() - start)
 
