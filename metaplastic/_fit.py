@@ -379,17 +379,9 @@ def fit(
     opt_state = _place_like(opt_state, params)
     run_epoch = jax.jit(epoch_fn)
 
-    # The history lives in preallocated host buffers, so saving and resuming are cheap.
-    loss_dtype = np.dtype(loss_shape.dtype)
-    losses = np.zeros((epochs,) + expected_shape, loss_dtype)
-    history_params = jax.tree.map(lambda p: np.zeros((epochs,) + p.shape, p.dtype), params)
-    history_leaves = jax.tree.leaves(history_params)
     param_names = _path_names(params)
-
-    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
-    initial_key = key
     config: dict[str, Any] = {}
-    if path is not None:
+    if checkpoint_dir is not None:
         config = checkpoint_config(
             model,
             data,
@@ -403,38 +395,23 @@ def fit(
             ensemble=bool(ensemble),
             data_ensemble_axis=data_axis,
         )
-
-    def state_tree(p, s, k, done):
-        model_arrays = eqx.filter(eqx.combine(p, static), eqx.is_array)
-        hist = jax.tree.map(lambda buf: buf[:done], history_params)
-        return (model_arrays, losses[:done], hist, _key_data(k), s)
-
-    def save(p, s, k, done, status, extra=None):
-        header = {
-            "epoch": done,
-            "epochs": epochs,
-            "status": status,
-            "config": config,
-            "loss_shape": list(expected_shape),
-            "loss_dtype": str(loss_dtype),
-            "checkpoint_every": checkpoint_every,
-        }
-        header.update(extra or {})
-        ckpt.write_checkpoint(path, state_tree(p, s, k, done), header)
-        logger.debug("checkpoint: %d epochs saved to %s (%s)", done, path, status)
+    record = _FitRecord(
+        params,
+        epochs,
+        expected_shape,
+        loss_shape.dtype,
+        checkpoint_dir,
+        config,
+        {"checkpoint_every": checkpoint_every},
+    )
+    path = record.path
+    as_model = lambda p: eqx.combine(p, static)
 
     done = 0
-    opened = open_checkpoint(path, resume, config, epochs)
-    if opened is not None:
-        header, payload = opened
-        done = int(header["epoch"])
-        like = state_tree(params, opt_state, key, done)
-        m_arr, l_saved, h_saved, k_saved, opt_state = ckpt.load_state(path, header, payload, like)
+    resumed = record.resume(resume, as_model(params), key, opt_state)
+    if resumed is not None:
+        done, header, m_arr, key, opt_state = resumed
         params = eqx.partition(eqx.combine(m_arr, model), filter_spec)[0]
-        key = _key_from_data(k_saved, initial_key)
-        losses[:done] = l_saved
-        for buf, saved in zip(history_leaves, jax.tree.leaves(h_saved)):
-            buf[:done] = saved
         logger.info(
             "fit: resuming from %s at epoch %d of %d (saved as %s)",
             path,
@@ -454,11 +431,11 @@ def fit(
     )
 
     def result(p, k_done, traced):
-        history = History(
-            loss=losses[:k_done].copy(),
-            params=jax.tree.map(lambda buf: buf[:k_done].copy(), history_params),
-        )
-        return FitResult(eqx.combine(p, static), history, traced, time.perf_counter() - start)
+        history = record.history(k_done)
+        return FitResult(as_model(p), history, traced, time.perf_counter() - start)
+
+    def save(p, s, k, k_done, status, more=None):
+        record.save(as_model(p), k, k_done, s, status, more)
 
     bar = Progress(epochs, desc="fit", unit="epoch", enabled=progress, initial=done)
     try:
@@ -490,9 +467,7 @@ def fit(
                     result=result(params, epoch, traces[0]),
                     checkpoint=None if path is None else str(path),
                 )
-            losses[epoch] = value_np
-            for buf, leaf in zip(history_leaves, jax.tree.leaves(new_params)):
-                buf[epoch] = np.asarray(leaf)
+            record.add(epoch, value_np, new_params)
             params, opt_state, key, done = new_params, new_opt, new_key, epoch + 1
             mean_loss = float(np.mean(value_np))
             bar.update(1, loss=mean_loss)
@@ -516,9 +491,102 @@ def fit(
         "fit: %d epochs in %.2f s, final loss %s",
         done,
         out.seconds,
-        np.array2string(losses[done - 1], precision=4) if done else "n/a",
+        np.array2string(record.losses[done - 1], precision=4) if done else "n/a",
     )
     return out
+
+
+class _FitRecord:
+    """What `fit` and `fit_least_squares` keep on the host while they run: the history in
+    preallocated buffers (so saving and resuming are cheap) and the checkpoint file.
+
+    A checkpoint holds `(model arrays, losses, history, key, extra)`, where `extra` is the
+    method's own state (the optimizer state, or the LM parameters and damping)."""
+
+    def __init__(
+        self,
+        params: PyTree,
+        total: int,
+        loss_shape: tuple[int, ...],
+        loss_dtype: Any,
+        checkpoint_dir: str | os.PathLike | None,
+        config: dict[str, Any],
+        header: dict[str, Any],
+    ):
+        self.total = total
+        self.loss_shape = tuple(loss_shape)
+        self.losses = np.zeros((total,) + self.loss_shape, np.dtype(loss_dtype))
+        self.params = jax.tree.map(lambda p: np.zeros((total,) + p.shape, p.dtype), params)
+        self.leaves = jax.tree.leaves(self.params)
+        self.path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
+        self.config = config
+        self.header = header
+
+    def add(self, i: int, loss: Any, params: PyTree) -> None:
+        """Record the loss and the parameters after epoch / iteration `i`."""
+        self.losses[i] = loss
+        for buf, leaf in zip(self.leaves, jax.tree.leaves(params)):
+            buf[i] = np.asarray(leaf)
+
+    def history(self, done: int) -> History:
+        """A copy of the first `done` entries."""
+        return History(
+            loss=self.losses[:done].copy(),
+            params=jax.tree.map(lambda buf: buf[:done].copy(), self.params),
+        )
+
+    def state(self, model: PyTree, key: Key, done: int, extra: PyTree) -> tuple:
+        """The tree a checkpoint holds after `done` epochs."""
+        hist = jax.tree.map(lambda buf: buf[:done], self.params)
+        arrays = eqx.filter(model, eqx.is_array)
+        return (arrays, self.losses[:done], hist, _key_data(key), extra)
+
+    def save(
+        self,
+        model: PyTree,
+        key: Key,
+        done: int,
+        extra: PyTree,
+        status: str,
+        more: dict[str, Any] | None = None,
+    ) -> None:
+        """Write the checkpoint (atomically), if the fit has a `checkpoint_dir`."""
+        if self.path is None:
+            return
+        header = {
+            "epoch": done,
+            "epochs": self.total,
+            "status": status,
+            "config": self.config,
+            "loss_shape": list(self.loss_shape),
+            "loss_dtype": str(self.losses.dtype),
+            **self.header,
+            **(more or {}),
+        }
+        ckpt.write_checkpoint(self.path, self.state(model, key, done, extra), header)
+        logger.debug("checkpoint: %d epochs saved to %s (%s)", done, self.path, status)
+
+    def resume(
+        self, resume: bool, model: PyTree, key: Key, extra: PyTree
+    ) -> tuple[int, dict[str, Any], PyTree, Key, PyTree] | None:
+        """Load the checkpoint to continue from, if there is one (and `resume`), into the
+        history buffers. `model`, `key` and `extra` are templates of the saved state.
+
+        **Returns:**
+
+        `None` (start afresh) or `(done, header, model arrays, key, extra)`.
+        """
+        opened = open_checkpoint(self.path, resume, self.config, self.total)
+        if opened is None:
+            return None
+        header, payload = opened
+        done = int(header["epoch"])
+        like = self.state(model, key, done, extra)
+        arrays, losses, hist, key_data, extra = ckpt.load_state(self.path, header, payload, like)
+        self.losses[:done] = losses
+        for buf, saved in zip(self.leaves, jax.tree.leaves(hist)):
+            buf[:done] = saved
+        return done, header, arrays, _key_from_data(key_data, key), extra
 
 
 def checkpoint_config(

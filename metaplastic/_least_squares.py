@@ -12,7 +12,6 @@ import os
 import time
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import equinox as eqx
@@ -23,20 +22,15 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
-from . import _checkpoint as ckpt
 from ._errors import FitDivergedError, MetaplasticError
 from ._fit import (
-    CHECKPOINT_FILE,
     FitResult,
-    History,
     _check_key,
-    _key_data,
-    _key_from_data,
+    _FitRecord,
     _leading_size,
     _path_names,
     check_scalar_options,
     checkpoint_config,
-    open_checkpoint,
     preflight,
     rule_filter_spec,
 )
@@ -209,24 +203,12 @@ def fit_least_squares(
 
     theta = np.asarray(flat)
     lam = np.zeros(members, theta.dtype)  # zero: set from the first Jacobian
-    losses = np.zeros((iterations,) + members, theta.dtype)
-    history_params = jax.tree.map(lambda p: np.zeros((iterations,) + p.shape, p.dtype), params)
-    history_leaves = jax.tree.leaves(history_params)
 
-    def as_params(t):
-        return unravel_all(jnp.asarray(t))
+    def as_model(t):
+        return eqx.combine(unravel_all(jnp.asarray(t)), static)
 
-    def result(t, done):
-        history = History(
-            loss=losses[:done].copy(),
-            params=jax.tree.map(lambda buf: buf[:done].copy(), history_params),
-        )
-        model_t = eqx.combine(as_params(t), static)
-        return FitResult(model_t, history, traces[0], time.perf_counter() - start)
-
-    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
     config: dict[str, Any] = {}
-    if path is not None:
+    if checkpoint_dir is not None:
         config = checkpoint_config(
             model,
             data,
@@ -241,36 +223,20 @@ def fit_least_squares(
             tol=float(tol),
             ensemble=bool(ensemble),
         )
+    record = _FitRecord(params, iterations, members, theta.dtype, checkpoint_dir, config, {})
+    path = record.path
 
-    def state_tree(t, lam_, k, done):
-        model_arrays = eqx.filter(eqx.combine(as_params(t), static), eqx.is_array)
-        hist = jax.tree.map(lambda buf: buf[:done], history_params)
-        return (model_arrays, losses[:done], hist, _key_data(k), np.asarray(t), np.asarray(lam_))
+    def result(t, done):
+        return FitResult(as_model(t), record.history(done), traces[0], time.perf_counter() - start)
 
-    def save(t, lam_, k, done, status, extra=None):
-        header = {
-            "epoch": done,
-            "epochs": iterations,
-            "status": status,
-            "config": config,
-            "loss_shape": list(members),
-            "loss_dtype": str(losses.dtype),
-        }
-        header.update(extra or {})
-        ckpt.write_checkpoint(path, state_tree(t, lam_, k, done), header)
+    def save(t, lam_, k, done, status, more=None):
+        record.save(as_model(t), k, done, (np.asarray(t), np.asarray(lam_)), status, more)
 
     done, converged = 0, False
-    opened = open_checkpoint(path, resume, config, iterations)
-    if opened is not None:
-        header, payload = opened
-        done = int(header["epoch"])
-        like = state_tree(theta, lam, key, done)
-        _, l_saved, h_saved, k_saved, theta, lam = ckpt.load_state(path, header, payload, like)
+    resumed = record.resume(resume, as_model(theta), key, (theta, lam))
+    if resumed is not None:
+        done, header, _, key, (theta, lam) = resumed
         theta, lam = np.asarray(theta), np.asarray(lam)
-        key = _key_from_data(k_saved, key)
-        losses[:done] = l_saved
-        for buf, saved in zip(history_leaves, jax.tree.leaves(h_saved)):
-            buf[:done] = saved
         converged = header.get("status") == "converged"
         logger.info("fit_least_squares: resuming from %s at iteration %d", path, done)
 
@@ -313,9 +279,7 @@ def fit_least_squares(
                     it,
                     int(np.sum(~np.asarray(finite))),
                 )
-            losses[it] = loss
-            for buf, leaf in zip(history_leaves, jax.tree.leaves(as_params(theta))):
-                buf[it] = np.asarray(leaf)
+            record.add(it, loss, unravel_all(jnp.asarray(theta)))
             key, done = new_key, it + 1
             converged = bool(np.all(loss < tol))
             bar.update(1, loss=float(np.max(loss)))
@@ -327,9 +291,7 @@ def fit_least_squares(
                     "converged" if converged else "finished" if done == iterations else "running"
                 )
                 save(theta, lam, key, done, status)
-            if callback is not None and callback(
-                it, float(np.mean(loss)), eqx.combine(as_params(theta), static)
-            ):
+            if callback is not None and callback(it, float(np.mean(loss)), as_model(theta)):
                 if path is not None and not converged and done < iterations:
                     save(theta, lam, key, done, "stopped")
                 break
