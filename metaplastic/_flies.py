@@ -20,6 +20,7 @@ together, so a rule cannot exploit one particular noise draw.
 import dataclasses
 import logging
 import time
+import typing
 from collections.abc import Sequence
 from typing import Literal
 
@@ -262,7 +263,7 @@ class _Gated(eqx.Module):
     shared `(x, w, r)` rule: this is how the small families share one compiled fit."""
 
     data: PackedChoiceDataset
-    gate: Float[Array, " n_params"]
+    gate: Float[Array, "*members n_params"]
 
 
 def _gated_rule(rule: TaylorRule, gate: Array) -> TaylorRule:
@@ -325,6 +326,7 @@ def _score(network, fitted, member_data, score_mask):
     return np.asarray(percent_deviance_explained(ll[:n], ll[n:]))
 
 
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def fit_families(
     data: DrosophilaData,
     families: Sequence[str] = FAMILIES,
@@ -509,6 +511,7 @@ def _collect(
     )
 
 
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def fit_flies(
     data: DrosophilaData,
     family: Literal["covariance", "forgetting", "taylor", "mlp"] = "forgetting",
@@ -555,6 +558,7 @@ class PairedComparison:
         return dataclasses.asdict(self)
 
 
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def compare_scores(
     a: Float[np.ndarray, " flies"] | Float[Array, " flies"],
     b: Float[np.ndarray, " flies"] | Float[Array, " flies"],
@@ -597,6 +601,7 @@ def compare_scores(
     )
 
 
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def compare_families(
     a: FlyFits,
     b: FlyFits,
