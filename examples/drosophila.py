@@ -225,12 +225,12 @@ def _figures(mp, run, fits, with_rej):
     # With vs without the forgetting term, flies with rejections only.
     if "covariance" in fits and "forgetting" in fits:
         cov, fgt = fits["covariance"].select(with_rej), fits["forgetting"].select(with_rej)
-        scores = {"covariance": cov.block1, "forgetting": fgt.block1}
+        scores = {"covariance\nin sample": cov.block1, "forgetting\nin sample": fgt.block1}
         if cov.fractions:
             f = cov.fractions[0]
             i = cov.fractions.index(f)
-            scores[f"covariance, block 1 held out ({f:g})"] = cov.block1_held_out[i]
-            scores[f"forgetting, block 1 held out ({f:g})"] = fgt.block1_held_out[i]
+            scores[f"covariance\nheld out ({f:g})"] = cov.block1_held_out[i]
+            scores[f"forgetting\nheld out ({f:g})"] = fgt.block1_held_out[i]
         fig = mp.plot.deviance_comparison(
             scores,
             ylabel="% deviance explained",

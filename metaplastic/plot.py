@@ -454,7 +454,8 @@ def deviance_comparison(
     ax.axhline(0.0, color="0.4", linewidth=0.6, zorder=0)
     lo, hi = ax.get_ylim()
     ax.set_ylim(lo, hi + 0.1 * (hi - lo))  # room for the labels above the points
-    ax.set_xticks(x, names, rotation=20 if max(len(n) for n in names) > 10 else 0, ha="center")
+    longest = max(len(line) for n in names for line in n.splitlines())
+    ax.set_xticks(x, names, rotation=20 if longest > 10 else 0, ha="center")
     ax.set_ylabel(ylabel)
     ax.set_title(title or f"Per-fly comparison ({flies} flies; bar: mean)")
     return _finish(fig, path)
