@@ -183,7 +183,14 @@ def _comparisons(mp, fits, with_rej):
 
 
 def _write_csv(path, data, fits):
+    import numpy as np
+
     info = {f.name: f for f in data.flies}
+    # The 81-term rule keeps only its 10 terms of largest median magnitude (block 1 fits).
+    keep_taylor = set()
+    if "taylor" in fits:
+        c = fits["taylor"].block1_coefficients
+        keep_taylor = set(sorted(c, key=lambda t: -abs(float(np.median(c[t]))))[:10])
     rows = []
     for i, name in enumerate(data.names):
         fly = info[name]
@@ -198,8 +205,12 @@ def _write_csv(path, data, fits):
         }
         for family, fit in fits.items():
             for k, v in fit.rows()[i].items():
-                if k not in ("fly", "accept_only"):
-                    row[f"{family}:{k}"] = v
+                term = k.split("coef_", 1)[1] if "coef_" in k else None
+                if k in ("fly", "accept_only") or (
+                    family == "taylor" and term is not None and term not in keep_taylor
+                ):
+                    continue
+                row[f"{family}:{k}"] = v
         rows.append(row)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:

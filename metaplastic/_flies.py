@@ -144,7 +144,8 @@ class FlyFits:
         return out
 
     def rows(self) -> list[dict]:
-        """One row per fly: its scores and (Taylor families) its coefficients."""
+        """One row per fly: its scores and (Taylor families) its coefficients fitted on all
+        trials (`coef_<term>`) and on block 1 (`block1_coef_<term>`)."""
         rows = []
         for i, name in enumerate(self.names):
             row = {
@@ -158,6 +159,8 @@ class FlyFits:
                 row[f"block1_held_out_{f:g}"] = float(b[i])
             for k, v in (self.coefficients or {}).items():
                 row[f"coef_{k}"] = float(v[i])
+            for k, v in (self.block1_coefficients or {}).items():
+                row[f"block1_coef_{k}"] = float(v[i])
             rows.append(row)
         return rows
 
