@@ -109,6 +109,8 @@ def main(argv=None):
     if rest:
         fits.update(mp.fit_families(data, rest, fractions=(), **common))
     fits = {f: fits[f] for f in args.families}
+    # What a constant acceptance rate per fly earns against the same p = 0.5 reference.
+    base = mp.base_rate_scores(data, args.fractions)
     fit_seconds = time.perf_counter() - start
 
     with_rej = ~np.asarray([f.accept_only for f in data.flies])
@@ -136,6 +138,21 @@ def main(argv=None):
         summary["median_w_block1_with_rejections"] = float(
             np.median(forget.block1_coefficients["w"][with_rej])
         )
+    summary["base_rate"] = {
+        "median_in_sample": float(np.median(base["in_sample"])),
+        "median_block1": float(np.median(base["block1"])),
+        "median_block1_with_rejections": float(np.median(base["block1"][with_rej])),
+        "median_block1_held_out_with_rejections": {
+            f"{f:g}": float(np.median(v[with_rej]))
+            for f, v in zip(args.fractions, base["block1_held_out"])
+        },
+    }
+    for name, fit in fits.items():
+        summary[name]["median_block1_held_out_with_rejections"] = {
+            f"{f:g}": float(np.median(v[with_rej]))
+            for f, v in zip(fit.fractions, fit.block1_held_out)
+        }
+    comparisons["vs_base_rate"] = _against_base_rate(mp, fits, base, with_rej)
     summary["fit_seconds"] = fit_seconds
 
     with mp.runs.create_run(args.out, name="drosophila", config=vars(args)) as run:
@@ -143,9 +160,9 @@ def main(argv=None):
             for key_, value in fit.medians().items():
                 run.log(family=name, score=key_, median=value, seconds=fit.seconds)
         run.write_json("comparisons.json", comparisons)
-        _write_csv(run.file("flies.csv"), data, fits)
+        _write_csv(run.file("flies.csv"), data, fits, base, args.fractions)
         try:
-            _figures(mp, run, fits, with_rej)
+            _figures(mp, run, fits, base, with_rej)
         except ImportError as err:  # matplotlib is optional
             print(f"no figures: {err}", file=sys.stderr)
         summary["run"] = str(run.path)
@@ -182,7 +199,22 @@ def _comparisons(mp, fits, with_rej):
     return out
 
 
-def _write_csv(path, data, fits):
+def _against_base_rate(mp, fits, base, with_rej):
+    """Each family against the constant-rate baseline, flies with rejections: in sample on
+    block 1 and on each held-out split of block 1."""
+    out = {}
+    for name, fit in fits.items():
+        sel = fit.select(with_rej)
+        rows = {"block1": mp.compare_scores(base["block1"][with_rej], sel.block1).as_dict()}
+        for i, f in enumerate(fit.fractions):
+            rows[f"block1_held_out_{f:g}"] = mp.compare_scores(
+                base["block1_held_out"][i][with_rej], sel.block1_held_out[i]
+            ).as_dict()
+        out[name] = rows
+    return out
+
+
+def _write_csv(path, data, fits, base, fractions):
     import numpy as np
 
     info = {f.name: f for f in data.flies}
@@ -202,7 +234,12 @@ def _write_csv(path, data, fits):
             "rejections": fly.n_rejections,
             "rejections_block1": fly.rejections_per_block[0],
             "rewards": fly.n_rewards,
+            "base_rate:in_sample": float(base["in_sample"][i]),
+            "base_rate:block1": float(base["block1"][i]),
         }
+        for f, v, b in zip(fractions, base["held_out"], base["block1_held_out"]):
+            row[f"base_rate:held_out_{f:g}"] = float(v[i])
+            row[f"base_rate:block1_held_out_{f:g}"] = float(b[i])
         for family, fit in fits.items():
             for k, v in fit.rows()[i].items():
                 term = k.split("coef_", 1)[1] if "coef_" in k else None
@@ -220,7 +257,7 @@ def _write_csv(path, data, fits):
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
-def _figures(mp, run, fits, with_rej):
+def _figures(mp, run, fits, base, with_rej):
     import numpy as np
 
     names = list(fits)
@@ -228,7 +265,7 @@ def _figures(mp, run, fits, with_rej):
     # Per-fly deviance, all trials and block 1, every family side by side.
     for score, label in (("in_sample", "all trials"), ("block1", "block 1 only")):
         fig = mp.plot.deviance_comparison(
-            {n: getattr(fits[n], score) for n in names},
+            {"base rate": base[score], **{n: getattr(fits[n], score) for n in names}},
             ylabel="% deviance explained (in sample)",
             title=f"Per-fly deviance vs no plasticity, {label} ({len(with_rej)} flies)",
         )
@@ -274,13 +311,16 @@ def _figures(mp, run, fits, with_rej):
         fig, axes = _two_axes()
         mp.plot.held_out_curve(
             fractions,
-            {n: f.held_out for n, f in swept.items()},
+            {"base rate": base["held_out"], **{n: f.held_out for n, f in swept.items()}},
             title="All trials (the held-out tail is accept-only)",
             ax=axes[0],
         )
         mp.plot.held_out_curve(
             fractions,
-            {n: f.select(with_rej).block1_held_out for n, f in swept.items()},
+            {
+                "base rate": base["block1_held_out"][:, with_rej],
+                **{n: f.select(with_rej).block1_held_out for n, f in swept.items()},
+            },
             xlabel="fraction of block 1 fitted",
             title=f"Within block 1, {n_rej} flies with rejections",
             ax=axes[1],

@@ -44,6 +44,7 @@ from ._fit import load_checkpoint as load_checkpoint
 from ._fit import rule_filter_spec as rule_filter_spec
 from ._flies import FlyFits as FlyFits
 from ._flies import PairedComparison as PairedComparison
+from ._flies import base_rate_scores as base_rate_scores
 from ._flies import compare_families as compare_families
 from ._flies import compare_scores as compare_scores
 from ._flies import family_rule as family_rule

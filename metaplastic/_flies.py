@@ -539,6 +539,54 @@ def _coefficients(family: str, rules: AbstractRule) -> dict[str, np.ndarray] | N
     }
 
 
+def base_rate_scores(
+    data: DrosophilaData, fractions: Sequence[float] = (0.5, 0.6, 0.7, 0.8)
+) -> dict[str, np.ndarray]:
+    """The percent deviance explained by a constant acceptance probability per fly (the
+    fraction of presentations it accepted on the fitted trials), against `p = 0.5`, on the
+    same train/test splits as `fit_families`.
+
+    No plasticity is involved: this is how much of a rule's score a fly's base rate alone
+    earns, since the no-plasticity null of `fit_families` starts at `p(accept) ≈ 0.5` and
+    stays there. (The null's logits are `≈ 0` but not exactly, since its initial weights are
+    small random numbers; here the reference is exactly `0.5`.)
+
+    **Arguments:**
+
+    - `data`: the flies.
+    - `fractions`: the training fractions of the held-out splits.
+
+    **Returns:**
+
+    `{"in_sample": (flies,), "held_out": (F, flies), "block1": (flies,),
+    "block1_held_out": (F, flies)}`, like the fields of `FlyFits`.
+    """
+    fractions = tuple(float(f) for f in fractions)
+    names, fit_on, score_on = _configurations(data, fractions)
+    pm = np.asarray(data.dataset.presentation_mask)
+    ch = np.asarray(data.dataset.choices)
+    n_f = len(fractions)
+    dev = np.zeros((len(names), len(data)))
+    for c in range(len(names)):
+        for i in range(len(data)):
+            fit = pm[i] & fit_on[c, i][:, None]
+            score = pm[i] & score_on[c, i][:, None]
+            # A smoothed rate (add one acceptance and one rejection), so that a held-out
+            # rejection after an accept-only stretch has a finite cost.
+            p = (ch[i][fit].sum() + 1.0) / (fit.sum() + 2.0)
+            k, n = ch[i][score].sum(), score.sum()
+            ll = k * np.log(p) + (n - k) * np.log1p(-p)
+            ll0 = n * np.log(0.5)
+            dev[c, i] = 100.0 * (ll - ll0) / -ll0
+    i_block1 = names.index("block1")
+    return {
+        "in_sample": dev[0],
+        "held_out": dev[1 : 1 + n_f].reshape(n_f, len(data)),
+        "block1": dev[i_block1],
+        "block1_held_out": dev[i_block1 + 1 :].reshape(n_f, len(data)),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class PairedComparison:
     """A paired comparison of two sets of per-fly scores (`compare_scores`).

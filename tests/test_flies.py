@@ -274,3 +274,22 @@ def test_example_without_data_folder(tmp_path):
         env={**os.environ, "PYTHONPATH": ROOT},
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_base_rate_scores_by_hand(small):
+    scores = mp.base_rate_scores(small, (0.5,))
+    ch = np.asarray(small.dataset.choices)[0]
+    pm = np.asarray(small.dataset.presentation_mask)[0]
+    # Block 1 (trials 0-9) of fly 1, in sample: smoothed rate, against p = 0.5.
+    k, n = ch[:10][pm[:10]].sum(), pm[:10].sum()
+    p = (k + 1) / (n + 2)
+    ll = k * np.log(p) + (n - k) * np.log(1 - p)
+    assert scores["block1"][0] == pytest.approx(100 * (ll - n * np.log(0.5)) / (-n * np.log(0.5)))
+    # Held out: the rate of the first 15 trials, scored on the last 15.
+    k1, n1 = ch[:15][pm[:15]].sum(), pm[:15].sum()
+    p1 = (k1 + 1) / (n1 + 2)
+    k2, n2 = ch[15:30][pm[15:30]].sum(), pm[15:30].sum()
+    ll2 = k2 * np.log(p1) + (n2 - k2) * np.log(1 - p1)
+    expected = 100 * (ll2 - n2 * np.log(0.5)) / (-n2 * np.log(0.5))
+    assert scores["held_out"][0, 0] == pytest.approx(expected)
+    assert scores["block1_held_out"].shape == (1, 3)
