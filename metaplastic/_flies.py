@@ -18,6 +18,7 @@ together, so a rule cannot exploit one particular noise draw.
 """
 
 import dataclasses
+import inspect
 import logging
 import time
 import typing
@@ -44,7 +45,6 @@ from ._behaviour import (
 from ._errors import MetaplasticError, require
 from ._fisher import fit_bernoulli_gauss_newton
 from .data import ChoiceDataset, DrosophilaData, PackedChoiceDataset
-from .metrics import percent_deviance_explained
 from .nn import MushroomBody, OdourEncoding
 from .nn._mushroom_body import DEFAULT_INPUT_VARIANCE, REWARD_SIGNALS
 from .rules import AbstractRule, TaylorRule
@@ -188,10 +188,24 @@ def family_rule(family: str, *, key: jax.Array, scale: float = 1e-3) -> Abstract
 def _students(family: str, members: int, key: jax.Array, scale: float = 1e-3) -> AbstractRule:
     """`members` initial rules of a family, arrays with a leading member axis."""
     if family == "mlp":
-        # One small eager initialisation per member: compiling a vmapped initialiser costs
-        # more than running these.
-        rules = [mlp_student(key=k) for k in jr.split(key, members)]
-        return jax.tree.map(lambda *a: jnp.stack(a) if eqx.is_array(a[0]) else a[0], *rules)
+        # The initialisation of `mlp_student` (Equinox's uniform(±1/√fan_in) for every layer,
+        # the output layer's weights scaled down and its bias zero), drawn on the host for
+        # every member at once: initialising members one by one, or a vmapped initialiser,
+        # spends seconds on PRNG dispatch and compilation.
+        template = eqx.filter_eval_shape(mlp_student, key=key)  # structure only
+        rng = _host_generator(key)
+        layers = template.mlp.layers
+        scale = inspect.signature(mlp_student).parameters["scale"].default
+        arrays = []
+        for i, layer in enumerate(layers):
+            lim = 1.0 / np.sqrt(layer.in_features)
+            w = rng.uniform(-lim, lim, (members,) + layer.weight.shape)
+            b = rng.uniform(-lim, lim, (members,) + layer.bias.shape)
+            if i == len(layers) - 1:
+                w, b = scale * w, np.zeros_like(b)
+            arrays += [jnp.asarray(w, layer.weight.dtype), jnp.asarray(b, layer.bias.dtype)]
+        where = lambda r: [a for lyr in r.mlp.layers for a in (lyr.weight, lyr.bias)]
+        return eqx.tree_at(where, template, arrays)
     # The 81-term Taylor student, coefficients drawn on the host (no PRNG compilation).
     rule = TaylorRule.zeros(BEHAVIOUR_FACTORS, order=2)
     c = scale * _host_generator(key).standard_normal((members,) + rule.coefficients.shape)
@@ -319,14 +333,17 @@ def _prepare(data, network, encoding, resamples, fractions, key):
 def _score(network, fitted, member_data, score_mask):
     """Percent deviance of every member against the same rule with all parameters zero (no
     plasticity: a zero Taylor rule, or an MLP whose tanh output is 0), in one call."""
+    # Host-side array plumbing throughout: every eager JAX operation on new shapes costs a
+    # compilation.
     params, static = eqx.partition(fitted, eqx.is_inexact_array)
-    both = jax.tree.map(lambda a: jnp.concatenate([a, jnp.zeros_like(a)]), params)
-    twice = lambda a: jnp.concatenate([jnp.asarray(a), jnp.asarray(a)])
+    both = jax.tree.map(lambda a: jnp.asarray(np.concatenate([a, np.zeros_like(a)])), params)
+    twice = lambda a: jnp.asarray(np.concatenate([np.asarray(a), np.asarray(a)]))
     ll = _log_likelihoods(
         network, both, static, jax.tree.map(twice, member_data), twice(score_mask)
     )
+    ll = np.asarray(ll, dtype=np.float64)
     n = ll.shape[0] // 2
-    return np.asarray(percent_deviance_explained(ll[:n], ll[n:]))
+    return 100.0 * (ll[:n] - ll[n:]) / -ll[n:]
 
 
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
@@ -400,7 +417,7 @@ def fit_families(
     n_configs, flies = len(names), len(data)
     members = n_configs * flies
     train = eqx.tree_at(lambda d: d.presentation_mask, member_data, fit_mask)
-    train = jax.tree.map(jnp.asarray, train)
+    train = jax.tree.map(np.asarray, train)
     groups = [f for f in families if f in FAMILY_TERMS]
     groups = ([tuple(groups)] if groups else []) + [(f,) for f in families if f not in groups]
     out = {}
@@ -418,7 +435,7 @@ def fit_families(
                 lambda r: r.coefficients, template, jnp.asarray(c, template.coefficients.dtype)
             )
             gated = _Gated(
-                jax.tree.map(lambda a, n=len(group): jnp.concatenate([a] * n), train),
+                jax.tree.map(lambda a, n=len(group): jnp.asarray(np.concatenate([a] * n)), train),
                 jnp.asarray(gates),
             )
             result = fit_bernoulli_gauss_newton(
@@ -429,7 +446,9 @@ def fit_families(
                 l1=0.0,
                 **common,
             )
-            rule = _gated_rule(result.model.rule, jnp.asarray(gates))
+            fitted = result.model.rule
+            c = np.asarray(fitted.coefficients) * gates.reshape(fitted.coefficients.shape)
+            rule = eqx.tree_at(lambda r: r.coefficients, fitted, c)
         else:
             result = fit_bernoulli_gauss_newton(
                 network.with_rule(_students(group[0], members, k)),
@@ -440,9 +459,8 @@ def fit_families(
                 **common,
             )
             rule = result.model.rule
-        data_all = jax.tree.map(
-            lambda a, n=len(group): jnp.concatenate([jnp.asarray(a)] * n), member_data
-        )
+        rule = jax.tree.map(lambda a: np.asarray(a) if eqx.is_inexact_array(a) else a, rule)
+        data_all = jax.tree.map(lambda a, n=len(group): np.concatenate([a] * n), member_data)
         deviance = _score(network, rule, data_all, np.concatenate([score_mask] * len(group)))
         objective = np.asarray(result.history.loss)[-1]
         seconds = (time.perf_counter() - start) / len(group)
@@ -495,6 +513,7 @@ def _collect(
     dev = deviance[part].reshape(n_configs, flies)
     n_f = len(fractions)
     i_block1 = names.index("block1")
+    to_jax = lambda r: jax.tree.map(lambda a: jnp.asarray(a) if eqx.is_array(a) else a, r)
     rules_all = by_config(0)
     return FlyFits(
         family=family,
@@ -508,7 +527,7 @@ def _collect(
         block1_held_out=dev[i_block1 + 1 :].reshape(n_f, flies),
         coefficients=_coefficients(family, rules_all),
         block1_coefficients=_coefficients(family, by_config(i_block1)),
-        rules=rules_all,
+        rules=to_jax(rules_all),
         objective=objective[part].reshape(n_configs, flies)[0],
         seconds=seconds,
     )
