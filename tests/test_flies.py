@@ -293,3 +293,15 @@ def test_base_rate_scores_by_hand(small):
     expected = 100 * (ll2 - n2 * np.log(0.5)) / (-n2 * np.log(0.5))
     assert scores["held_out"][0, 0] == pytest.approx(expected)
     assert scores["block1_held_out"].shape == (1, 3)
+
+
+def test_held_out_curve_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    scores = {"a": np.array([[1.0, 2.0, 3.0], [2.0, 3.0, 4.0]]), "b": np.zeros((2, 3))}
+    fig = mp.plot.held_out_curve([0.5, 0.8], scores, path=tmp_path / "curve.png")
+    (ax,) = fig.axes
+    medians = [line.get_ydata().tolist() for line in ax.get_lines() if line.get_label() == "a"]
+    assert medians == [[2.0, 3.0]]  # the median over flies at each fraction
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    with pytest.raises(mp.MetaplasticError, match="shape"):
+        mp.plot.held_out_curve([0.5, 0.8], {"a": np.zeros((3, 3))})
