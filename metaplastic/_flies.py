@@ -15,6 +15,14 @@ under the fitted rule, from the weights it produced on the training trials); onl
 presentations a configuration fits on enter its likelihood, and only those it is scored on
 enter its score. Each fly's data are several re-draws of the noisy odour encoding, fitted
 together, so a rule cannot exploit one particular noise draw.
+
+The covariance and forgetting families are one rule over `(x, w, r)` to first order whose
+coefficients are multiplied by a per-member 0/1 gate, so both are fitted in one compiled
+fit. The null model of every score is the same network with every rule parameter zero (no
+plasticity; its p(accept) stays near 0.5). `base_rate_scores` gives, on the same splits, what a
+constant acceptance rate per fly earns against p = 0.5: on accept-only stretches (blocks 2–3 of
+the published conversion, and five flies throughout) that alone is close to 100 %, and the
+likelihood of a rule has no finite optimum there.
 """
 
 import dataclasses
