@@ -705,6 +705,10 @@ def compare_families(
         return compare_scores(getattr(a, score), getattr(b, score))
     if score not in ("held_out", "block1_held_out"):
         raise MetaplasticError(f"Unknown score {score!r}.")
+    if not a.fractions or not b.fractions:
+        raise MetaplasticError(
+            f"No held-out split was fitted (fractions=()); cannot compare {score!r}."
+        )
     f = a.fractions[0] if fraction is None else float(fraction)
     if f not in a.fractions or f not in b.fractions:
         raise MetaplasticError(f"fraction {f} was not fitted (have {a.fractions}).")
