@@ -42,6 +42,15 @@ from ._fit import History as History
 from ._fit import fit as fit
 from ._fit import load_checkpoint as load_checkpoint
 from ._fit import rule_filter_spec as rule_filter_spec
+from ._flies import FlyFits as FlyFits
+from ._flies import PairedComparison as PairedComparison
+from ._flies import base_rate_scores as base_rate_scores
+from ._flies import compare_families as compare_families
+from ._flies import compare_scores as compare_scores
+from ._flies import family_rule as family_rule
+from ._flies import fit_families as fit_families
+from ._flies import fit_flies as fit_flies
+from ._flies import presentation_masks as presentation_masks
 from ._least_squares import fit_least_squares as fit_least_squares
 from ._simulate import Simulation as Simulation
 from ._simulate import generate_activity as generate_activity

@@ -27,6 +27,7 @@ __all__ = [
     "coefficient_distributions",
     "coefficient_trajectories",
     "deviance_comparison",
+    "held_out_curve",
     "sweep_heatmap",
     "weight_trajectories",
 ]
@@ -455,7 +456,61 @@ def deviance_comparison(
     ax.axhline(0.0, color="0.4", linewidth=0.6, zorder=0)
     lo, hi = ax.get_ylim()
     ax.set_ylim(lo, hi + 0.1 * (hi - lo))  # room for the labels above the points
-    ax.set_xticks(x, names, rotation=20 if max(len(n) for n in names) > 10 else 0, ha="center")
+    longest = max(len(line) for n in names for line in n.splitlines())
+    ax.set_xticks(x, names, rotation=20 if longest > 10 else 0, ha="center")
     ax.set_ylabel(ylabel)
     ax.set_title(title or f"Per-fly comparison ({flies} flies; bar: mean)")
+    return _finish(fig, path)
+
+
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+def held_out_curve(
+    fractions: Sequence[float],
+    scores: Mapping[str, Any],
+    *,
+    xlabel: str = "fraction of trials fitted",
+    ylabel: str = "% deviance explained (held out)",
+    title: str | None = None,
+    ax: Any = None,
+    path: str | os.PathLike | None = None,
+) -> Any:
+    """Held-out score against the fraction of trials the fit saw: per model, the median
+    over flies with its interquartile range.
+
+    **Arguments:**
+
+    - `fractions`: the training fractions, `(F,)`.
+    - `scores`: `{model name: (F, flies) array}`, row `i` scored after fitting on the first
+      `fractions[i]` of each fly's trials.
+    - `ax`: draw into this matplotlib axes instead of a new figure.
+    - `path`: where to save the figure.
+
+    **Returns:**
+
+    The matplotlib `Figure`.
+    """
+    f = _finite_array("fractions", fractions).ravel()
+    if f.size == 0:
+        raise MetaplasticError("held_out_curve needs at least one fraction.")
+    if not isinstance(scores, Mapping) or not scores:
+        raise MetaplasticError("scores must be a non-empty dict {model: (fractions, flies)}.")
+    if ax is None:
+        fig, ax = _figure(5.0, 3.8)
+    else:
+        fig = ax.figure
+    for (name, values), colour in zip(scores.items(), _colours(len(scores))):
+        v = _finite_array(f"scores[{name!r}]", values)
+        if v.ndim != 2 or v.shape[0] != f.size or v.shape[1] == 0:
+            raise MetaplasticError(
+                f"scores[{name!r}] must have shape ({f.size}, flies), got {v.shape}."
+            )
+        q1, med, q3 = np.percentile(v, [25, 50, 75], axis=1)
+        ax.fill_between(f, q1, q3, color=colour, alpha=0.2, linewidth=0)
+        ax.plot(f, med, marker="o", color=colour, label=str(name))
+    ax.axhline(0.0, color="0.4", linewidth=0.6, zorder=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    n = _finite_array("values", next(iter(scores.values()))).shape[1]
+    ax.set_title(title or f"Held-out deviance (median and IQR over {n} flies)")
     return _finish(fig, path)

@@ -1,0 +1,307 @@
+"""Per-fly rule fits (`fit_families`), their train/test masks and the paired comparisons."""
+
+import json
+import os
+import subprocess
+import sys
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import metaplastic as mp
+from metaplastic._flies import _configurations, _prepare, _score
+
+
+sio = pytest.importorskip("scipy.io")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write_flies(generated, folder, first=1):
+    """Write simulated flies as `.mat` files in the format of the real recordings."""
+    d = generated.data
+    for b in range(d.odours.shape[0]):
+        pm, od = np.asarray(d.presentation_mask[b]), np.asarray(d.odours[b])
+        ch, rw = np.asarray(d.choices[b]), np.asarray(d.rewards[b])
+        x, y, r = [], [], []
+        for t in np.nonzero(np.asarray(d.trial_mask[b]))[0]:
+            for p in np.nonzero(pm[t])[0]:
+                x.append([1 - od[t, p], od[t, p]])
+                y.append(ch[t, p])
+                if ch[t, p] == 1:
+                    r.append(rw[t])
+        sio.savemat(
+            folder / f"Fly{first + b}.mat",
+            {"X": np.array(x), "Y": np.array(y)[None], "R": np.array(r)[None]},
+        )
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """Two flies whose weights follow a known covariance rule, Δw = 2·x·r + 0.2·x, and one
+    without plasticity, in three blocks of 40 trials."""
+    folder = tmp_path_factory.mktemp("flies")
+    task = mp.tasks.OperantTask(((0.8, 0.2), (0.2, 0.8), (0.8, 0.2)), (40, 40, 40))
+    truth = mp.TaylorRule.from_expression("2*x*r + 0.2*x", factors=("x", "w", "r"), order=1)
+    teacher = mp.nn.MushroomBody(truth, key=jr.key(1))
+    encoding = mp.nn.OdourEncoding(2, key=jr.key(2))
+    _write_flies(mp.generate_behaviour(teacher, task, encoding, 2, key=jr.key(3)), folder)
+    still = teacher.with_rule(mp.TaylorRule.zeros(("x", "w", "r"), 1))
+    _write_flies(mp.generate_behaviour(still, task, encoding, 1, key=jr.key(4)), folder, 3)
+    return mp.data.load_drosophila(folder, block_size=40)
+
+
+KEY = jr.key(5)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Three random flies of 30 trials (blocks of 10), with rejections."""
+    folder = tmp_path_factory.mktemp("small")
+    rng = np.random.default_rng(0)
+    for fly in range(3):
+        y = []
+        for _ in range(30 - fly):
+            y += [0] * int(rng.integers(0, 3)) + [1]
+        odour = rng.integers(0, 2, len(y))
+        x = np.stack([1 - odour, odour], axis=1)
+        r = rng.integers(0, 2, sum(y))
+        sio.savemat(folder / f"Fly{fly + 1}.mat", {"X": x, "Y": np.array(y)[None], "R": r[None]})
+    return mp.data.load_drosophila(folder, block_size=10)
+
+
+@pytest.fixture(scope="module")
+def fitted(simulated):
+    return mp.fit_flies(
+        simulated, "covariance", resamples=1, fractions=(0.5,), iterations=6, key=KEY
+    )
+
+
+@pytest.mark.slow  # about 30 s: generating the flies and compiling the fit
+def test_covariance_family_explains_a_covariance_fly(fitted):
+    fits = fitted
+    assert fits.names == ("Fly1", "Fly2", "Fly3")
+    assert fits.held_out.shape == (1, 3) and fits.in_sample.shape == (3,)
+    # The flies that learn with the rule are explained far better than by no plasticity,
+    # and far better than the fly without plasticity is.
+    assert fits.in_sample[0] > 30 and fits.in_sample[1] > 30
+    assert abs(fits.in_sample[2]) < 10
+    assert fits.block1[:2].min() > 20
+    # The reward-modulated term carries the learning: positive for the learners, about
+    # zero for the fly that does not learn.
+    xr = fits.coefficients["x*r"]
+    assert xr[0] > 0.3 and xr[1] > 0.3 and abs(xr[2]) < 0.2
+    assert set(fits.coefficients) == {"1", "r", "x", "x*r"}
+    # Only the family's terms were free: every other coefficient stayed exactly zero.
+    c = np.asarray(fits.rules.coefficients)
+    free = mp.TaylorRule.zeros(("x", "w", "r"), 1).mask(["1", "r", "x", "x*r"])
+    assert np.all(c[:, ~free] == 0.0)
+    rows = fits.rows()
+    assert rows[0]["fly"] == "Fly1" and rows[0]["coef_x*r"] == pytest.approx(float(xr[0]))
+
+
+def test_configurations_split_trials_and_masks_presentations(small):
+    simulated = small
+    names, fit_on, score_on = _configurations(simulated, (0.5, 0.8))
+    assert names == [
+        "all",
+        "held_out_0.5",
+        "held_out_0.8",
+        "block1",
+        "block1_held_out_0.5",
+        "block1_held_out_0.8",
+    ]
+    tm = np.asarray(simulated.dataset.trial_mask)
+    n = tm.sum(axis=1)
+    for c in (1, 2):
+        f = (0.5, 0.8)[c - 1]
+        # Fit and score sets partition each fly's trials at floor(f · trials).
+        assert not np.any(fit_on[c] & score_on[c])
+        assert np.array_equal(fit_on[c] | score_on[c], tm)
+        for fly in range(len(n)):
+            cut = int(np.floor(f * n[fly]))
+            assert fit_on[c, fly].sum() == cut and score_on[c, fly, cut]
+            assert not score_on[c, fly, cut - 1]
+    first = np.asarray(simulated.block) == 0
+    assert np.array_equal(fit_on[3], first) and np.array_equal(score_on[3], first)
+    assert np.array_equal(fit_on[4] | score_on[4], first) and not np.any(fit_on[4] & score_on[4])
+    assert fit_on[4, 0].sum() == 5  # half of a 10-trial block 1
+    # The presentation masks keep exactly the presentations of the selected trials.
+    encoded = mp.encode_odours(simulated.dataset, mp.nn.OdourEncoding(2), key=jr.key(0))
+    packed = mp.data.PackedChoiceDataset.from_choices(encoded)
+    held = mp.presentation_masks(packed, score_on[1])
+    trial = np.asarray(packed.trial_index)
+    valid = np.asarray(packed.presentation_mask)
+    for fly in range(len(n)):
+        cut = int(np.floor(0.5 * n[fly]))
+        assert np.array_equal(held[fly], valid[fly] & (trial[fly] >= cut))
+        assert held[fly].sum() == np.asarray(simulated.dataset.presentation_mask)[fly, cut:].sum()
+
+
+@pytest.mark.slow  # shares the fit above
+def test_held_out_scores_only_held_out_trials(simulated, fitted):
+    """A held-out score is the deviance over the held-out presentations alone, with the
+    weights replayed through every trial: recompute it by hand for one fly."""
+    data, fits, key = simulated, fitted, KEY
+    # The same network, encoding and noise as inside fit_families (the same key splits).
+    k_enc, k_net, k_noise, _ = jr.split(key, 4)
+    encoding = mp.nn.OdourEncoding(2, key=k_enc)
+    network = mp.nn.MushroomBody(mp.TaylorRule.zeros(("x", "y", "w", "r"), 0), key=k_net)
+    names, members, fit_mask, score_mask = _prepare(data, network, encoding, 1, (0.5,), k_noise)
+    assert names[:2] == ["all", "held_out_0.5"]
+    m = 1 * len(data) + 0  # members are (configuration, fly): held_out_0.5, Fly1
+    trial = np.asarray(members.trial_index[m, 0])
+    valid = np.asarray(members.presentation_mask[m, 0])
+    cut = int(np.asarray(data.dataset.trial_mask)[0].sum()) // 2
+    assert np.array_equal(score_mask[m, 0], valid & (trial >= cut))
+    assert np.array_equal(fit_mask[m, 0], valid & (trial < cut))
+    # Score the rule fitted on all trials on the held-out mask, by the library and by hand.
+    rule = fits.rules
+    tile = lambda a: (
+        jnp.concatenate([a] * (len(members) // len(data))) if eqx.is_inexact_array(a) else a
+    )
+    held = _score(network, jax.tree.map(tile, rule), members, score_mask)
+    net = network.with_rule(jax.tree.map(lambda a: a[0] if eqx.is_inexact_array(a) else a, rule))
+    one = jax.tree.map(lambda a: jnp.asarray(a[m]), members)
+    masked = eqx.tree_at(lambda d: d.presentation_mask, one, jnp.asarray(score_mask[m]))
+    ll = float(mp.choice_log_likelihood(net, masked).sum())
+    ll0 = float(mp.choice_log_likelihood(mp.null_network(net), masked).sum())
+    assert held[m] == pytest.approx(100 * (ll0 - ll) / ll0, rel=1e-4)
+    # Scoring the first half instead gives another number: the mask is what selects trials.
+    first = eqx.tree_at(lambda d: d.presentation_mask, one, jnp.asarray(fit_mask[m]))
+    assert float(mp.choice_log_likelihood(net, first).sum()) != pytest.approx(ll)
+    # The replay runs through the held-out trials from the weights the rule produced.
+    weights = np.asarray(mp.replay(net, one).weights[0])
+    assert not np.allclose(weights[cut], np.asarray(network.initial_weights))
+
+
+def test_compare_scores_by_hand():
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    b = np.array([2.0, 1.0, 5.0, 7.0, 5.0])  # differences 1, -1, 2, 3, 0
+    c = mp.compare_scores(a, b)
+    assert (c.n, c.n_improved, c.n_worse) == (5, 3, 1)
+    assert c.median_difference == 1.0
+    # Zero dropped; ranks of |1|, |-1|, 2, 3 are 1.5, 1.5, 3, 4: W+ = 8.5, W- = 1.5.
+    assert c.statistic == pytest.approx(1.5)
+    assert 0.0 < c.p_value <= 1.0
+    same = mp.compare_scores(a, a)
+    assert same.n_improved == 0 and np.isnan(same.p_value)
+    with pytest.raises(mp.MetaplasticError, match="equal-length"):
+        mp.compare_scores(a, b[:3])
+
+
+def test_compare_scores_without_scipy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    with pytest.raises(mp.MissingDependencyError, match="metaplastic\\[data\\]"):
+        mp.compare_scores(np.array([1.0, 2.0]), np.array([2.0, 3.0]))
+
+
+def test_fit_families_rejects_bad_input(small):
+    simulated = small
+    with pytest.raises(mp.MetaplasticError, match="families"):
+        mp.fit_families(simulated, ("hebb",), key=jr.key(0))
+    with pytest.raises(mp.MetaplasticError, match="fractions"):
+        mp.fit_families(simulated, ("covariance",), fractions=(1.2,), key=jr.key(0))
+    with pytest.raises(mp.MetaplasticError, match="reward_signal"):
+        mp.fit_families(simulated, ("covariance",), reward_signal="dopamine", key=jr.key(0))
+    with pytest.raises(mp.MetaplasticError, match="resamples"):
+        mp.fit_families(simulated, ("covariance",), resamples=0, key=jr.key(0))
+
+
+# --- The real recordings (skipped when the shared data folder is absent) ---------------------
+def test_real_flies_fit(drosophila_dir):
+    data = mp.data.load_drosophila(drosophila_dir).select(["Fly1", "Fly12"])
+    fits = mp.fit_families(
+        data,
+        ("covariance", "forgetting"),
+        resamples=1,
+        fractions=(0.5,),
+        iterations=4,
+        key=jr.key(0),
+    )
+    cov, fgt = fits["covariance"], fits["forgetting"]
+    assert cov.names == ("Fly1", "Fly12") and cov.accept_only.tolist() == [False, True]
+    for f in (cov, fgt):
+        assert np.all(np.isfinite(f.in_sample)) and np.all(np.isfinite(f.held_out))
+        assert f.in_sample.min() > 0  # plasticity beats a constant p(accept) = 0.5
+    assert fgt.without_accept_only().names == ("Fly1",)
+    comparison = mp.compare_families(cov, fgt, "held_out", fraction=0.5)
+    assert comparison.n == 2
+
+
+@pytest.mark.slow
+def test_example_runs_on_the_real_flies(drosophila_dir, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "drosophila.py"),
+            "--data",
+            drosophila_dir,
+            "--out",
+            str(tmp_path),
+            "--families",
+            "covariance,forgetting",
+            "--fractions",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        check=True,
+    )
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["forgetting_improves"]["in_sample"]["of"] == 18
+    assert 0 <= summary["forgetting_improves"]["in_sample"]["improved"] <= 18
+    (run,) = tmp_path.iterdir()
+    assert (run / "flies.csv").read_text().count("\n") == 19
+    assert (run / "held_out_curve.png").exists()
+
+
+def test_example_without_data_folder(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "drosophila.py"),
+            "--data",
+            str(tmp_path / "nowhere"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_base_rate_scores_by_hand(small):
+    scores = mp.base_rate_scores(small, (0.5,))
+    ch = np.asarray(small.dataset.choices)[0]
+    pm = np.asarray(small.dataset.presentation_mask)[0]
+    # Block 1 (trials 0-9) of fly 1, in sample: smoothed rate, against p = 0.5.
+    k, n = ch[:10][pm[:10]].sum(), pm[:10].sum()
+    p = (k + 1) / (n + 2)
+    ll = k * np.log(p) + (n - k) * np.log(1 - p)
+    assert scores["block1"][0] == pytest.approx(100 * (ll - n * np.log(0.5)) / (-n * np.log(0.5)))
+    # Held out: the rate of the first 15 trials, scored on the last 15.
+    k1, n1 = ch[:15][pm[:15]].sum(), pm[:15].sum()
+    p1 = (k1 + 1) / (n1 + 2)
+    k2, n2 = ch[15:30][pm[15:30]].sum(), pm[15:30].sum()
+    ll2 = k2 * np.log(p1) + (n2 - k2) * np.log(1 - p1)
+    expected = 100 * (ll2 - n2 * np.log(0.5)) / (-n2 * np.log(0.5))
+    assert scores["held_out"][0, 0] == pytest.approx(expected)
+    assert scores["block1_held_out"].shape == (1, 3)
+
+
+def test_held_out_curve_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    scores = {"a": np.array([[1.0, 2.0, 3.0], [2.0, 3.0, 4.0]]), "b": np.zeros((2, 3))}
+    fig = mp.plot.held_out_curve([0.5, 0.8], scores, path=tmp_path / "curve.png")
+    (ax,) = fig.axes
+    medians = [line.get_ydata().tolist() for line in ax.get_lines() if line.get_label() == "a"]
+    assert medians == [[2.0, 3.0]]  # the median over flies at each fraction
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    with pytest.raises(mp.MetaplasticError, match="shape"):
+        mp.plot.held_out_curve([0.5, 0.8], {"a": np.zeros((3, 3))})
