@@ -899,7 +899,8 @@ def recovery_data(
     split = n_train * seeds
     train = jax.tree.map(lambda a: a[:split], everything)
     test = device(stack_members(jax.tree.map(lambda a: a[split:], everything), seeds))
-    train = device(stack_members(host(PackedChoiceDataset.from_choices(train)), seeds))
+    packed = PackedChoiceDataset.from_choices(device(train))
+    train = device(stack_members(host(packed), seeds))
     jax.block_until_ready((train, test))
     return RecoveryData(teacher, encoding, train, test, time.perf_counter() - start)
 
