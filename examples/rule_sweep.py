@@ -123,6 +123,11 @@ def parse_args(argv=None):
         default=None,
         help="JAX persistent compilation cache folder (default OUT/.jax_cache; 'none' to disable)",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="with --resume: write the table from the rows already there, fit nothing",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="out", help="folder for run folders")
     return p.parse_args(argv)
@@ -320,6 +325,8 @@ def main(argv=None):
     iterations = {"taylor": args.taylor_iterations, "mlp": args.mlp_iterations}
 
     todo = [(e, s) for e, s in rules if any((e, f) not in done for f in families)]
+    if args.report_only:
+        todo = []
     for expression, source in mp.runs.track(todo, desc="rules", progress=not args.no_progress):
         truth = mp.rules.from_expression(expression)
         t0 = time.perf_counter()
@@ -394,6 +401,7 @@ def main(argv=None):
         return float(r[k]) if r.get(k) not in (None, "") else float("nan")
 
     summary = {"rules": len(rules), "rows": len(rows), "run": str(run.path), "csv": csv_path}
+    summary["rules_done"] = len({r["rule"] for r in rows})
     for fam in families:
         ok = [r for r in rows if r["family"] == fam and r["status"] == "ok"]
         summary[fam] = {
