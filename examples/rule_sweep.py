@@ -46,6 +46,9 @@ NAMED_RULES = (
 R2_HARD = 0.85  # rows below this R² of weights are flagged `hard`
 DEVIANCE_LOW = 5.0  # true-rule % deviance below this: choices say little about the rule
 WEIGHT_CHANGE_LOW = 0.05  # RMS change of the true weights below this: almost no learning
+# RMS change above this: the true weights reach |w| ≳ 3, where tanh(0.75·w) > 0.97 saturates
+# and choices no longer tell weight sizes apart.
+WEIGHT_CHANGE_HIGH = 3.0
 
 COLUMNS = (
     "rule",
@@ -216,12 +219,17 @@ def weight_change(teacher, test):
 
 
 def flags_for(row):
-    flags = []
+    """`little-learning` (the true rule barely moves the weights or the choices),
+    `saturating` (it moves them into tanh's flat range), `hard` (R² of weights < 0.85)."""
     if row["status"] != "ok":
         return "failed"
-    if row["true_percent_deviance"] < DEVIANCE_LOW or row["weight_change"] < WEIGHT_CHANGE_LOW:
+    flags = []
+    change, deviance = float(row["weight_change"]), float(row["true_percent_deviance"])
+    if deviance < DEVIANCE_LOW or change < WEIGHT_CHANGE_LOW:
         flags.append("little-learning")
-    if row["r2_weights"] < R2_HARD:
+    if change > WEIGHT_CHANGE_HIGH:
+        flags.append("saturating")
+    if float(row["r2_weights"]) < R2_HARD:
         flags.append("hard")
     return ";".join(flags)
 
@@ -394,6 +402,10 @@ def main(argv=None):
         (r for r in rows if r["rule"] in order),
         key=lambda r: (order[r["rule"]], families.index(r["family"])),
     )
+    for r in rows:  # the flags of rows read back from an earlier run, by the current rules
+        r["flags"] = flags_for(r)
+    if rows:
+        _write_rows(csv_path, rows)
     table = markdown_table(rows, families)
     run.file("rule_sweep.md").write_text(table)
 
@@ -404,14 +416,17 @@ def main(argv=None):
     summary["rules_done"] = len({r["rule"] for r in rows})
     for fam in families:
         ok = [r for r in rows if r["family"] == fam and r["status"] == "ok"]
+        learning = [f(r, "r2_weights") for r in ok if "little-learning" not in r["flags"]]
         summary[fam] = {
             "rows": len(ok),
             "median_r2_weights": float(np.median([f(r, "r2_weights") for r in ok])) if ok else None,
             "median_r2_activity": float(np.median([f(r, "r2_activity") for r in ok]))
             if ok
             else None,
+            "median_r2_weights_learning_rules": float(np.median(learning)) if learning else None,
             "hard": sum("hard" in r["flags"] for r in ok),
             "little_learning": sum("little-learning" in r["flags"] for r in ok),
+            "saturating": sum("saturating" in r["flags"] for r in ok),
             "failed": sum(r["status"] != "ok" for r in rows if r["family"] == fam),
         }
     summary["seconds"] = round(time.perf_counter() - start, 1)
