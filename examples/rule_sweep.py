@@ -396,16 +396,16 @@ def main(argv=None):
             rows.append(row)
             _write_rows(csv_path, rows)  # after every row, so an interrupted sweep can --resume
 
-    # Report in the sweep's rule order.
-    order = {e: i for i, (e, _) in enumerate(rules)}
-    rows = sorted(
-        (r for r in rows if r["rule"] in order),
-        key=lambda r: (order[r["rule"]], families.index(r["family"])),
-    )
     for r in rows:  # the flags of rows read back from an earlier run, by the current rules
         r["flags"] = flags_for(r)
     if rows:
-        _write_rows(csv_path, rows)
+        _write_rows(csv_path, rows)  # every row, also those of rules not selected this time
+    # Report the selected rules and families, in the sweep's order.
+    order = {e: i for i, (e, _) in enumerate(rules)}
+    rows = sorted(
+        (r for r in rows if r["rule"] in order and r["family"] in families),
+        key=lambda r: (order[r["rule"]], families.index(r["family"])),
+    )
     table = markdown_table(rows, families)
     run.file("rule_sweep.md").write_text(table)
 
