@@ -25,6 +25,11 @@ program (the `xla_compiles` column counts the compilations each row needed).
     python examples/rule_sweep.py --quick                # 2 rules, tiny data (a smoke test)
     python examples/rule_sweep.py --rules "x*r,x*y*r"    # a subset
     python examples/rule_sweep.py --resume out/rule_sweep-20261127-230000-ab12
+    python examples/rule_sweep.py --resume out/rule_sweep-20261127-230000-ab12 --report-only
+
+Rows are flagged `little-learning` (the true rule barely moves the weights or the choices:
+R² of weights is then ill-posed), `saturating` (the true weights go deep into tanh's flat
+range) and `hard` (median R² of weights < 0.85); see `examples/results/rule_sweep.md`.
 """
 
 import argparse
