@@ -55,7 +55,7 @@ def test_buckets_cover_and_are_few():
     assert len(sizes) <= 30  # 5 sizes per doubling
 
 
-# About 10 s on a quiet machine (52 s wall under load 8).
+@pytest.mark.slow  # 10 s on a quiet machine, 52 s wall under load 8
 def test_padding_changes_no_likelihood():
     task = mp.tasks.OperantTask(block_lengths=5)
     data = mp.recovery_data(
