@@ -17,7 +17,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
 from ._errors import MetaplasticError
@@ -25,6 +24,40 @@ from ._fit import FitResult, History, rule_filter_spec
 
 
 logger = logging.getLogger("metaplastic")
+
+
+class _Flat:
+    """The trainable arrays as one flat vector θ, and back. Flattening runs on the host with
+    numpy and unflattening traces inside the jitted fit (or runs on numpy arrays): the same
+    steps as JAX operations outside a jit would each compile once for their shape.
+
+    `lead` is the number of leading (ensemble member) axes of every array."""
+
+    def __init__(self, tree: PyTree, lead: int):
+        leaves, self.treedef = jax.tree.flatten(tree)
+        arrays = [np.asarray(leaf) for leaf in leaves]
+        self.lead = lead
+        self.shapes = [a.shape[lead:] for a in arrays]
+        self.dtypes = [a.dtype for a in arrays]
+        self.dtype = np.result_type(*self.dtypes)
+        sizes = [int(np.prod(shape)) for shape in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        self.size = self.offsets[-1]
+        self.flat = np.concatenate(
+            [a.reshape(a.shape[:lead] + (-1,)).astype(self.dtype) for a in arrays], axis=-1
+        )
+
+    def unravel(self, theta: Array | np.ndarray) -> PyTree:
+        """The arrays of `theta` `(..., size)`, each with the leading axes of `theta`."""
+        head = theta.shape[:-1]
+        parts = [
+            theta[..., a:b].reshape(head + shape).astype(dtype)
+            for a, b, shape, dtype in zip(
+                self.offsets[:-1], self.offsets[1:], self.shapes, self.dtypes
+            )
+        ]
+        return jax.tree.unflatten(self.treedef, parts)
+
 
 # Damping candidates tried in parallel at each iteration, relative to the current damping.
 _CANDIDATES = (0.1, 1.0, 10.0, 100.0)
@@ -90,8 +123,8 @@ def fit_bernoulli_gauss_newton(
     params, static = eqx.partition(model, filter_spec)
     if not jax.tree.leaves(params):
         raise MetaplasticError("filter_spec selects no trainable array in the model.")
-    one = jax.tree.map(lambda a: a[0], params) if ensemble else params
-    _, unravel = ravel_pytree(one)
+    flat = _Flat(params, 1 if ensemble else 0)
+    unravel = flat.unravel
     traces = [0]
 
     def to_model(theta):
@@ -161,23 +194,15 @@ def fit_bernoulli_gauss_newton(
         )
         return values, thetas
 
-    if ensemble:
-        theta0 = jax.vmap(lambda p: ravel_pytree(p)[0])(params)
-        compiled = jax.jit(jax.vmap(run, in_axes=(0, data_ensemble_axis))).lower(theta0, data)
-        compiled = compiled.compile()
-        compiled_at = time.perf_counter()
-        values, thetas = compiled(theta0, data)
-        values, thetas = np.asarray(values).T, np.swapaxes(np.asarray(thetas), 0, 1)
-        final = jax.vmap(unravel)(jnp.asarray(thetas[-1]))
-        history_params = jax.vmap(jax.vmap(unravel))(jnp.asarray(thetas))
-    else:
-        theta0 = ravel_pytree(params)[0]
-        compiled = jax.jit(run).lower(theta0, data).compile()
-        compiled_at = time.perf_counter()
-        values, thetas = compiled(theta0, data)
-        values, thetas = np.asarray(values), np.asarray(thetas)
-        final = unravel(jnp.asarray(thetas[-1]))
-        history_params = jax.vmap(unravel)(jnp.asarray(thetas))
+    theta0 = jnp.asarray(flat.flat)
+    fn = jax.vmap(run, in_axes=(0, data_ensemble_axis)) if ensemble else run
+    compiled = jax.jit(fn).lower(theta0, data).compile()
+    compiled_at = time.perf_counter()
+    values, thetas = (np.asarray(a) for a in compiled(theta0, data))
+    if ensemble:  # (members, iterations, ...) -> (iterations, members, ...)
+        values, thetas = values.T, np.swapaxes(thetas, 0, 1)
+    final = jax.tree.map(jnp.asarray, unravel(thetas[-1]))
+    history_params = unravel(thetas)
     logger.info(
         "Gauss-Newton fit: compiled in %.2f s, ran %d iterations in %.2f s",
         compiled_at - start,
@@ -188,7 +213,7 @@ def fit_bernoulli_gauss_newton(
         raise MetaplasticError("The objective became non-finite during the Gauss-Newton fit.")
     return FitResult(
         model=eqx.combine(final, static),
-        history=History(loss=values, params=jax.tree.map(np.asarray, history_params)),
+        history=History(loss=values, params=history_params),
         n_traces=traces[0],
         seconds=time.perf_counter() - start,
     )
