@@ -86,8 +86,19 @@ def run_all(names, as_json: bool, results: str | None, command: str) -> int:
             if os.path.exists(gpu)
             else None
         )
+        gpu_jsonl = os.path.join(HERE, "results_gpu.jsonl")
+        gpu_records = None
+        if os.path.exists(gpu_jsonl):
+            with open(gpu_jsonl) as f:
+                gpu_records = [json.loads(line) for line in f if line.strip()]
         write_results(
-            records, results, command=command, machine=machine, started=started, gpu=gpu_line
+            records,
+            results,
+            command=command,
+            machine=machine,
+            started=started,
+            gpu=gpu_line,
+            gpu_records=gpu_records,
         )
         if not as_json:
             print(f"wrote {os.path.relpath(results, ROOT)}")

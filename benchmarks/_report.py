@@ -343,6 +343,34 @@ SECTIONS = {
 }
 
 
+def _gpu_summary(records) -> list[str]:
+    """One row per GPU configuration: step time, throughput or end-to-end time, compile."""
+    rows = []
+    for r in records:
+        config = r["config"]
+        shown = ", ".join(
+            f"{k} {v}"
+            for k, v in config.items()
+            if k in ("batch", "T", "impl", "vary", "layout", "seeds", "n_out")
+        )
+        if "slope" in r:
+            rows.append([r["name"], shown, "–", f"slope {r['slope']:.2f}", "–"])
+            continue
+        if "end_to_end_s" in r:
+            result = f"{r['end_to_end_s']:.1f} s end to end"
+        else:
+            result = f"{_m(r.get('synapse_steps_per_s'))} M synapse-steps/s"
+        rows.append([r["name"], shown, _f(r["step_s"], 4), result, _f(r["compile_s"])])
+    device = records[0].get("device", "?")
+    return [
+        f"Headline rows of the run on one {device} (the full tables, the machine and the "
+        "command are in RESULTS_GPU.md):",
+        "",
+        *_table(["benchmark", "configuration", "step (s)", "result", "compile (s)"], rows),
+        "",
+    ]
+
+
 SHARED_NOTE = (
     "The machine was shared with other jobs while this ran: a load average above the core "
     "count means this suite had only part of the CPUs, and every time below is inflated "
@@ -359,9 +387,10 @@ def write_results(
     started,
     note: str = SHARED_NOTE,
     gpu: str | None = None,
+    gpu_records: list | None = None,
 ) -> None:
     """Write the tables of `records` to `path`. `gpu`: a line for the GPU section (default:
-    not measured)."""
+    not measured); `gpu_records`: the records of a run on a GPU, summarised there."""
     backend = records[0]["backend"] if records else "?"
     device = records[0]["device"] if records else "?"
     lines = [
@@ -398,12 +427,9 @@ def write_results(
     if backend == "cpu":
         lines += _limits(records)
     if backend == "cpu":
-        lines += [
-            "## GPU",
-            "",
-            gpu or "Not measured.",
-            "",
-        ]
+        lines += ["## GPU", "", gpu or "Not measured.", ""]
+        if gpu_records:
+            lines += _gpu_summary(gpu_records)
     lines += [
         "## Raw records",
         "",
