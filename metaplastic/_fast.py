@@ -20,8 +20,9 @@ per checkpointed segment, recomputing inside it) and nothing else.
 Two entry points share it:
 
 - `taylor_activity_mse`: the masked mean squared error of a dataset, as one custom-VJP
-  function. Its forward rule runs the forward *and* backward pass of one trajectory at a time,
-  so the stored weights of only one trajectory are alive at once.
+  function. Its forward rule runs the forward *and* backward pass of one trajectory at a time
+  on a CPU, so the stored weights of only one trajectory are alive at once (on an accelerator,
+  of a chunk of trajectories vmapped together: `ACCELERATOR_STORE_BYTES`).
 - `taylor_simulate`: one trajectory's activity and final weights, with the reverse pass as a
   custom VJP, for any loss on the activity.
 
@@ -55,8 +56,12 @@ _CANONICAL = ("x", "y", "w", "r")
 # take at most this many bytes per trajectory, and otherwise one matrix per segment of about
 # √T steps, recomputing the weights inside a segment.
 STORE_BUDGET_BYTES = 128 * 2**20
-# Trajectories processed together (vmapped) inside the loss.
+# Trajectories processed together (vmapped) inside the loss on a CPU, where one trajectory's
+# weight-sized loops already use every core and a larger chunk only adds memory.
 CHUNK = 1
+# On an accelerator, one trajectory's small kernels leave the device idle: trajectories are
+# vmapped together, as many as keep their stored weights under this many bytes.
+ACCELERATOR_STORE_BYTES = 2 * 2**30
 
 
 class _Config(NamedTuple):
@@ -103,7 +108,11 @@ def _config(activation: str, checkpoint, length: int, matrix_bytes: int) -> _Con
         if segment < 1:
             raise MetaplasticError(f"checkpoint segment length must be >= 1, got {checkpoint}.")
         segment = min(segment, length)
-    return _Config(activation, segment, CHUNK)
+    chunk = CHUNK
+    if jax.default_backend() != "cpu":
+        stored = (-(-length // segment) + segment) * matrix_bytes
+        chunk = max(1, ACCELERATOR_STORE_BYTES // stored)
+    return _Config(activation, segment, chunk)
 
 
 # ---------------------------------------------------------------------------- one step

@@ -160,6 +160,35 @@ def test_checkpointed_segments_of_a_long_trajectory(x64, monkeypatch):
     )
 
 
+@pytest.mark.parametrize("chunk", [2, 8])
+def test_trajectories_vmapped_in_chunks(x64, monkeypatch, chunk):
+    """Chunks of trajectories vmapped together (the layout on accelerators), with a remainder
+    (3 trajectories in chunks of 2) or one chunk larger than the batch, give the same loss and
+    gradients as one trajectory at a time."""
+    data = padded_data(("x", "y", "w", "r"))
+    layer = mp.nn.PlasticDense(
+        mp.TaylorRule.random(("x", "y", "w", "r"), key=jr.key(7), scale=0.3), eta=0.8
+    )
+
+    def value_and_grads():
+        return jax.value_and_grad(
+            lambda lay, d: mp.losses.activity_mse(lay, d), argnums=(0, 1), allow_int=True
+        )(layer, data)
+
+    one_at_a_time = value_and_grads()
+    monkeypatch.setattr(_fast, "CHUNK", chunk)
+    assert _fast._config("sigmoid", False, 13, 8 * 20).chunk == chunk
+    chunked = value_and_grads()
+    np.testing.assert_allclose(chunked[0], one_at_a_time[0], rtol=1e-12)
+    ref = one_at_a_time[1][0].rule.coefficients
+    assert np.abs(ref).max() > 1e-4
+    np.testing.assert_allclose(chunked[1][0].rule.coefficients, ref, rtol=1e-10)
+    for name in ("initial_weights", "inputs", "rewards", "activity"):
+        np.testing.assert_allclose(
+            getattr(chunked[1][1], name), getattr(one_at_a_time[1][1], name), rtol=1e-10
+        )
+
+
 def test_simulate_fast_gradient_for_any_loss(x64):
     """`simulate(..., fast_gradient=True)`: cotangents of the activity and of the final
     weights, through `jax.vjp` and `jax.jacrev`."""
