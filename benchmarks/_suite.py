@@ -1,7 +1,5 @@
 """The benchmarks. Each is a generator of result records (one JSON object per configuration)."""
 
-import logging
-import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -85,24 +83,37 @@ def oja_forward() -> Iterator[dict]:
         )
 
 
-class _CompileLog(logging.Handler):
-    """Collects JAX's own timings of tracing, lowering and XLA compilation of `epoch_fn` (the
-    function `fit` jits), from its `jax_log_compiles` messages."""
+class _CompileTimer:
+    """JAX's own timings of tracing, lowering and XLA compilation (its `jax.monitoring`
+    events), summed while the timer is entered; with `name`, only those of that function
+    (e.g. `epoch_fn`, the function `fit` jits)."""
 
-    PATTERN = re.compile(
-        r"Finished (tracing epoch_fn for jit|jaxpr to MLIR module conversion jit\(epoch_fn\)"
-        r"|XLA compilation of jit\(epoch_fn\)) in ([0-9.eE+-]+) sec"
-    )
+    EVENTS = {
+        "/jax/core/compile/jaxpr_trace_duration": "trace",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+        "/jax/core/compile/backend_compile_duration": "xla",
+    }
 
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.seconds = {}
+    def __init__(self, name: str | None = None):
+        self.names = None if name is None else {name, f"jit({name})"}
+        self.seconds = dict.fromkeys(self.EVENTS.values(), 0.0)
 
-    def emit(self, rec):
-        match = self.PATTERN.search(rec.getMessage())
-        if match:
-            key = match.group(1).split()[0]  # tracing / jaxpr / XLA
-            self.seconds[key] = self.seconds.get(key, 0.0) + float(match.group(2))
+    def _listen(self, event: str, duration: float, **meta) -> None:
+        if event in self.EVENTS and (self.names is None or meta.get("fun_name") in self.names):
+            self.seconds[self.EVENTS[event]] += duration
+
+    def __enter__(self) -> "_CompileTimer":
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *_) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+    def take(self) -> dict:
+        """The seconds summed so far, per phase; starts the sums again from zero."""
+        out = dict(self.seconds)
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+        return out
 
 
 def _fit_compile(data) -> dict:
@@ -110,30 +121,22 @@ def _fit_compile(data) -> dict:
     lowering and compiling the fit step, and the wall time of each epoch."""
     layer = mp.nn.PlasticDense(student_rule(), eta=1.0)
     stamps = [time.perf_counter()]
-    handler, logger = _CompileLog(), logging.getLogger("jax")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        with jax.log_compiles(True):
-            result = mp.fit(
-                layer,
-                data,
-                loss=mp.losses.activity_mse,
-                optimizer=optax.adam(1e-3),
-                epochs=2,
-                progress=False,
-                callback=lambda *_: stamps.append(time.perf_counter()) and None,
-            )
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    parts = handler.seconds
+    with _CompileTimer("epoch_fn") as timer:
+        result = mp.fit(
+            layer,
+            data,
+            loss=mp.losses.activity_mse,
+            optimizer=optax.adam(1e-3),
+            epochs=2,
+            progress=False,
+            callback=lambda *_: stamps.append(time.perf_counter()) and None,
+        )
+    parts = timer.take()
     return {
-        "fit_compile_s": round(sum(parts.values()), 3) if parts else None,
-        "fit_trace_s": round(parts.get("tracing", 0.0), 3),
-        "fit_lower_s": round(parts.get("jaxpr", 0.0), 3),
-        "fit_xla_compile_s": round(parts.get("XLA", 0.0), 3),
+        "fit_compile_s": round(sum(parts.values()), 3),
+        "fit_trace_s": round(parts["trace"], 3),
+        "fit_lower_s": round(parts["lower"], 3),
+        "fit_xla_compile_s": round(parts["xla"], 3),
         "fit_first_epoch_s": round(stamps[1] - stamps[0], 3),
         "fit_steady_epoch_s": round(stamps[2] - stamps[1], 3),
         "fit_n_traces": result.n_traces,
@@ -367,50 +370,25 @@ def devices() -> Iterator[dict]:
 # ---------------------------------------------------------------------------- behaviour
 
 
-class _CompileTimer:
-    """Sums JAX's own compile-time events (tracing, lowering, XLA compilation) while active."""
-
-    EVENTS = {
-        "/jax/core/compile/jaxpr_trace_duration": "trace",
-        "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
-        "/jax/core/compile/backend_compile_duration": "xla",
-    }
-
-    def __init__(self):
-        self.seconds = {"trace": 0.0, "lower": 0.0, "xla": 0.0}
-        self.active = False
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event: str, duration: float, **_) -> None:
-        if self.active and event in self.EVENTS:
-            self.seconds[self.EVENTS[event]] += duration
-
-    def take(self) -> dict:
-        out = dict(self.seconds)
-        self.seconds = dict.fromkeys(self.seconds, 0.0)
-        return out
-
-
 def fly_protocol(seeds: int) -> dict:
     """The `examples/reward_rule.py` Taylor protocol in this (fresh) process: generate
     `seeds` × (18 training + 7 held-out) trajectories of 240 trials from the rule `x*r`, fit
     the 81-coefficient Taylor rule with L1 by 12 Gauss–Newton iterations (all seeds vmapped),
     score it on the held-out trajectories. Wall times of each phase, compile included."""
-    timer = _CompileTimer()
-    timer.active = True
     k_data, k_fit = jr.split(jr.key(0))
-    start = time.perf_counter()
-    data = mp.recovery_data(mp.rules.reward_modulated(), seeds=seeds, key=k_data)
-    generated = time.perf_counter()
-    generate_compile = timer.take()
-    result = mp.fit_behaviour(
-        data.teacher, data.train, rule="taylor", seeds=seeds, iterations=12, l1=1e-3, key=k_fit
-    )
-    jax.block_until_ready(result.model)
-    fitted = time.perf_counter()
-    fit_compile = timer.take()
-    scores = mp.compare_behaviour(data.teacher, result.model, data.test, ensemble=True)
-    end = time.perf_counter()
+    with _CompileTimer() as timer:
+        start = time.perf_counter()
+        data = mp.recovery_data(mp.rules.reward_modulated(), seeds=seeds, key=k_data)
+        generated = time.perf_counter()
+        generate_compile = timer.take()
+        result = mp.fit_behaviour(
+            data.teacher, data.train, rule="taylor", seeds=seeds, iterations=12, l1=1e-3, key=k_fit
+        )
+        jax.block_until_ready(result.model)
+        fitted = time.perf_counter()
+        fit_compile = timer.take()
+        scores = mp.compare_behaviour(data.teacher, result.model, data.test, ensemble=True)
+        end = time.perf_counter()
     medians = {k: float(np.median(np.median(v, axis=1))) for k, v in scores.items()}
     iterations = 12
     return record(
