@@ -25,7 +25,6 @@ figures) and prints a JSON summary as its last line.
 """
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -160,7 +159,7 @@ def main(argv=None):
             for key_, value in fit.medians().items():
                 run.log(family=name, score=key_, median=value, seconds=fit.seconds)
         run.write_json("comparisons.json", comparisons)
-        _write_csv(run.file("flies.csv"), data, fits, base, args.fractions)
+        run.write_csv("flies.csv", _fly_rows(data, fits, base, args.fractions))
         try:
             _figures(mp, run, fits, base, with_rej)
         except ImportError as err:  # matplotlib is optional
@@ -214,7 +213,9 @@ def _against_base_rate(mp, fits, base, with_rej):
     return out
 
 
-def _write_csv(path, data, fits, base, fractions):
+def _fly_rows(data, fits, base, fractions):
+    """One row per fly for flies.csv: counts, base rates and every family's scores and
+    coefficients, floats to 6 significant digits."""
     import numpy as np
 
     info = {f.name: f for f in data.flies}
@@ -248,13 +249,8 @@ def _write_csv(path, data, fits, base, fractions):
                 ):
                     continue
                 row[f"{family}:{k}"] = v
-        rows.append(row)
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return rows
 
 
 def _figures(mp, run, fits, base, with_rej):

@@ -137,7 +137,9 @@ def main(argv=None):
                 f"{np.median([r['oja_error'] for r in cell]):.3g}",
                 flush=True,
             )
-            _write_rows(path, rows)  # after every cell, so an interrupted grid can --resume
+            run.write_csv(
+                "oja_robustness.csv", rows
+            )  # after every cell, so an interrupted grid can --resume
 
     def grid(field):
         return [
@@ -176,14 +178,6 @@ def main(argv=None):
     run.finish(summary)
     print(json.dumps(summary))
     return summary
-
-
-def _write_rows(path, rows):
-    with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(path + ".tmp", path)
 
 
 def _read_rows(path):

@@ -15,7 +15,6 @@ several seeds vmapped, and scored on 7 held-out trajectories per seed.
 """
 
 import argparse
-import csv
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -229,7 +228,11 @@ def main(argv=None):
                 history[f"{family}_loss[{s}]"] = np.pad(
                     loss[:, s], (0, len(history["iteration"]) - len(loss)), constant_values=np.nan
                 )
-        _write_csv(run.file("fit_history.csv"), history)
+        steps = range(len(history["iteration"]))
+        run.write_csv(
+            "fit_history.csv",
+            [{k: f"{float(v[i]):.6g}" for k, v in history.items()} for i in steps],
+        )
         try:
             _figures(run, results, truth, summary)
         except ImportError:  # matplotlib is an optional extra
@@ -238,19 +241,6 @@ def main(argv=None):
         run.finish(summary)
     print(json.dumps(summary))
     return summary
-
-
-def _write_csv(path, columns):
-    import io
-
-    from metaplastic._io import atomic_write_text
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(list(columns))
-    for row in zip(*columns.values()):
-        writer.writerow([f"{float(v):.6g}" for v in row])
-    atomic_write_text(path, buf.getvalue())
 
 
 def _figures(run, results, truth, summary):

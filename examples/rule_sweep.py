@@ -246,16 +246,6 @@ def _read_rows(path):
         return list(csv.DictReader(f))
 
 
-def _write_rows(path, rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r.get(k, "") for k in COLUMNS})
-    os.replace(tmp, path)
-
-
 def _fmt(value, digits=3):
     try:
         v = float(value)
@@ -399,12 +389,16 @@ def main(argv=None):
             )
             row["flags"] = flags_for(row)
             rows.append(row)
-            _write_rows(csv_path, rows)  # after every row, so an interrupted sweep can --resume
+            run.write_csv(
+                "rule_sweep.csv", rows, COLUMNS
+            )  # after every row, so an interrupted sweep can --resume
 
     for r in rows:  # the flags of rows read back from an earlier run, by the current rules
         r["flags"] = flags_for(r)
     if rows:
-        _write_rows(csv_path, rows)  # every row, also those of rules not selected this time
+        run.write_csv(
+            "rule_sweep.csv", rows, COLUMNS
+        )  # every row, also those of rules not selected this time
     # Report the selected rules and families, in the sweep's order.
     order = {e: i for i, (e, _) in enumerate(rules)}
     rows = sorted(

@@ -26,7 +26,7 @@ import secrets
 import sys
 import time
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +111,28 @@ class Run:
 
     def flush(self) -> None:
         """Write `metrics.csv` now (atomically)."""
+        self.write_csv("metrics.csv", self.rows, self._columns)
+        self._last_flush = time.perf_counter()
+
+    def write_csv(
+        self,
+        name: str,
+        rows: Sequence[Mapping[str, Any]],
+        columns: Sequence[str] | None = None,
+    ) -> Path:
+        """Write a table into the run folder (atomically), one line per row. The columns are
+        `columns`, or every key of the rows in order of first appearance; a missing value is
+        an empty cell. Numbers are written in full (strings as given)."""
+        if columns is None:
+            columns = list(dict.fromkeys(k for row in rows for k in row))
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(self._columns)
-        for row in self.rows:
-            writer.writerow([_format(row.get(c)) for c in self._columns])
-        atomic_write_text(self.path / "metrics.csv", buf.getvalue())
-        self._last_flush = time.perf_counter()
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_format(row.get(c)) for c in columns])
+        path = self.file(name)
+        atomic_write_text(path, buf.getvalue())
+        return path
 
     # ------------------------------------------------------------------ files
     def file(self, name: str) -> Path:

@@ -172,6 +172,18 @@ def test_run_records_history_figures_and_failures(tmp_path):
         run.write_json(3, {})
 
 
+def test_run_writes_tables(tmp_path):
+    with runs.create_run(tmp_path, name="table") as run:
+        rows = [{"rule": "x*r", "r2": 0.5}, {"rule": "r", "flags": "hard", "r2": np.float64(1.25)}]
+        path = run.write_csv("table.csv", rows)
+        assert path.read_text() == "rule,r2,flags\nx*r,0.5,\nr,1.25,hard\n"
+        run.write_csv("table.csv", rows[1:], ["flags", "rule"])  # replaced whole
+        assert path.read_text() == "flags,rule\nhard,r\n"
+        assert sorted(p.name for p in run.path.iterdir()) == ["config.json", "table.csv"]
+        with pytest.raises(mp.MetaplasticError, match="plain file name"):
+            run.write_csv("../table.csv", rows)
+
+
 def test_sweep_progress_and_logging_without_tqdm(monkeypatch, capsys, caplog):
     assert list(runs.track(range(3), desc="sweep")) == [0, 1, 2]
     assert "sweep" in capsys.readouterr().err
