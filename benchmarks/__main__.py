@@ -80,12 +80,6 @@ def run_all(names, as_json: bool, results: str | None, command: str) -> int:
     machine["load_avg_1min_end"] = machine_facts().get("load_avg_1min")
     machine["suite_wall_s"] = round(time.perf_counter() - t0, 1)
     if results:
-        gpu = os.path.join(HERE, "RESULTS_GPU.md")
-        gpu_line = (
-            "The same suite on a GPU: [RESULTS_GPU.md](RESULTS_GPU.md)."
-            if os.path.exists(gpu)
-            else None
-        )
         gpu_jsonl = os.path.join(HERE, "results_gpu.jsonl")
         gpu_records = None
         if os.path.exists(gpu_jsonl):
@@ -97,7 +91,6 @@ def run_all(names, as_json: bool, results: str | None, command: str) -> int:
             command=command,
             machine=machine,
             started=started,
-            gpu=gpu_line,
             gpu_records=gpu_records,
         )
         if not as_json:

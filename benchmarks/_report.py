@@ -377,7 +377,7 @@ def _gpu_summary(records) -> list[str]:
     device = records[0].get("device", "?")
     return [
         f"Headline rows of the run on one {device} (the full tables, the machine and the "
-        "command are in RESULTS_GPU.md):",
+        "command are in [RESULTS_GPU.md](RESULTS_GPU.md)):",
         "",
         *_table(["benchmark", "configuration", "step (s)", "result", "compile (s)"], rows),
         "",
@@ -399,11 +399,10 @@ def write_results(
     machine: dict,
     started,
     note: str = SHARED_NOTE,
-    gpu: str | None = None,
     gpu_records: list | None = None,
 ) -> None:
-    """Write the tables of `records` to `path`. `gpu`: a line for the GPU section (default:
-    not measured); `gpu_records`: the records of a run on a GPU, summarised there."""
+    """Write the tables of `records` to `path`; `gpu_records`, the records of a run of the
+    suite on a GPU (`RESULTS_GPU.md`), are summarised in its GPU section."""
     backend = records[0]["backend"] if records else "?"
     device = records[0]["device"] if records else "?"
     lines = [
@@ -440,9 +439,11 @@ def write_results(
     if backend == "cpu":
         lines += _limits(records)
     if backend == "cpu":
-        lines += ["## GPU", "", gpu or "Not measured.", ""]
-        if gpu_records:
-            lines += _gpu_summary(gpu_records)
+        lines += [
+            "## GPU",
+            "",
+            *(_gpu_summary(gpu_records) if gpu_records else ["Not measured.", ""]),
+        ]
     lines += [
         "## Raw records",
         "",
