@@ -175,12 +175,14 @@ def _limits(records) -> list[str]:
     fly = _find(records, "fly_fit", seeds=1)
     if fly:
         parts = fly["fit_compile_parts_s"]
+        iterations = fly["config"]["iterations"]
         compile_total = fly["generate_compile_s"] + fly["compile_s"]
         lines.append(
             f"- The fly fit (one seed) spends {compile_total:.1f} of its {fly['end_to_end_s']:.1f} s "
             f"compiling: {fly['generate_compile_s']:.1f} s for the closed-loop generation and "
             f"{fly['compile_s']:.1f} s for the one-program Gauss–Newton fit (XLA alone "
-            f"{parts['xla']:.1f} s), against {12 * fly['step_s']:.1f} s for its 12 iterations. "
+            f"{parts['xla']:.1f} s), against {iterations * fly['step_s']:.1f} s for its "
+            f"{iterations} iterations. "
             "The fit's program holds the trial scan of the sensitivity Jacobian and the replay "
             "of the damping candidates; lowering XLA's optimisation level cuts its compile time "
             "by about 2.5× but makes every iteration about 3× slower, so it is not used."

@@ -376,13 +376,20 @@ def fly_protocol(seeds: int) -> dict:
     the 81-coefficient Taylor rule with L1 by 12 Gauss–Newton iterations (all seeds vmapped),
     score it on the held-out trajectories. Wall times of each phase, compile included."""
     k_data, k_fit = jr.split(jr.key(0))
+    iterations = 12
     with _CompileTimer() as timer:
         start = time.perf_counter()
         data = mp.recovery_data(mp.rules.reward_modulated(), seeds=seeds, key=k_data)
         generated = time.perf_counter()
         generate_compile = timer.take()
         result = mp.fit_behaviour(
-            data.teacher, data.train, rule="taylor", seeds=seeds, iterations=12, l1=1e-3, key=k_fit
+            data.teacher,
+            data.train,
+            rule="taylor",
+            seeds=seeds,
+            iterations=iterations,
+            l1=1e-3,
+            key=k_fit,
         )
         jax.block_until_ready(result.model)
         fitted = time.perf_counter()
@@ -390,7 +397,6 @@ def fly_protocol(seeds: int) -> dict:
         scores = mp.compare_behaviour(data.teacher, result.model, data.test, ensemble=True)
         end = time.perf_counter()
     medians = {k: float(np.median(np.median(v, axis=1))) for k, v in scores.items()}
-    iterations = 12
     return record(
         "fly_fit",
         {
