@@ -1,7 +1,7 @@
 """The library's own error types.
 
 Every public entry point that takes user input (the rule, layer, readout and dataset
-constructors, `simulate`, `generate_activity`, `fit`, `fit_least_squares`) checks that input
+constructors, `simulate`, `generate_activity`, `fit`) checks that input
 itself and raises `MetaplasticError`. Those entry points are marked `typing.no_type_check`, so
 a runtime type checker (the jaxtyping import hook of the test run) leaves them alone: bad input
 gives the same clear `MetaplasticError` with or without it, never a checker's or JAX's
@@ -29,7 +29,7 @@ class FitDivergedError(MetaplasticError):
 
     **Attributes:**
 
-    - `epoch`: the epoch (counting from 0, as the fit's callback does) in which it happened.
+    - `step`: the step (counting from 0, as the fit's callback does) in which it happened.
     - `quantity`: the first non-finite quantity, e.g. `"loss"` or `"parameter .rule.coefficients"`.
     - `member`: the ensemble member, or `None` for a single fit.
     - `result`: a `FitResult` holding the last finite model and the history up to it.
@@ -40,14 +40,14 @@ class FitDivergedError(MetaplasticError):
         self,
         message: str,
         *,
-        epoch: int,
+        step: int,
         quantity: str,
         member: int | None,
         result: Any,
         checkpoint: str | None = None,
     ):
         super().__init__(message)
-        self.epoch = epoch
+        self.step = step
         self.quantity = quantity
         self.member = member
         self.result = result
@@ -55,7 +55,7 @@ class FitDivergedError(MetaplasticError):
 
     @property
     def last_finite_model(self) -> Any:
-        """The model after the last epoch whose loss and parameters were all finite."""
+        """The model after the last step whose loss and parameters were all finite."""
         return self.result.model
 
 

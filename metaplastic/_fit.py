@@ -1,12 +1,14 @@
-"""The generic fitting loop: one jitted optimisation step, optax, minibatches, ensembles,
-checkpoints that resume bit for bit, and a clear stop when the fit diverges."""
+"""The one `fit`: a driver loop around any solver's step — one jitted step traced once,
+minibatches, vmapped ensembles, history, checkpoints that resume bit for bit, progress, a
+callback that can stop, and a clear stop when the fit diverges."""
 
+import dataclasses
 import logging
 import math
 import os
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,12 @@ from jaxtyping import PyTree
 from . import _checkpoint as ckpt
 from ._errors import CheckpointError, FitDivergedError, MetaplasticError
 from ._io import stale_temporaries
+from ._jacobian import AbstractDifferentiation, Automatic
 from ._progress import Progress
+from ._solver import AbstractSolver, LevenbergMarquardt, Objective, Optax
 from ._types import Key, Scalar
-from .rules import AbstractRule, TaylorRule
+from .losses import AbstractGaussNewtonLoss, AbstractLoss, AbstractPenalty, as_loss
+from .rules import AbstractRule
 
 
 logger = logging.getLogger("metaplastic")
@@ -33,11 +38,12 @@ CHECKPOINT_FILE = "fit.ckpt"
 
 
 class History(eqx.Module):
-    """What happened during a fit, one entry per epoch.
+    """What happened during a fit, one entry per step.
 
-    - `loss`: the mean training loss (penalties included) of each epoch, `(epochs,)` — with an
-      ensemble, `(epochs, members)`.
-    - `params`: the trainable parameters after each epoch, stacked along a leading epoch axis
+    - `loss`: the objective (penalties included) on each step's batch, as the solver
+      evaluated it — after the step for `LevenbergMarquardt`, which evaluates its candidate
+      steps, before it for `Optax` — `(steps,)`, or `(steps, members)` for an ensemble.
+    - `params`: the trainable parameters after each step, stacked along a leading step axis
       (a PyTree shaped like the trainable part of the model).
     """
 
@@ -46,10 +52,18 @@ class History(eqx.Module):
 
 
 class FitResult(eqx.Module):
-    """The fitted model, its history, the number of times the step was traced and the time."""
+    """The outcome of `fit`.
+
+    - `model`: the fitted model.
+    - `history`: the `History` of the fit.
+    - `state`: the solver's final state (the optax state, or the Levenberg–Marquardt damping).
+    - `n_traces`: how many times the step function was traced (1 for a fit).
+    - `seconds`: the wall time of the fit.
+    """
 
     model: PyTree
     history: History
+    state: PyTree
     n_traces: int
     seconds: float
 
@@ -70,31 +84,6 @@ def rule_filter_spec(model: PyTree) -> PyTree:
         spec,
         [jax.tree.map(eqx.is_inexact_array, rule) for rule in rules],
     )
-
-
-def taylor_penalty(model: PyTree, l1: float, l2: float) -> Scalar:
-    """`l1 · Σ|θ| + l2 · Σθ²` over the trainable coefficients of every Taylor rule in `model`."""
-    total = jnp.zeros(())
-    if l1 == 0.0 and l2 == 0.0:
-        return total
-    for leaf in jax.tree.leaves(model, is_leaf=lambda n: isinstance(n, TaylorRule)):
-        if isinstance(leaf, TaylorRule):
-            c = leaf.effective_coefficients
-            if leaf.trainable is not None:
-                c = jnp.where(leaf.trainable, c, 0.0)
-            total = total + l1 * jnp.sum(jnp.abs(c)) + l2 * jnp.sum(c**2)
-    return total
-
-
-def _batch_indices(key: Key, n: int, batch_size: int | None) -> np.ndarray:
-    """Indices of one epoch's batches, `(steps, batch_size)`: a permutation, the last batch
-    wrapping around so every batch has the same static shape and no trajectory is skipped."""
-    if batch_size is None or batch_size >= n:
-        return np.arange(n)[None, :]
-    steps = math.ceil(n / batch_size)
-    perm = np.asarray(jr.permutation(key, n))
-    perm = np.concatenate([perm, perm[: steps * batch_size - n]])
-    return perm.reshape(steps, batch_size)
 
 
 def _leading_size(data: PyTree, axis: int) -> int:
@@ -151,12 +140,7 @@ def _key_from_data(data: np.ndarray, like: Key) -> Key:
 def check_scalar_options(**options: Any) -> None:
     """Validate the common numeric options of the fitting functions."""
     for name, value in options.items():
-        if name in ("l1", "l2", "damping", "tol"):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise MetaplasticError(f"{name} must be a number, got {value!r}.")
-            if not (math.isfinite(float(value)) and float(value) >= 0.0):
-                raise MetaplasticError(f"{name} must be finite and non-negative, got {value!r}.")
-        elif name in ("batch_size", "checkpoint_every"):
+        if name in ("batch_size", "checkpoint_every"):
             if value is not None and (not _is_int(value) or value < 1):
                 raise MetaplasticError(f"{name} must be a positive integer or None, got {value!r}.")
         elif not _is_int(value) or value < 1:
@@ -167,7 +151,8 @@ def _path_names(tree: PyTree) -> list[str]:
     return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def _take(data: PyTree, idx: Any) -> PyTree:
+def take(data: PyTree, idx: Any) -> PyTree:
+    """The trajectories `idx` of every array of a dataset (along the leading axis)."""
     return jax.tree.map(lambda a: a[idx] if eqx.is_array(a) else a, data)
 
 
@@ -176,7 +161,7 @@ def preflight(
 ) -> jax.ShapeDtypeStruct:
     """Evaluate the shape of the loss on one batch without compiling anything, so that data
     that does not fit the model fails here with a clear message rather than deep in a trace."""
-    fn = lambda p, d: loss_fn(p, _take(d, jnp.asarray(idx)))
+    fn = lambda p, d: loss_fn(p, take(d, jnp.asarray(idx)))
     if in_axes is not None:
         fn = jax.vmap(fn, in_axes=in_axes)
     try:
@@ -205,8 +190,8 @@ def _first_nonfinite(name: str, value: Any) -> str:
 
 def _place_like(state: PyTree, params: PyTree) -> PyTree:
     """Lay the optimiser state out like parameters placed on a device mesh (replicated, or
-    split along the leading member axis of an ensemble), as the jitted epoch returns it, so
-    that every epoch sees the same layout and the step is traced once."""
+    split along the leading member axis of an ensemble), as the jitted step returns it, so
+    that every step sees the same layout and the step is traced once."""
     shardings = {leaf.sharding for leaf in jax.tree.leaves(params) if isinstance(leaf, jax.Array)}
     if len(shardings) != 1:
         return state
@@ -222,14 +207,14 @@ def _place_like(state: PyTree, params: PyTree) -> PyTree:
 def fit(
     model: PyTree,
     data: PyTree,
+    loss: AbstractLoss | Callable[[PyTree, PyTree], Scalar],
     *,
-    loss: Callable[[PyTree, PyTree], Scalar],
-    optimizer: optax.GradientTransformation | None = None,
-    epochs: int = 100,
+    solver: AbstractSolver | None = None,
+    steps: int | None = None,
     batch_size: int | None = None,
     filter_spec: PyTree | None = None,
-    l1: float = 0.0,
-    l2: float = 0.0,
+    penalty: AbstractPenalty | Sequence[AbstractPenalty] = (),
+    differentiation: AbstractDifferentiation | None = None,
     key: Key | None = None,
     progress: bool = True,
     callback: Callable[[int, float, PyTree], bool | None] | None = None,
@@ -241,32 +226,41 @@ def fit(
 ) -> FitResult:
     """Fit the trainable parameters of `model` (by default the rule parameters θ) to `data`.
 
-    Each epoch runs `ceil(n / batch_size)` optimisation steps over a fresh permutation of the
-    trajectories, inside one jitted function (loss, gradient and optax update); a fit traces
-    it exactly once.
+    One step of the solver on one batch runs inside one jitted function, traced once per
+    fit; the host loop around it records the history, checkpoints, shows progress and stops
+    on divergence or when the callback asks.
 
     **Arguments:**
 
     - `model`: any PyTree containing a plasticity rule, e.g. a `PlasticDense` layer.
     - `data`: a PyTree of arrays with the trajectories along the leading axis.
-    - `loss`: `loss(model, batch) -> scalar`, e.g. `metaplastic.losses.activity_mse`.
-    - `optimizer`: an optax transformation (default `optax.adam(1e-2)`). Clip gradients by
-      chaining, e.g. `optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))`.
-    - `epochs`: number of passes over the data (in total, counting resumed epochs).
-    - `batch_size`: trajectories per step; `None` is full batch.
+    - `loss`: a loss object (`metaplastic.losses.ActivityMSE()`,
+      `metaplastic.behaviour.ChoiceBCE()`, ...) or a function `loss(model, batch) -> scalar`.
+    - `solver`: `metaplastic.LevenbergMarquardt()` (damped Gauss–Newton; needs a loss with
+      Gauss–Newton structure) or `metaplastic.Optax(optax_optimiser)`. Default: Levenberg–
+      Marquardt for losses with Gauss–Newton structure (the library's own activity and
+      choice losses), `Optax(optax.adam(1e-2))` for plain functions.
+    - `steps`: the number of solver steps in total, counting resumed ones (default: the
+      solver's `default_steps`).
+    - `batch_size`: trajectories per step, a fresh random subset each step; `None` is the
+      whole dataset.
     - `filter_spec`: a PyTree of bools like `model` selecting what trains
       (default `rule_filter_spec(model)`: the rule parameters only).
-    - `l1`, `l2`: penalties on the Taylor coefficients.
-    - `key`: PRNG key for the batch order (default `jax.random.key(0)`). The same key gives
-      the same result.
-    - `progress`: show a tqdm progress bar (epoch, loss, rate).
-    - `callback`: `callback(epoch, loss, model)` after each epoch; return `True` to stop.
+    - `penalty`: one penalty or a sequence, e.g. `metaplastic.losses.L1(1e-3)`, added to the
+      loss by every solver.
+    - `differentiation`: how derivatives go through the simulation (`ForwardMode()`,
+      `ReverseMode(checkpoint=...)`, `TaylorReverse()`, ...); default `Automatic()`, which
+      picks the fastest strategy that supports the model and the solver.
+    - `key`: PRNG key for the batches (default `jax.random.key(0)`). The same key gives the
+      same result.
+    - `progress`: show a tqdm progress bar (step, loss, rate).
+    - `callback`: `callback(step, loss, model)` after each step; return `True` to stop.
     - `ensemble`: fit a batch of models at once (vmapped): every trainable array of `model`
-      has a leading member axis; `data` has one too at `data_ensemble_axis`
-      (`None`: every member sees the same data).
+      has a leading member axis; `data` has one too at `data_ensemble_axis` (`None`: every
+      member sees the same data).
     - `checkpoint_dir`: a folder (one per fit) for the checkpoint file `fit.ckpt`: the model,
-      optimizer state, epoch, PRNG key and history, written atomically.
-    - `checkpoint_every`: save every this many epochs (default: about 20 times per fit). A
+      the solver's state, the step, the PRNG key and the history, written atomically.
+    - `checkpoint_every`: save every this many steps (default: about 20 times per fit). A
       checkpoint is also written when the fit ends, stops, is interrupted (Ctrl-C) or
       diverges. How often it is written never changes the result.
     - `resume`: continue from the checkpoint in `checkpoint_dir` if there is one (start
@@ -278,27 +272,49 @@ def fit(
 
     **Returns:**
 
-    A `FitResult` with the fitted model and the `History`.
+    A `FitResult` with the fitted model and the `History` (the objective each step
+    evaluated and the parameters after it).
 
     **Raises:**
 
     `MetaplasticError` on invalid input; `FitDivergedError` (a `MetaplasticError`) when the
-    loss or a parameter becomes NaN or infinite: it names the epoch and the first non-finite
-    quantity, and `err.result` / `err.last_finite_model` hold the last finite state (which is
-    also saved to the checkpoint when checkpointing).
+    objective or a parameter becomes NaN or infinite: it names the step and the first
+    non-finite quantity, and `err.result` / `err.last_finite_model` hold the last finite state
+    (which is also saved to the checkpoint when checkpointing).
     """
     start = time.perf_counter()
-    if optimizer is None:
-        optimizer = optax.adam(1e-2)
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise MetaplasticError(
-            f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}."
+    loss = as_loss(loss)
+    if solver is None:
+        solver = (
+            LevenbergMarquardt()
+            if isinstance(loss, AbstractGaussNewtonLoss)
+            else Optax(optax.adam(1e-2))
         )
-    if not callable(loss):
-        raise MetaplasticError(f"loss must be a function loss(model, batch), got {loss!r}.")
-    check_scalar_options(
-        epochs=epochs, batch_size=batch_size, l1=l1, l2=l2, checkpoint_every=checkpoint_every
-    )
+    if not isinstance(solver, AbstractSolver):
+        raise MetaplasticError(
+            "solver must be a metaplastic solver such as metaplastic.LevenbergMarquardt() or "
+            f"metaplastic.Optax(optax.adam(1e-2)), got {type(solver).__name__}."
+        )
+    if solver.needs_jacobian and not isinstance(loss, AbstractGaussNewtonLoss):
+        raise MetaplasticError(
+            f"{type(solver).__name__} needs a loss with Gauss-Newton structure (an "
+            "AbstractGaussNewtonLoss such as metaplastic.losses.ActivityMSE()); a plain "
+            "function loss needs a first-order solver such as metaplastic.Optax(...)."
+        )
+    if differentiation is None:
+        differentiation = Automatic()
+    if not isinstance(differentiation, AbstractDifferentiation):
+        raise MetaplasticError(
+            f"differentiation must be a differentiation strategy, got {differentiation!r}."
+        )
+    penalties = (penalty,) if isinstance(penalty, AbstractPenalty) else tuple(penalty)
+    if not all(isinstance(p, AbstractPenalty) for p in penalties):
+        raise MetaplasticError(
+            f"penalty must be a penalty such as metaplastic.losses.L1(1e-3), got {penalty!r}."
+        )
+    if steps is None:
+        steps = solver.default_steps
+    check_scalar_options(steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every)
     key = _check_key(key)
     if resume and checkpoint_dir is None:
         raise MetaplasticError("resume=True needs a checkpoint_dir to resume from.")
@@ -314,42 +330,23 @@ def fit(
     if not all(jnp.issubdtype(p.dtype, jnp.inexact) for p in param_leaves):
         raise MetaplasticError("filter_spec selects a non-floating-point array for training.")
     data_axis = data_ensemble_axis if ensemble else None
-    members = None
-    if ensemble:
-        sizes = {p.shape[0] if p.ndim else None for p in param_leaves}
-        if len(sizes) != 1 or None in sizes:
-            raise MetaplasticError(
-                "ensemble=True needs a leading member axis of one size on every trainable "
-                f"array; their leading sizes are {sorted(str(s) for s in sizes)}."
-            )
-        members = sizes.pop()
-        if data_axis is not None:
-            if not _is_int(data_axis) or data_axis < 0:
-                raise MetaplasticError(
-                    f"data_ensemble_axis must be a non-negative integer or None, got {data_axis!r}."
-                )
-            for leaf in jax.tree.leaves(data):
-                if eqx.is_array(leaf) and (
-                    leaf.ndim <= data_axis or leaf.shape[data_axis] != members
-                ):
-                    raise MetaplasticError(
-                        f"With data_ensemble_axis={data_axis}, every data array needs {members} "
-                        f"members along that axis (one per model); got shape {leaf.shape}."
-                    )
+    members = _check_ensemble(param_leaves, data, data_axis) if ensemble else None
     n = _leading_size(data, 0 if data_axis is None or data_axis != 0 else 1)
-    steps = 1 if batch_size is None or batch_size >= n else math.ceil(n / batch_size)
+    batch = n if batch_size is None else min(batch_size, n)
+    chunks = getattr(solver, "chunks", 1)
+    if batch % chunks:
+        raise MetaplasticError(f"chunks={chunks} must divide the batch size {batch}.")
     if checkpoint_every is None:
-        checkpoint_every = max(1, round(epochs / 20))
-
-    def loss_fn(p, batch):
-        m = eqx.combine(p, static)
-        return loss(m, batch) + taylor_penalty(m, l1, l2)
-
-    first_batch = np.arange(n if batch_size is None else min(batch_size, n))
-    loss_shape = preflight(
-        loss_fn, params, data, first_batch, in_axes=None if not ensemble else (0, data_axis)
-    )
+        checkpoint_every = max(1, round(steps / 20))
+    objective = Objective(loss, penalties, static, differentiation)
     expected_shape = () if not ensemble else (members,)
+    loss_shape = preflight(
+        lambda p, d: objective.value(p, d),
+        params,
+        data,
+        np.arange(batch),
+        in_axes=None if not ensemble else (0, data_axis),
+    )
     if loss_shape.shape != expected_shape or not jnp.issubdtype(loss_shape.dtype, jnp.floating):
         raise MetaplasticError(
             f"The loss must return a floating-point scalar, got {loss_shape.dtype} "
@@ -358,26 +355,24 @@ def fit(
 
     traces = [0]
 
-    def one_step(carry, idx, d):
-        p, s = carry
-        value, grads = jax.value_and_grad(loss_fn)(p, _take(d, idx))
-        updates, s = optimizer.update(grads, s, p)
-        p = eqx.apply_updates(p, updates)
-        return (p, s), value
-
-    def epoch_fn(p, s, d, indices):
-        traces[0] += 1
-        (p, s), values = jax.lax.scan(lambda c, i: one_step(c, i, d), (p, s), indices)
+    def member_step(p, s, obj, d, sub):
+        b = d if batch == n else take(d, jr.choice(sub, n, (batch,), replace=False))
+        p, s, value = solver.step(obj, p, s, b)
         finite = jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(p)])
-        return p, s, jnp.mean(values), finite
+        return p, s, value, finite
 
     if ensemble:
-        epoch_fn = jax.vmap(epoch_fn, in_axes=(0, 0, data_axis, None))
-        opt_state = jax.vmap(optimizer.init)(params)
-    else:
-        opt_state = optimizer.init(params)
-    opt_state = _place_like(opt_state, params)
-    run_epoch = jax.jit(epoch_fn)
+        member_step = eqx.filter_vmap(member_step, in_axes=(0, 0, None, data_axis, None))
+
+    @eqx.filter_jit
+    def run_step(p, s, obj, d, k):
+        traces[0] += 1
+        k, sub = jr.split(k)
+        return (*member_step(p, s, obj, d, sub), k)
+
+    init = lambda p: solver.init(objective, p)
+    state = eqx.filter_vmap(init)(params) if ensemble else init(params)
+    state = _place_like(state, params)
 
     param_names = _path_names(params)
     config: dict[str, Any] = {}
@@ -387,17 +382,18 @@ def fit(
             data,
             key,
             param_names,
-            method="gradient",
+            solver=type(solver).__name__,
+            solver_options=_options(solver),
+            loss=type(loss).__name__,
+            penalty=[_options(p) | {"type": type(p).__name__} for p in penalties],
             n_trajectories=n,
-            batch_size=batch_size,
-            l1=float(l1),
-            l2=float(l2),
+            batch_size=batch,
             ensemble=bool(ensemble),
             data_ensemble_axis=data_axis,
         )
     record = _FitRecord(
         params,
-        epochs,
+        steps,
         expected_shape,
         loss_shape.dtype,
         checkpoint_dir,
@@ -408,42 +404,45 @@ def fit(
     as_model = lambda p: eqx.combine(p, static)
 
     done = 0
-    resumed = record.resume(resume, as_model(params), key, opt_state)
+    resumed = record.resume(resume, as_model(params), key, state)
     if resumed is not None:
-        done, header, m_arr, key, opt_state = resumed
+        done, header, m_arr, key, state = resumed
         params = eqx.partition(eqx.combine(m_arr, model), filter_spec)[0]
+        state = _place_like(jax.tree.map(jnp.asarray, state), params)
         logger.info(
-            "fit: resuming from %s at epoch %d of %d (saved as %s)",
+            "fit: resuming from %s at step %d of %d (saved as %s)",
             path,
             done,
-            epochs,
+            steps,
             header.get("status"),
         )
-
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
     logger.info(
-        "fit: %d trainable values, %d trajectories, %d step(s) per epoch, epochs %d to %d%s",
+        "fit: %s, %d trainable values, %d trajectories, batches of %d, steps %d to %d%s",
+        type(solver).__name__,
         sum(p.size for p in param_leaves),
         n,
-        steps,
+        batch,
         done,
-        epochs,
+        steps,
         f", {members} ensemble members" if ensemble else "",
     )
 
-    def result(p, k_done, traced):
+    def result(p, s, k_done):
         history = record.history(k_done)
-        return FitResult(as_model(p), history, traced, time.perf_counter() - start)
+        return FitResult(as_model(p), history, s, traces[0], time.perf_counter() - start)
 
     def save(p, s, k, k_done, status, more=None):
         record.save(as_model(p), k, k_done, s, status, more)
 
-    bar = Progress(epochs, desc="fit", unit="epoch", enabled=progress, initial=done)
+    name = type(solver).__name__
+    bar = Progress(steps, desc=f"fit ({name})", unit="step", enabled=progress, initial=done)
     try:
-        while done < epochs:
-            epoch = done
-            new_key, sub = jr.split(key)
-            indices = jnp.asarray(_batch_indices(sub, n, batch_size))
-            new_params, new_opt, value, finite = run_epoch(params, opt_state, data, indices)
+        while done < steps:
+            i = done
+            new_params, new_state, value, finite, new_key = run_step(
+                params, state, objective, data, key
+            )
             value_np = np.asarray(value)
             finite_np = np.asarray(finite).reshape(expected_shape + (len(param_leaves),))
             if not (np.all(np.isfinite(value_np)) and np.all(finite_np)):
@@ -451,44 +450,44 @@ def fit(
                     value_np, finite_np, new_params, param_names, ensemble
                 )
                 if path is not None:
-                    diverged = {"epoch": epoch, "quantity": quantity, "member": member}
-                    save(params, opt_state, key, epoch, "diverged", {"diverged": diverged})
+                    diverged = {"step": i, "quantity": quantity, "member": member}
+                    save(params, state, key, i, "diverged", {"diverged": diverged})
                 who = "" if member is None else f" (ensemble member {member})"
                 raise FitDivergedError(
-                    f"The fit diverged in epoch {epoch}{who}: {shown}. The last finite "
-                    f"parameters (after {epoch} epoch(s)) are in err.last_finite_model and "
+                    f"The fit diverged in step {i}{who}: {shown}. The last finite "
+                    f"parameters (after {i} step(s)) are in err.last_finite_model and "
                     "err.result"
                     + ("" if path is None else f", and saved in {path}")
-                    + ". Try a smaller learning rate or clip the gradients, e.g. "
-                    "optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)).",
-                    epoch=epoch,
+                    + ". "
+                    + solver.divergence_hint,
+                    step=i,
                     quantity=quantity,
                     member=member,
-                    result=result(params, epoch, traces[0]),
+                    result=result(params, state, i),
                     checkpoint=None if path is None else str(path),
                 )
-            record.add(epoch, value_np, new_params)
-            params, opt_state, key, done = new_params, new_opt, new_key, epoch + 1
+            record.add(i, value_np, new_params)
+            params, state, key, done = new_params, new_state, new_key, i + 1
             mean_loss = float(np.mean(value_np))
             bar.update(1, loss=mean_loss)
-            logger.debug("fit: epoch %d loss %.6g", epoch, mean_loss)
-            if path is not None and (done == epochs or done % checkpoint_every == 0):
-                save(params, opt_state, key, done, "finished" if done == epochs else "running")
-            if callback is not None and callback(epoch, mean_loss, eqx.combine(params, static)):
-                logger.info("fit stopped by callback at epoch %d", epoch)
-                if path is not None and done < epochs:
-                    save(params, opt_state, key, done, "stopped")
+            logger.debug("fit: step %d loss %.6g", i, mean_loss)
+            if path is not None and (done == steps or done % checkpoint_every == 0):
+                save(params, state, key, done, "finished" if done == steps else "running")
+            if callback is not None and callback(i, mean_loss, as_model(params)):
+                logger.info("fit stopped by callback at step %d", i)
+                if path is not None and done < steps:
+                    save(params, state, key, done, "stopped")
                 break
     except KeyboardInterrupt:
         if path is not None:
-            save(params, opt_state, key, done, "interrupted")
-            logger.warning("fit interrupted at epoch %d; checkpoint saved to %s", done, path)
+            save(params, state, key, done, "interrupted")
+            logger.warning("fit interrupted at step %d; checkpoint saved to %s", done, path)
         raise
     finally:
         bar.close()
-    out = result(params, done, traces[0])
+    out = result(params, state, done)
     logger.info(
-        "fit: %d epochs in %.2f s, final loss %s",
+        "fit: %d steps in %.2f s, final loss %s",
         done,
         out.seconds,
         np.array2string(record.losses[done - 1], precision=4) if done else "n/a",
@@ -496,12 +495,44 @@ def fit(
     return out
 
 
+def _options(module: Any) -> dict[str, Any]:
+    """The JSON-able static options of a solver or penalty (what a checkpoint must match)."""
+    out = {}
+    for f in dataclasses.fields(module):
+        value = getattr(module, f.name)
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            out[f.name] = value
+    return out
+
+
+def _check_ensemble(param_leaves: list, data: PyTree, data_axis: int | None) -> int:
+    sizes = {p.shape[0] if p.ndim else None for p in param_leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise MetaplasticError(
+            "ensemble=True needs a leading member axis of one size on every trainable "
+            f"array; their leading sizes are {sorted(str(s) for s in sizes)}."
+        )
+    members = sizes.pop()
+    if data_axis is not None:
+        if not _is_int(data_axis) or data_axis < 0:
+            raise MetaplasticError(
+                f"data_ensemble_axis must be a non-negative integer or None, got {data_axis!r}."
+            )
+        for leaf in jax.tree.leaves(data):
+            if eqx.is_array(leaf) and (leaf.ndim <= data_axis or leaf.shape[data_axis] != members):
+                raise MetaplasticError(
+                    f"With data_ensemble_axis={data_axis}, every data array needs {members} "
+                    f"members along that axis (one per model); got shape {leaf.shape}."
+                )
+    return members
+
+
 class _FitRecord:
-    """What `fit` and `fit_least_squares` keep on the host while they run: the history in
+    """What `fit` keeps on the host while they run: the history in
     preallocated buffers (so saving and resuming are cheap) and the checkpoint file.
 
     A checkpoint holds `(model arrays, losses, history, key, extra)`, where `extra` is the
-    method's own state (the optimizer state, or the LM parameters and damping)."""
+    solver's state (the optax state, or the Levenberg–Marquardt damping)."""
 
     def __init__(
         self,
@@ -523,7 +554,7 @@ class _FitRecord:
         self.header = header
 
     def add(self, i: int, loss: Any, params: PyTree) -> None:
-        """Record the loss and the parameters after epoch / iteration `i`."""
+        """Record the loss and the parameters after step `i`."""
         self.losses[i] = loss
         for buf, leaf in zip(self.leaves, jax.tree.leaves(params)):
             buf[i] = np.asarray(leaf)
@@ -536,7 +567,7 @@ class _FitRecord:
         )
 
     def state(self, model: PyTree, key: Key, done: int, extra: PyTree) -> tuple:
-        """The tree a checkpoint holds after `done` epochs."""
+        """The tree a checkpoint holds after `done` steps."""
         hist = jax.tree.map(lambda buf: buf[:done], self.params)
         arrays = eqx.filter(model, eqx.is_array)
         return (arrays, self.losses[:done], hist, _key_data(key), extra)
@@ -554,8 +585,8 @@ class _FitRecord:
         if self.path is None:
             return
         header = {
-            "epoch": done,
-            "epochs": self.total,
+            "step": done,
+            "steps": self.total,
             "status": status,
             "config": self.config,
             "loss_shape": list(self.loss_shape),
@@ -564,7 +595,7 @@ class _FitRecord:
             **(more or {}),
         }
         ckpt.write_checkpoint(self.path, self.state(model, key, done, extra), header)
-        logger.debug("checkpoint: %d epochs saved to %s (%s)", done, self.path, status)
+        logger.debug("checkpoint: %d steps saved to %s (%s)", done, self.path, status)
 
     def resume(
         self, resume: bool, model: PyTree, key: Key, extra: PyTree
@@ -580,7 +611,7 @@ class _FitRecord:
         if opened is None:
             return None
         header, payload = opened
-        done = int(header["epoch"])
+        done = int(header["step"])
         like = self.state(model, key, done, extra)
         arrays, losses, hist, key_data, extra = ckpt.load_state(self.path, header, payload, like)
         self.losses[:done] = losses
@@ -626,7 +657,7 @@ def open_checkpoint(
     return header, payload
 
 
-def _check_compatible(path: Path, header: dict, config: dict, epochs: int) -> None:
+def _check_compatible(path: Path, header: dict, config: dict, steps: int) -> None:
     saved = header.get("config")
     if not isinstance(saved, dict):
         raise CheckpointError(f"Checkpoint {path} has no fit configuration in its header.")
@@ -637,7 +668,7 @@ def _check_compatible(path: Path, header: dict, config: dict, epochs: int) -> No
         "data_structure": "the data's structure",
         "data": "the data",
         "key": "the PRNG key",
-        "method": "the fitting method",
+        "solver": "the solver",
     }
     differ = [k for k in config if saved.get(k) != config[k]]
     if differ:
@@ -649,12 +680,12 @@ def _check_compatible(path: Path, header: dict, config: dict, epochs: int) -> No
             f"Checkpoint {path} was written for another fit and is not used: {what} differ(s). "
             "Resume with the same model, data, key and options, or use a new checkpoint_dir."
         )
-    done = header.get("epoch")
+    done = header.get("step")
     if not _is_int(done) or done < 0:
-        raise CheckpointError(f"Checkpoint {path} has an invalid epoch {done!r}.")
-    if done > epochs:
+        raise CheckpointError(f"Checkpoint {path} has an invalid step {done!r}.")
+    if done > steps:
         raise CheckpointError(
-            f"Checkpoint {path} already holds {done} epochs, more than epochs={epochs}."
+            f"Checkpoint {path} already holds {done} steps, more than steps={steps}."
         )
     ours = ckpt.versions()
     theirs = header.get("versions", {})
@@ -683,7 +714,7 @@ def _first_nonfinite_quantity(
     param_names: list[str],
     ensemble: bool,
 ) -> tuple[str, int | None, str]:
-    """The first non-finite quantity of an epoch: the loss, else the first parameter array
+    """The first non-finite quantity of a step: the loss, else the first parameter array
     (in tree order) with a non-finite entry. Returns `(quantity, member, description)`."""
     if not np.all(np.isfinite(value_np)):
         if ensemble:
@@ -717,7 +748,7 @@ def load_checkpoint(
     **Returns:**
 
     `(result, header)`: a `FitResult` (with `n_traces=0`) and the checkpoint's JSON header
-    (epoch, status, configuration, versions).
+    (step, status, configuration, versions).
     """
     path = Path(path)
     if path.is_dir():
@@ -726,7 +757,7 @@ def load_checkpoint(
     if filter_spec is None:
         filter_spec = rule_filter_spec(model)
     params = eqx.partition(model, filter_spec)[0]
-    done = header.get("epoch")
+    done = header.get("step")
     shape = header.get("loss_shape")
     if not _is_int(done) or done < 0 or not isinstance(shape, list):
         raise CheckpointError(f"Checkpoint {path} has an invalid header.")
@@ -741,4 +772,4 @@ def load_checkpoint(
     )
     m_arr, l_saved, h_saved = ckpt.load_state(path, header, payload, like, prefix=True)
     fitted = eqx.combine(m_arr, model)
-    return FitResult(fitted, History(l_saved, h_saved), 0, 0.0), header
+    return FitResult(fitted, History(l_saved, h_saved), None, 0, 0.0), header

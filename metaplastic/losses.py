@@ -1,14 +1,34 @@
-"""Losses: masked means over valid entries only, so padding never dilutes a loss."""
+"""Losses and penalties as objects that say what they are.
 
+A loss is called as `loss(model, batch) -> scalar`. A loss with *Gauss–Newton structure*
+(`AbstractGaussNewtonLoss`) also says how it is built: a mean, over the valid observations, of
+a per-observation negative log-likelihood of the model's predictions — squared error for
+recorded activity, the Bernoulli likelihood for binary choices. That is what a second-order
+solver (`metaplastic.LevenbergMarquardt`) needs: the Jacobian of the predictions and the
+curvature of the per-observation term give the Gauss–Newton matrix `Jᵀ diag(ℓ'') J` (the
+Fisher information for choices). Means are over valid entries only, so padding never dilutes a
+loss.
+
+Penalties (`L1`, `L2`) act on the trainable Taylor coefficients of every rule in a model and
+are added to the loss by every solver, with one meaning.
+"""
+
+import abc
+import math
+import typing
+from typing import Literal
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
-from ._fast import supports_fast_gradient, taylor_activity_mse
+from ._errors import MetaplasticError
 from ._simulate import simulate_dataset
 from ._types import Scalar
 from .data import ActivityDataset
 from .nn import PlasticDense
+from .rules import TaylorRule
 
 
 def masked_mean(values: Float[Array, "..."], mask: Bool[ArrayLike, "..."]) -> Scalar:
@@ -18,51 +38,202 @@ def masked_mean(values: Float[Array, "..."], mask: Bool[ArrayLike, "..."]) -> Sc
     return total / jnp.maximum(jnp.sum(mask), 1)
 
 
-def activity_mse(
-    layer: PlasticDense,
-    data: ActivityDataset,
-    *,
-    checkpoint: bool | int = False,
-    fast_gradient: bool = True,
-) -> Scalar:
-    """Mean squared error between simulated and recorded activity, over valid steps and
-    recorded neurons only. The simulation starts from each trajectory's initial weights.
-
-    With `fast_gradient` (the default) and a `PlasticDense` layer with a `TaylorRule`, the
-    gradient comes from a hand-written reverse pass that is several times faster than
-    `jax.grad` through the scan and stores one weight matrix per step (or per `checkpoint`
-    segment) of one trajectory at a time. It supports reverse mode only: pass
-    `fast_gradient=False` to differentiate the loss in forward mode (`jax.jvp`, `jax.jacfwd`).
-    """
-    if fast_gradient and supports_fast_gradient(layer):
-        return taylor_activity_mse(layer, data, checkpoint=checkpoint)
-    sim = simulate_dataset(layer, data, checkpoint=checkpoint)
-    mask = data.step_mask[:, :, None] & data.neuron_mask[:, None, :]
-    return masked_mean((sim.activity - data.activity) ** 2, mask)
+def bernoulli_log_likelihood(
+    logits: Float[Array, "..."], targets: Float[ArrayLike, "..."]
+) -> Float[Array, "..."]:
+    """`log p(target)` of 0/1 `targets` under `p(1) = sigmoid(logits)`, elementwise (the one
+    Bernoulli log-likelihood of the package)."""
+    return targets * jax.nn.log_sigmoid(logits) + (1 - targets) * jax.nn.log_sigmoid(-logits)
 
 
 def binary_cross_entropy(
     logits: Float[Array, "..."], targets: Float[ArrayLike, "..."], mask: Bool[ArrayLike, "..."]
 ) -> Scalar:
     """Mean binary cross-entropy of `sigmoid(logits)` against 0/1 `targets`, over `mask`."""
-    per = -(targets * jax.nn.log_sigmoid(logits) + (1 - targets) * jax.nn.log_sigmoid(-logits))
-    return masked_mean(per, mask)
+    return masked_mean(-bernoulli_log_likelihood(logits, targets), mask)
 
 
-def activity_residuals(
-    layer: PlasticDense,
-    data: ActivityDataset,
-    *,
-    checkpoint: bool | int = False,
-    fast_gradient: bool = False,
-) -> Float[Array, "batch time n_out"]:
-    """Simulated minus recorded activity, zero on padded steps and unrecorded neurons (for
-    `fit_least_squares`; `activity_mse` is their mean square over valid entries).
+Likelihood = Literal["squared_error", "bernoulli"]
 
-    `fit_least_squares` differentiates the residuals in forward mode, so the hand-written
-    reverse pass is off by default here; `fast_gradient=True` turns it on for reverse-mode
-    use (`jax.vjp`, `jax.jacrev`).
+
+class Observations(eqx.Module):
+    """A model's predictions, the observations they are scored against, and how.
+
+    - `predictions`: the model's outputs, any shape (activity, or the logits of choices).
+    - `targets`: the observations, the same shape.
+    - `mask`: `True` on the valid entries, the same shape.
+    - `likelihood`: `"squared_error"` (`(f − t)²`) or `"bernoulli"` (`−log p(t)`, `f` the
+      logit).
+    - `weight`: the weight of this group's mean in the loss.
     """
-    sim = simulate_dataset(layer, data, checkpoint=checkpoint, fast_gradient=fast_gradient)
-    mask = data.step_mask[:, :, None] & data.neuron_mask[:, None, :]
-    return jnp.where(mask, sim.activity - data.activity, 0.0)
+
+    predictions: Float[Array, "..."]
+    targets: Float[Array, "..."]
+    mask: Bool[Array, "..."]
+    likelihood: Likelihood = eqx.field(static=True)
+    weight: float = eqx.field(static=True, default=1.0)
+
+    def __check_init__(self):
+        if self.likelihood not in typing.get_args(Likelihood):
+            raise MetaplasticError(
+                f"likelihood must be one of {typing.get_args(Likelihood)}, got {self.likelihood!r}."
+            )
+
+
+def per_observation(obs: Observations) -> tuple[Array, Array, Array]:
+    """The per-observation loss `ℓ`, its derivative `ℓ'` and its (Gauss–Newton) curvature
+    `ℓ''` with respect to the prediction, zero on masked entries."""
+    f, t = obs.predictions, obs.targets
+    if obs.likelihood == "squared_error":
+        value, slope, curve = (f - t) ** 2, 2 * (f - t), jnp.full_like(f, 2.0)
+    else:
+        p = jax.nn.sigmoid(f)
+        value, slope, curve = -bernoulli_log_likelihood(f, t), p - t, p * (1 - p)
+    zero = lambda a: jnp.where(obs.mask, a, 0.0)
+    return zero(value), zero(slope), zero(curve)
+
+
+def observations_value(observations: tuple[Observations, ...]) -> Scalar:
+    """`Σ_k weight_k · mean ℓ_k` over the valid entries of each group."""
+    total = jnp.zeros(())
+    for obs in observations:
+        value = per_observation(obs)[0]
+        total = total + obs.weight * jnp.sum(value) / jnp.maximum(jnp.sum(obs.mask), 1)
+    return total
+
+
+class AbstractLoss(eqx.Module):
+    """A loss `loss(model, batch) -> scalar` to minimise.
+
+    `checkpoint` is a hint from the differentiation strategy (`metaplastic.ReverseMode`):
+    `True` or a segment length asks a loss that scans a simulation to checkpoint the scan;
+    a loss may ignore it.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, model: PyTree, batch: PyTree, *, checkpoint: bool | int = False) -> Scalar:
+        raise NotImplementedError
+
+
+class AbstractGaussNewtonLoss(AbstractLoss):
+    """A loss with Gauss–Newton structure: `Σ_k weight_k · mean ℓ_k(prediction, target)` over
+    the groups of `Observations` that `observe` returns."""
+
+    @abc.abstractmethod
+    def observe(
+        self, model: PyTree, batch: PyTree, *, checkpoint: bool | int = False
+    ) -> tuple[Observations, ...]:
+        """The model's predictions on `batch` with their targets and masks."""
+        raise NotImplementedError
+
+    def __call__(self, model: PyTree, batch: PyTree, *, checkpoint: bool | int = False) -> Scalar:
+        return observations_value(self.observe(model, batch, checkpoint=checkpoint))
+
+
+class FunctionLoss(AbstractLoss):
+    """A plain function `fn(model, batch) -> scalar` as a loss (first-order solvers only)."""
+
+    fn: typing.Callable = eqx.field(static=True)
+
+    def __call__(self, model: PyTree, batch: PyTree, *, checkpoint: bool | int = False) -> Scalar:
+        del checkpoint
+        return self.fn(model, batch)
+
+
+class ActivityMSE(AbstractGaussNewtonLoss):
+    """Mean squared error between simulated and recorded activity of a `PlasticDense` layer,
+    over valid steps and recorded neurons only. The simulation starts from each trajectory's
+    initial weights."""
+
+    def observe(
+        self, model: PlasticDense, batch: ActivityDataset, *, checkpoint: bool | int = False
+    ) -> tuple[Observations, ...]:
+        sim = simulate_dataset(model, batch, checkpoint=checkpoint)
+        mask = batch.step_mask[:, :, None] & batch.neuron_mask[:, None, :]
+        return (Observations(sim.activity, batch.activity, mask, "squared_error"),)
+
+
+def as_loss(loss: typing.Any) -> AbstractLoss:
+    """`loss` itself if it is an `AbstractLoss`, a plain function wrapped as one, or
+    `MetaplasticError`."""
+    if isinstance(loss, AbstractLoss):
+        return loss
+    if callable(loss):
+        return FunctionLoss(loss)
+    raise MetaplasticError(
+        f"loss must be a loss object such as metaplastic.losses.ActivityMSE() or a function "
+        f"loss(model, batch), got {loss!r}."
+    )
+
+
+# ---------------------------------------------------------------------------------- penalties
+def trainable_taylor_coefficients(model: PyTree) -> list[Array]:
+    """The effective coefficients of every `TaylorRule` in `model`, frozen terms as 0."""
+    out = []
+    for leaf in jax.tree.leaves(model, is_leaf=lambda n: isinstance(n, TaylorRule)):
+        if isinstance(leaf, TaylorRule):
+            c = leaf.effective_coefficients
+            if leaf.trainable is not None:
+                c = jnp.where(leaf.trainable, c, 0.0)
+            out.append(c)
+    return out
+
+
+def _check_weight(name: str, value: typing.Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MetaplasticError(f"{name} must be a number, got {value!r}.")
+    if not (math.isfinite(value) and value >= 0):
+        raise MetaplasticError(f"{name} must be finite and non-negative, got {value!r}.")
+    return float(value)
+
+
+class AbstractPenalty(eqx.Module):
+    """A penalty `penalty(model) -> scalar` added to the loss by every solver."""
+
+    @abc.abstractmethod
+    def __call__(self, model: PyTree) -> Scalar:
+        raise NotImplementedError
+
+
+class L1(AbstractPenalty):
+    """`weight · Σ (sqrt(θ² + s²) − s)` over the trainable Taylor coefficients θ of every
+    rule in the model: the L1 norm, smoothed within `s = smoothing` of zero so that
+    second-order solvers see a curvature (`smoothing=0` is the exact `Σ|θ|`)."""
+
+    weight: float = eqx.field(static=True)
+    smoothing: float = eqx.field(static=True, default=1e-3)
+
+    def __check_init__(self):
+        _check_weight("L1 weight", self.weight)
+        _check_weight("L1 smoothing", self.smoothing)
+
+    def __call__(self, model: PyTree) -> Scalar:
+        total = jnp.zeros(())
+        s = self.smoothing
+        for c in trainable_taylor_coefficients(model):
+            term = jnp.abs(c) if s == 0 else jnp.sqrt(c**2 + s**2) - s
+            total = total + jnp.sum(term)
+        return self.weight * total
+
+
+class L2(AbstractPenalty):
+    """`weight · Σ θ²` over the trainable Taylor coefficients θ of every rule in the model."""
+
+    weight: float = eqx.field(static=True)
+
+    def __check_init__(self):
+        _check_weight("L2 weight", self.weight)
+
+    def __call__(self, model: PyTree) -> Scalar:
+        total = jnp.zeros(())
+        for c in trainable_taylor_coefficients(model):
+            total = total + jnp.sum(c**2)
+        return self.weight * total
+
+
+def total_penalty(penalties: tuple[AbstractPenalty, ...], model: PyTree) -> Scalar:
+    """The sum of `penalties` on `model` (0 without any)."""
+    total = jnp.zeros(())
+    for penalty in penalties:
+        total = total + penalty(model)
+    return total

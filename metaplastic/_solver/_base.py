@@ -1,0 +1,133 @@
+"""What every solver of `metaplastic.fit` is given, and what it must do."""
+
+import abc
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Bool, Float, PyTree
+
+from .._jacobian import AbstractDifferentiation
+from .._types import Scalar
+from ..losses import (
+    AbstractGaussNewtonLoss,
+    AbstractLoss,
+    AbstractPenalty,
+    per_observation,
+    total_penalty,
+)
+
+
+class Objective(eqx.Module):
+    """The function a solver minimises: `loss(model, batch) + Σ penalties(model)` as a
+    function of the trainable part `params` of the model (the rest is `static`), with the
+    differentiation strategy that takes its derivatives."""
+
+    loss: AbstractLoss
+    penalties: tuple[AbstractPenalty, ...]
+    static: PyTree
+    differentiation: AbstractDifferentiation
+
+    def model(self, params: PyTree) -> PyTree:
+        return eqx.combine(params, self.static)
+
+    def penalty(self, params: PyTree) -> Scalar:
+        return total_penalty(self.penalties, self.model(params))
+
+    def value(self, params: PyTree, batch: PyTree) -> Scalar:
+        """The objective on `batch`."""
+        return self.loss(self.model(params), batch) + self.penalty(params)
+
+    def value_and_grad(self, params: PyTree, batch: PyTree) -> tuple[Scalar, PyTree]:
+        """The objective and its gradient with respect to `params`."""
+        value, grads = self.differentiation.value_and_grad(self.loss, params, self.static, batch)
+        pen, pen_grads = jax.value_and_grad(self.penalty)(params)
+        grads = jax.tree.map(lambda a, b: a + b.astype(a.dtype), grads, pen_grads)
+        return value + pen, grads
+
+    def gauss_newton(
+        self, params: PyTree, batch: PyTree, chunks: int = 1
+    ) -> tuple[Scalar, Float[Array, " n"], Float[Array, "n n"], Bool[Array, ""]]:
+        """The objective, its gradient `g` and its Gauss–Newton matrix `H` with respect to
+        the flat parameters, over `batch` cut into `chunks` equal groups of trajectories
+        whose Jacobians are taken one after another (memory does not grow with the batch).
+        Also whether the Jacobian was finite.
+
+        For a loss `Σ_k w_k Σ_i ℓ(f_ki)/n_k`: `g = Σ_k w_k J_kᵀ ℓ'_k / n_k` and
+        `H = Σ_k w_k J_kᵀ diag(ℓ''_k) J_k / n_k`; the penalties add their exact gradient and
+        Hessian."""
+        if not isinstance(self.loss, AbstractGaussNewtonLoss):
+            raise TypeError("gauss_newton needs a loss with Gauss-Newton structure")
+        theta, unravel = ravel_pytree(params)
+        n = theta.size
+        weights = []  # the groups' (static) weights, noted while tracing
+
+        def sums(chunk):
+            parts = self.differentiation.linearise(self.loss, params, self.static, chunk)
+            weights[:] = [obs.weight for obs, _ in parts]
+            out = []
+            for obs, jac in parts:
+                value, slope, curve = per_observation(obs)
+                jac = jnp.where(obs.mask[..., None], jac, 0.0).reshape(-1, n)
+                out.append(
+                    (
+                        jnp.sum(value),
+                        jnp.sum(obs.mask),
+                        jac.T @ slope.reshape(-1),
+                        (jac * curve.reshape(-1, 1)).T @ jac,
+                    )
+                )
+            return out
+
+        if chunks == 1:
+            parts = sums(batch)
+            parts = [tuple(x[None] for x in p) for p in parts]
+        else:
+            split = lambda a: a.reshape((chunks, a.shape[0] // chunks) + a.shape[1:])
+            grouped = jax.tree.map(lambda a: split(a) if eqx.is_array(a) else a, batch)
+            parts = jax.lax.map(sums, grouped)
+        value = jnp.zeros((), theta.dtype)
+        grad = jnp.zeros(n, theta.dtype)
+        hess = jnp.zeros((n, n), theta.dtype)
+        for w, (v, count, g, h) in zip(weights, parts):
+            count = jnp.maximum(jnp.sum(count), 1)
+            value = value + w * jnp.sum(v) / count
+            grad = grad + w * jnp.sum(g, 0) / count
+            hess = hess + w * jnp.sum(h, 0) / count
+        finite = jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(hess))
+        flat_penalty = lambda t: self.penalty(unravel(t))
+        if self.penalties:
+            value = value + flat_penalty(theta)
+            grad = grad + jax.grad(flat_penalty)(theta)
+            hess = hess + jax.hessian(flat_penalty)(theta)
+        return value, grad, hess, finite
+
+
+class AbstractSolver(eqx.Module):
+    """A solver for `metaplastic.fit`: `init` makes its state, `step` takes one step on one
+    batch. Both run inside the fit's one jitted step function (and are vmapped for
+    ensembles), so they must be pure JAX.
+
+    `needs_jacobian` says whether the solver needs a loss with Gauss–Newton structure;
+    `default_steps` is the number of steps `fit` takes when none is given;
+    `divergence_hint` what to try when the fit diverges."""
+
+    needs_jacobian: ClassVar[bool]
+    default_steps: ClassVar[int]
+    divergence_hint: ClassVar[str]
+
+    @abc.abstractmethod
+    def init(self, objective: Objective, params: PyTree) -> PyTree:
+        """The solver's initial state for `params`."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def step(
+        self, objective: Objective, params: PyTree, state: PyTree, batch: PyTree
+    ) -> tuple[PyTree, PyTree, Scalar]:
+        """One step on `batch`: the new parameters, the new state, and the objective the
+        step evaluated (on this batch). A non-finite objective means the fit diverged at
+        `params`; the driver then keeps `params` as the last finite state."""
+        raise NotImplementedError
