@@ -4,7 +4,6 @@ callback that can stop, and a clear stop when the fit diverges."""
 
 import dataclasses
 import logging
-import math
 import os
 import time
 import typing
