@@ -99,14 +99,15 @@ def main(argv=None):
             students = eqx.filter_vmap(
                 lambda k: mp.nn.PlasticDense(mp.TaylorRule.random(("x", "y", "w"), key=k), eta=1.0)
             )(jnp.stack([jr.fold_in(jr.key(s), 2) for s in seeds]))
-            result = mp.fit_least_squares(
+            result = mp.fit(
                 students,
                 data,
-                residuals=mp.losses.activity_residuals,
-                iterations=args.iterations,
+                mp.losses.ActivityMSE(),
+                solver=mp.LevenbergMarquardt(chunks=args.batch_size),
+                steps=args.iterations,
                 batch_size=args.batch_size,
                 ensemble=True,
-                l2=args.l2,
+                penalty=mp.losses.L2(args.l2),
                 progress=not args.no_progress,
             )
             for i, seed in enumerate(seeds):

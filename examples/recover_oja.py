@@ -101,12 +101,15 @@ def main(argv=None):
         previous[0] = flat
         return moved < 1e-10
 
-    result = mp.fit_least_squares(
+    batch = min(args.batch_size, args.n_train)
+    result = mp.fit(
         student,
         data,
-        residuals=mp.losses.activity_residuals,
-        iterations=iterations,
-        batch_size=min(args.batch_size, args.n_train),
+        mp.losses.ActivityMSE(),
+        # Damped Gauss-Newton, the Jacobian taken one trajectory at a time.
+        solver=mp.LevenbergMarquardt(chunks=batch),
+        steps=iterations,
+        batch_size=batch,
         progress=not args.no_progress,
         callback=record,
         key=k_init,

@@ -1,6 +1,6 @@
 """Fit Oja's rule with a run record and checkpoints, so that an interrupted fit can resume.
 
-Writes a run folder under --out with config.json, metrics.csv (one row per epoch: loss and
+Writes a run folder under --out with config.json, metrics.csv (one row per step: loss and
 every coefficient), summary.json, figures (coefficient trajectories, weight trajectories) and
 the fit's checkpoint. Kill it at any point and continue with `--resume <run folder>`: the
 result is bitwise the one an uninterrupted run gives (on CPU).
@@ -31,7 +31,7 @@ DEFAULTS = {
     "length": 40,
     "trajectories": 12,
     "stimulus_std": 0.5,
-    "epochs": 200,
+    "steps": 600,
     "batch_size": 4,
     "learning_rate": 0.01,
     "clip_norm": 1.0,
@@ -78,9 +78,9 @@ def main(argv=None):
         result = mp.fit(
             student,
             data,
-            loss=mp.losses.activity_mse,
-            optimizer=optimizer,
-            epochs=c["epochs"],
+            mp.losses.ActivityMSE(),
+            solver=mp.Optax(optimizer),
+            steps=c["steps"],
             batch_size=c["batch_size"],
             key=key_fit,
             progress=not args.no_progress,
@@ -106,7 +106,7 @@ def main(argv=None):
             "rule": result.model.rule.to_expression(tol=0.02),
             "r2_weights_median": float(np.median(scores["r2_weights"])),
             "coefficient_rmse": error["rmse"],
-            "epochs": int(result.history.loss.shape[0]),
+            "steps": int(result.history.loss.shape[0]),
             "resumed": args.resume is not None,
             "backend": jax.default_backend(),
             "seconds": time.perf_counter() - start,

@@ -371,7 +371,10 @@ def fit(
 
     init = lambda p: solver.init(objective, p)
     state = eqx.filter_vmap(init)(params) if ensemble else init(params)
-    state = _place_like(state, params)
+    # The step returns strongly typed arrays; a weakly typed initial state (optax's counters)
+    # would make the second step trace again.
+    strong = lambda a: jnp.asarray(a, a.dtype) if eqx.is_array(a) else a
+    state = _place_like(jax.tree.map(strong, state), params)
 
     param_names = _path_names(params)
     config: dict[str, Any] = {}

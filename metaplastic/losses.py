@@ -16,6 +16,7 @@ are added to the loss by every solver, with one meaning.
 import abc
 import math
 import typing
+from collections.abc import Callable
 from typing import Literal
 
 import equinox as eqx
@@ -133,7 +134,7 @@ class AbstractGaussNewtonLoss(AbstractLoss):
 class FunctionLoss(AbstractLoss):
     """A plain function `fn(model, batch) -> scalar` as a loss (first-order solvers only)."""
 
-    fn: typing.Callable = eqx.field(static=True)
+    fn: Callable = eqx.field(static=True)
 
     def __call__(self, model: PyTree, batch: PyTree, *, checkpoint: bool | int = False) -> Scalar:
         del checkpoint

@@ -78,7 +78,7 @@ def coefficient_trajectories(
     title: str | None = None,
     path: str | os.PathLike | None = None,
 ) -> Any:
-    """Taylor coefficients over the epochs of a fit, with the true values as dashed lines.
+    """Taylor coefficients over the steps of a fit, with the true values as dashed lines.
 
     **Arguments:**
 
@@ -102,8 +102,8 @@ def coefficient_trajectories(
     rule = rules[rule_index]
     c = np.asarray(rule.coefficients, dtype=np.float64)
     k = len(rule.factors)
-    epochs = c.shape[0]
-    per_member = c.reshape(epochs, -1, *c.shape[c.ndim - k :])  # (epochs, members, ...)
+    steps = c.shape[0]
+    per_member = c.reshape(steps, -1, *c.shape[c.ndim - k :])  # (steps, members, ...)
     if true_rule is not None and (
         true_rule.factors != rule.factors or true_rule.order != rule.order
     ):
@@ -128,14 +128,14 @@ def coefficient_trajectories(
             )
         chosen = [lookup[t] for t in terms]
     fig, ax = _figure(7.0, 4.2)
-    x = np.arange(1, epochs + 1)
+    x = np.arange(1, steps + 1)
     members = per_member.shape[1]
     truth = None if true_rule is None else np.asarray(true_rule.coefficients, dtype=np.float64)
     for colour, exps in zip(_colours(len(chosen)), chosen):
         label = format_monomial(exps, rule.factors)
         if truth is not None:
             label += f" (true {truth[exps]:.3g})"
-        series = per_member[(slice(None), slice(None)) + exps]  # (epochs, members)
+        series = per_member[(slice(None), slice(None)) + exps]  # (steps, members)
         if members > 1:
             ax.plot(x, series, color=colour, alpha=0.25, linewidth=0.8)
             ax.plot(x, np.median(series, axis=1), color=colour, linewidth=2.0, label=label)
@@ -144,9 +144,9 @@ def coefficient_trajectories(
         if truth is not None and truth[exps] != 0:
             ax.axhline(float(truth[exps]), color=colour, linestyle="--", linewidth=1.2)
     ax.axhline(0.0, color="0.6", linewidth=0.6, zorder=0)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("step")
     ax.set_ylabel("coefficient")
-    if epochs == 1:
+    if steps == 1:
         ax.set_xlim(0.5, 1.5)
     ax.set_title(
         title

@@ -11,7 +11,7 @@ with metaplastic.runs.create_run("out", name="oja", config=vars(args)) as run:
 A run folder is named `<name>-<YYYYmmdd-HHMMSS>-<random suffix>` and created with an
 exclusive `mkdir`, so concurrent runs never share one; inside it, `config.json` (the full
 configuration with the library, JAX and Python versions and the backend), `metrics.csv` (one
-row per epoch or step), `summary.json` and the figures. Every file is written whole to a
+row per step), `summary.json` and the figures. Every file is written whole to a
 temporary file and renamed into place: a reader sees the previous version or the new one,
 never a torn file, and nothing is ever appended to a shared file.
 """
@@ -93,7 +93,7 @@ class Run:
 
     # ------------------------------------------------------------------ metrics
     def log(self, **metrics: Any) -> None:
-        """Add one row to `metrics.csv`, e.g. `run.log(epoch=3, loss=0.1)`. The file is
+        """Add one row to `metrics.csv`, e.g. `run.log(step=3, loss=0.1)`. The file is
         rewritten atomically at most every 10 seconds, by `flush()` and by `finish()`."""
         for name in metrics:
             if name not in self._columns:
@@ -103,7 +103,7 @@ class Run:
             self.flush()
 
     def log_history(self, history: Any, *, prefix: str = "") -> None:
-        """Add one row per epoch of a fit's `History`: the loss and every Taylor coefficient
+        """Add one row per step of a fit's `History`: the loss and every Taylor coefficient
         (named by its monomial; ensembles get one column per member)."""
         for row in history_rows(history, prefix=prefix):
             self.log(**row)
@@ -229,16 +229,16 @@ def create_run(
 
 
 def history_rows(history: Any, *, prefix: str = "") -> list[dict[str, Any]]:
-    """One dict per epoch of a fit's `History`: `epoch` (from 1), `loss` and the coefficient
+    """One dict per step of a fit's `History`: `step` (from 1), `loss` and the coefficient
     of every monomial of every Taylor rule in the trained parameters."""
     from .rules import TaylorRule
 
     loss = np.asarray(history.loss)
-    epochs = loss.shape[0]
+    steps = loss.shape[0]
     columns: dict[str, np.ndarray] = {}
 
     def add(name: str, values: np.ndarray) -> None:
-        values = values.reshape(epochs, -1)
+        values = values.reshape(steps, -1)
         if values.shape[1] == 1:
             columns[prefix + name] = values[:, 0]
         else:
@@ -260,8 +260,8 @@ def history_rows(history: Any, *, prefix: str = "") -> list[dict[str, Any]]:
         for exps in np.ndindex(*c.shape[c.ndim - k :]):
             add(tag + format_monomial(exps, rule.factors), c[(Ellipsis, *exps)])
     return [
-        {"epoch": e + 1, **{name: float(v[e]) for name, v in columns.items()}}
-        for e in range(epochs)
+        {"step": e + 1, **{name: float(v[e]) for name, v in columns.items()}}
+        for e in range(steps)
     ]
 
 

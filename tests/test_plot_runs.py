@@ -14,14 +14,14 @@ from metaplastic import plot, runs
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def fake_history(epochs=30, members=None):
+def fake_history(steps=30, members=None):
     """A History like fit's, with coefficients drifting towards Oja's rule."""
     layer = mp.nn.PlasticDense(mp.TaylorRule.zeros())
     params = eqx.partition(layer, mp.rule_filter_spec(layer))[0]
     target = np.asarray(mp.rules.oja().coefficients)
-    progress = 1 - np.exp(-np.arange(1, epochs + 1) / 8)
+    progress = 1 - np.exp(-np.arange(1, steps + 1) / 8)
     coefficients = progress[:, None, None, None] * target
-    loss = np.exp(-np.arange(epochs) / 8)
+    loss = np.exp(-np.arange(steps) / 8)
     if members is not None:
         scale = np.linspace(0.8, 1.1, members)
         coefficients = coefficients[:, None] * scale[None, :, None, None, None]
@@ -149,12 +149,12 @@ def test_concurrent_runs_get_their_own_folders(tmp_path):
 
 
 def test_run_records_history_figures_and_failures(tmp_path):
-    history = fake_history(epochs=5)
-    with runs.create_run(tmp_path, name="oja", config={"epochs": 5}) as run:
+    history = fake_history(steps=5)
+    with runs.create_run(tmp_path, name="oja", config={"steps": 5}) as run:
         run.log_history(history)
         run.save_figure(plot.coefficient_trajectories(history), "coefficients")
     rows = runs.read_metrics(run.path)
-    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert float(rows[-1]["x*y"]) == pytest.approx(1 - np.exp(-5 / 8))
     assert float(rows[0]["loss"]) == 1.0 and "y^2*w" in rows[0] and "1" in rows[0]
     assert (run.path / "coefficients.png").read_bytes().startswith(PNG)

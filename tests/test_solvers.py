@@ -1,0 +1,258 @@
+"""One contract for every solver of `mp.fit`, tested once over solver × loss.
+
+Every (solver, problem) pair must: record the loss and parameters of every step; trace its
+step once; draw a fresh minibatch each step; fit vmapped ensemble members exactly as separate
+fits; resume from a checkpoint bit for bit; stop with `FitDivergedError` naming the step and
+holding the last finite model; show a progress bar; stop when the callback asks.
+"""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+import pytest
+from helpers import tree_allclose
+
+import metaplastic as mp
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A model, its data (trajectories on the leading axis) and a loss."""
+
+    name: str
+    make: object  # (key) -> model
+    data: object
+    loss: object
+
+
+def _activity_problem() -> Problem:
+    teacher = mp.nn.PlasticDense(mp.rules.oja(), eta=1.0, activation="sigmoid")
+    x = mp.tasks.gaussian_stimuli(4, 12, n_trajectories=6, std=0.5, key=jr.key(0))
+    w0 = 0.1 * jr.normal(jr.key(1), (6, 3, 4))
+    data, _ = mp.generate_activity(teacher, x, w0, key=jr.key(2))
+    make = lambda k: mp.nn.PlasticDense(mp.TaylorRule.random(("x", "y", "w"), 1, key=k), eta=1.0)
+    return Problem("activity", make, data, mp.losses.ActivityMSE())
+
+
+def _choice_problem() -> Problem:
+    bh = mp.behaviour
+    task = bh.OperantTask(n_blocks=1, trials_per_block=12)
+    data = bh.recovery_data(
+        mp.rules.reward_modulated(), seeds=1, n_train=6, n_test=1, task=task, key=jr.key(0)
+    )
+    network = data.teacher
+    train = jax.tree.map(lambda a: a[0], data.train)
+    make = lambda k: network.with_rule(mp.TaylorRule.random(("x", "r"), 1, scale=1e-2, key=k))
+    return Problem("choices", make, train, bh.ChoiceBCE())
+
+
+PROBLEMS = {"activity": _activity_problem, "choices": _choice_problem}
+SOLVERS = {
+    "adam": lambda: mp.Optax(optax.adam(1e-2)),
+    "lbfgs": lambda: mp.Optax(optax.lbfgs()),
+    "levenberg_marquardt": lambda: mp.LevenbergMarquardt(),
+}
+# Every solver meets every part of the contract on at least one problem in the default run;
+# the full solver × problem matrix runs with the slow tests (each fit compiles anew).
+FAST = {
+    ("levenberg_marquardt", "activity"),
+    ("levenberg_marquardt", "choices"),
+    ("adam", "choices"),
+    ("lbfgs", "activity"),
+}
+CASES = [
+    pytest.param(s, p, marks=() if (s, p) in FAST else pytest.mark.slow)
+    for s in SOLVERS
+    for p in PROBLEMS
+]
+
+
+@pytest.fixture(scope="module")
+def problems():
+    """`problems(name)`: the problem in float32, `problems(name, x64=True)` in float64 (then
+    fit it under `jax.enable_x64`)."""
+    cache = {}
+
+    def get(name, x64=False):
+        if (name, x64) not in cache:
+            with jax.enable_x64(x64):
+                cache[name, x64] = PROBLEMS[name]()
+        return cache[name, x64]
+
+    return get
+
+
+def _fit(problem, solver, **kw):
+    kw.setdefault("steps", 4)
+    kw.setdefault("progress", False)
+    return mp.fit(problem.make(jr.key(3)), problem.data, problem.loss, solver=solver, **kw)
+
+
+def _bitwise(a, b):
+    la = jax.tree.leaves(eqx.filter(a, eqx.is_array))
+    lb = jax.tree.leaves(eqx.filter(b, eqx.is_array))
+    assert len(la) == len(lb) and la
+    for x, y in zip(la, lb):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+
+@pytest.mark.parametrize("solver_name,problem_name", CASES)
+def test_history_trace_minibatches_and_result(solver_name, problem_name, problems):
+    problem = problems(problem_name)
+    result = _fit(problem, SOLVERS[solver_name](), steps=5, batch_size=2, key=jr.key(7))
+    assert isinstance(result, mp.FitResult)
+    assert result.n_traces == 1
+    assert result.history.loss.shape == (5,)
+    assert np.all(np.isfinite(result.history.loss))
+    coefficients = result.history.params.rule.coefficients
+    assert coefficients.shape[0] == 5
+    # The last recorded parameters are the fitted model's.
+    np.testing.assert_array_equal(coefficients[-1], result.model.rule.coefficients)
+    # The objective went down over the fit (each step sees another random subset, so
+    # compare the full-data objective before and after).
+    before = problem.loss(problem.make(jr.key(3)), problem.data)
+    after = problem.loss(result.model, problem.data)
+    assert after < before
+    # A different key draws different minibatches, hence a different fit.
+    other = _fit(problem, SOLVERS[solver_name](), steps=5, batch_size=2, key=jr.key(8))
+    assert not np.array_equal(other.history.loss, result.history.loss)
+
+
+@pytest.mark.parametrize("solver_name,problem_name", CASES)
+def test_ensemble_members_equal_separate_fits(solver_name, problem_name, problems, x64):
+    problem = problems(problem_name, x64=True)
+    keys = jr.split(jr.key(11), 2)
+    members = eqx.filter_vmap(problem.make)(keys)
+    kw = dict(steps=3, progress=False, solver=SOLVERS[solver_name]())
+    ens = mp.fit(members, problem.data, problem.loss, ensemble=True, data_ensemble_axis=None, **kw)
+    assert ens.n_traces == 1 and ens.history.loss.shape == (3, 2)
+    for i in range(2):
+        single = mp.fit(problem.make(keys[i]), problem.data, problem.loss, **kw)
+        np.testing.assert_allclose(ens.history.loss[:, i], single.history.loss, rtol=1e-9)
+        assert tree_allclose(
+            jax.tree.map(lambda a, i=i: a[i], eqx.filter(ens.model.rule, eqx.is_array)),
+            eqx.filter(single.model.rule, eqx.is_array),
+            rtol=1e-8,
+            atol=1e-12,
+        )
+
+
+@pytest.mark.parametrize("solver_name,problem_name", CASES)
+def test_stopped_fit_resumes_bitwise(solver_name, problem_name, problems, tmp_path):
+    problem = problems(problem_name)
+    kw = dict(steps=6, batch_size=3, key=jr.key(5))
+    whole = _fit(problem, SOLVERS[solver_name](), checkpoint_dir=tmp_path / "a", **kw)
+    stop = lambda step, loss, model: step == 2
+    first = _fit(
+        problem, SOLVERS[solver_name](), checkpoint_dir=tmp_path / "b", callback=stop, **kw
+    )
+    assert len(first.history.loss) == 3  # the callback stopped the fit after step 2
+    resumed = _fit(
+        problem, SOLVERS[solver_name](), checkpoint_dir=tmp_path / "b", resume=True, **kw
+    )
+    _bitwise(resumed.model, whole.model)
+    np.testing.assert_array_equal(resumed.history.loss, whole.history.loss)
+    _bitwise(resumed.history.params, whole.history.params)
+
+
+def _poisoned(data, index):
+    """The same data with one trajectory's recorded values NaN."""
+    if isinstance(data, mp.data.ActivityDataset):
+        return eqx.tree_at(lambda d: d.activity, data, data.activity.at[index].set(jnp.nan))
+    return eqx.tree_at(lambda d: d.inputs, data, data.inputs.at[index].set(jnp.nan))
+
+
+@pytest.mark.parametrize("solver_name,problem_name", CASES)
+def test_divergence_names_the_step_and_keeps_the_last_finite_model(
+    solver_name, problem_name, problems, tmp_path
+):
+    problem = problems(problem_name)
+    bad = dataclasses.replace(problem, data=_poisoned(problem.data, 0))
+    # Batches of one trajectory: the fit diverges at the first step that draws trajectory 0.
+    seen = []
+    record = lambda step, loss, model: seen.append(step)
+    with pytest.raises(mp.FitDivergedError) as info:
+        _fit(
+            bad,
+            SOLVERS[solver_name](),
+            steps=60,
+            batch_size=1,
+            key=jr.key(0),
+            callback=record,
+            checkpoint_dir=tmp_path,
+        )
+    err = info.value
+    assert err.step == len(seen) and f"step {err.step}" in str(err)
+    assert err.quantity in ("loss", "parameter") or err.quantity.startswith("parameter")
+    history = err.result.history
+    assert len(history.loss) == err.step and np.all(np.isfinite(history.loss))
+    assert np.all(np.isfinite(np.asarray(err.last_finite_model.rule.coefficients)))
+    if err.step:
+        np.testing.assert_array_equal(
+            history.params.rule.coefficients[-1], err.last_finite_model.rule.coefficients
+        )
+    saved, header = mp.load_checkpoint(tmp_path, problem.make(jr.key(3)))
+    assert header["status"] == "diverged" and header["step"] == err.step
+    _bitwise(saved.model.rule, err.last_finite_model.rule)
+
+
+@pytest.mark.parametrize("solver_name", SOLVERS)
+def test_progress_bar(solver_name, problems, capsys):
+    _fit(problems("activity"), SOLVERS[solver_name](), steps=2, progress=True)
+    err = capsys.readouterr().err
+    assert f"fit ({type(SOLVERS[solver_name]()).__name__})" in err and "loss=" in err
+
+
+def test_default_solver_follows_the_loss(problems):
+    problem = problems("activity")
+    gauss_newton = _fit(problem, None, steps=2)
+    assert isinstance(gauss_newton.state, jax.Array) and gauss_newton.state.shape == ()
+    plain = _fit(dataclasses.replace(problem, loss=lambda m, b: problem.loss(m, b)), None, steps=2)
+    assert not isinstance(plain.state, jax.Array)  # an optax state
+
+
+def test_levenberg_marquardt_needs_gauss_newton_structure(problems):
+    problem = problems("activity")
+    with pytest.raises(mp.MetaplasticError, match="Gauss-Newton structure"):
+        _fit(dataclasses.replace(problem, loss=lambda m, b: 0.0), mp.LevenbergMarquardt())
+
+
+@pytest.mark.parametrize("penalty", [mp.losses.L1(1e-2), mp.losses.L2(1e-2)])
+@pytest.mark.parametrize("solver_name", ["adam", "levenberg_marquardt"])
+def test_every_solver_minimises_the_same_penalised_objective(penalty, solver_name, problems):
+    """The recorded objective is the loss plus the penalty, whatever the solver."""
+    problem = problems("activity")
+    result = _fit(problem, SOLVERS[solver_name](), steps=3, penalty=penalty)
+    model = eqx.combine(
+        jax.tree.map(lambda a: jnp.asarray(a[-1]), result.history.params),
+        eqx.partition(result.model, mp.rule_filter_spec(result.model))[1],
+    )
+    expected = problem.loss(model, problem.data) + penalty(model)
+    if solver_name == "levenberg_marquardt":  # LM records the objective after its step
+        np.testing.assert_allclose(result.history.loss[-1], expected, rtol=1e-5)
+    assert penalty(model) > 0
+
+
+def test_levenberg_marquardt_matches_optimistix(x64):
+    """A full-batch Levenberg-Marquardt fit ends where optimistix's does (same problem, the
+    residuals of the activity loss as a least-squares problem)."""
+    optx = pytest.importorskip("optimistix")
+    problem = _activity_problem()
+    model = problem.make(jr.key(3))
+    ours = mp.fit(model, problem.data, problem.loss, steps=40, progress=False)
+    params, static = eqx.partition(model, mp.rule_filter_spec(model))
+
+    def residuals(p, data):
+        (obs,) = problem.loss.observe(eqx.combine(p, static), data)
+        return jnp.where(obs.mask, obs.predictions - obs.targets, 0.0)
+
+    solver = optx.LevenbergMarquardt(rtol=1e-12, atol=1e-14)
+    theirs = optx.least_squares(residuals, solver, params, args=problem.data, max_steps=400)
+    np.testing.assert_allclose(
+        ours.model.rule.coefficients, theirs.value.rule.coefficients, rtol=1e-5, atol=1e-7
+    )
