@@ -1,56 +1,30 @@
-"""Progress bars (tqdm, an optional extra) that degrade to log lines when tqdm is missing."""
+"""Progress bars (tqdm)."""
 
-import logging
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+from tqdm.auto import tqdm
 
-logger = logging.getLogger("metaplastic")
+
 T = TypeVar("T")
-_warned_missing = [False]
 
 
 class Progress:
-    """A progress bar over `total` units that shows a rate and the latest values.
-
-    With `enabled=False` it does nothing; without tqdm installed it logs a line at INFO level
-    at most every 10 seconds instead.
-    """
+    """A tqdm progress bar over `total` units that shows a rate and the latest values;
+    with `enabled=False` it does nothing."""
 
     def __init__(self, total: int, *, desc: str, unit: str, enabled: bool = True, initial: int = 0):
-        self.total, self.desc, self.unit = total, desc, unit
-        self.count = initial
         self._bar = None
-        self._last_log = time.perf_counter()
-        self._enabled = enabled
-        if not enabled:
-            return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            if not _warned_missing[0]:
-                logger.info(
-                    "tqdm is not installed (pip install metaplastic[progress]); "
-                    "progress is logged instead"
-                )
-                _warned_missing[0] = True
-            return
-        self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False)
+        if enabled:
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False)
 
     def update(self, n: int = 1, **values: Any) -> None:
-        self.count += n
-        if not self._enabled:
+        if self._bar is None:
             return
-        shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()}
-        if self._bar is not None:
-            if shown:  # set before the update, which redraws (at most every 0.1 s)
-                self._bar.set_postfix(shown, refresh=False)
-            self._bar.update(n)
-        elif time.perf_counter() - self._last_log > 10.0 or self.count == self.total:
-            self._last_log = time.perf_counter()
-            extra = " ".join(f"{k}={v}" for k, v in shown.items())
-            logger.info("%s: %d/%d %s %s", self.desc, self.count, self.total, self.unit, extra)
+        if values:  # set before the update, which redraws (at most every 0.1 s)
+            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()}
+            self._bar.set_postfix(shown, refresh=False)
+        self._bar.update(n)
 
     def close(self) -> None:
         if self._bar is not None:
