@@ -24,32 +24,32 @@ Writes a run folder under --out (config.json, metrics.csv, summary.json, flies.c
 figures) and prints a JSON summary as its last line.
 """
 
-import argparse
-import json
 import os
 import sys
 import time
+
+import _cli
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "drosophila"))
 SWEEP_FAMILIES = ("covariance", "forgetting")
+FAMILIES = ("covariance", "forgetting", "taylor", "mlp")
+FRACTIONS = (0.5, 0.6, 0.7, 0.8)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _cli.parser(__doc__, progress=False)
     p.add_argument(
         "--data",
         default=DEFAULT_DATA,
         help="folder of Fly*.mat files (default: ../shared/data/drosophila from the repo root)",
     )
-    p.add_argument("--out", default="out", help="folder in which the run folder is created")
     p.add_argument(
         "--families",
-        default="covariance,forgetting,taylor,mlp",
-        help="comma-separated families to fit",
+        type=_cli.list_of(str, choices=FAMILIES),
+        default=FAMILIES,
+        help=f"comma-separated families to fit (default: {_cli.comma(FAMILIES)})",
     )
     p.add_argument(
         "--reward-signal",
@@ -60,8 +60,10 @@ def parse_args(argv=None):
     p.add_argument("--resamples", type=int, default=2, help="encoding re-draws per fly")
     p.add_argument(
         "--fractions",
-        default="0.5,0.6,0.7,0.8",
-        help="training fractions of the held-out sweep (covariance and forgetting)",
+        type=_cli.list_of(float, allow_empty=True),
+        default=FRACTIONS,
+        help="comma-separated training fractions of the held-out sweep (covariance and "
+        f"forgetting; default: {_cli.comma(FRACTIONS)}; '' for none)",
     )
     p.add_argument(
         "--sweep-all",
@@ -71,15 +73,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--iterations", type=int, default=8, help="Gauss–Newton iterations")
     p.add_argument("--l1", type=float, default=1e-3, help="L1 penalty of the taylor family")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if not os.path.isdir(args.data):
         p.error(
             f"the Drosophila data folder {args.data!r} does not exist; pass --data with the "
             "folder of Fly*.mat files (see ../shared/data/drosophila/README.md)."
         )
-    args.families = tuple(f for f in args.families.split(",") if f)
-    args.fractions = tuple(float(f) for f in args.fractions.split(",") if f)
     return args
 
 
@@ -167,7 +166,7 @@ def main(argv=None):
         summary["run"] = str(run.path)
         summary["seconds"] = time.perf_counter() - start
         run.finish(summary)
-    print(json.dumps(_headline(summary, fits)))
+    _cli.print_json(_headline(summary, fits))
     return summary
 
 

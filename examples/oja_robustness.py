@@ -9,14 +9,14 @@ The noise level is relative: a level σ adds Gaussian noise of standard deviatio
 
     python examples/oja_robustness.py                 # 6 × 6 grid, 3 seeds, 20 → 50 layer
     python examples/oja_robustness.py --quick         # a 2 × 2 corner of the grid
+    python examples/oja_robustness.py --noises 0,0.5 --fractions 1,0.7   # a chosen grid
 """
 
-import argparse
 import csv
-import json
 import os
 import time
-from pathlib import Path
+
+import _cli
 
 
 NOISES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -24,12 +24,26 @@ FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = _cli.parser(
+        __doc__,
+        seed=False,  # --seeds runs the seeds 0, 1, ... of every cell
+        resume="the run folder of an interrupted grid: keep its finished cells",
+        quick="only the corners noise {0, 1} × fraction {1, 0.5}",
     )
-    p.add_argument("--noises", type=float, nargs="+", default=list(NOISES))
-    p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--noises",
+        type=_cli.list_of(float),
+        default=NOISES,
+        help="comma-separated noise levels, × std of the recorded activity "
+        f"(default: {_cli.comma(NOISES)})",
+    )
+    p.add_argument(
+        "--fractions",
+        type=_cli.list_of(float),
+        default=FRACTIONS,
+        help=f"comma-separated recorded fractions (default: {_cli.comma(FRACTIONS)})",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds per cell (0, 1, ...)")
     p.add_argument("--n-in", type=int, default=20)
     p.add_argument("--n-out", type=int, default=50)
     p.add_argument("--length", type=int, default=50)
@@ -37,17 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--n-test", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=5)
     p.add_argument("--iterations", type=int, default=20)
-    p.add_argument(
-        "--resume",
-        default=None,
-        help="the run folder of an interrupted grid: keep its finished cells",
-    )
     p.add_argument("--l2", type=float, default=0.0, help="ridge penalty on the coefficients")
-    p.add_argument(
-        "--quick", action="store_true", help="only the corners noise {0, 1} × fraction {1, 0.5}"
-    )
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", default="out")
     return p.parse_args(argv)
 
 
@@ -65,7 +69,7 @@ def main(argv=None):
     import metaplastic as mp
 
     if args.quick:
-        args.noises, args.fractions = [0.0, 1.0], [1.0, 0.5]
+        args.noises, args.fractions = (0.0, 1.0), (1.0, 0.5)
     truth = mp.rules.oja(("x", "y", "w"))
     teacher = mp.nn.PlasticDense(truth, eta=1.0)
     n_in, n_out, length = args.n_in, args.n_out, args.length
@@ -83,10 +87,7 @@ def main(argv=None):
     held_x = mp.tasks.gaussian_stimuli(n_in, length, n_trajectories=args.n_test, key=jr.key(10_000))
     held_w0 = 0.01 * jr.normal(jr.key(10_001), (args.n_test, n_out, n_in))
     seeds = list(range(args.seeds))
-    if args.resume:
-        run = mp.runs.Run(Path(args.resume), vars(args))
-    else:
-        run = mp.runs.create_run(args.out, name="oja_robustness", config=vars(args))
+    run = _cli.open_run(args, "oja_robustness")
     path = str(run.file("oja_robustness.csv"))
     rows = _read_rows(path) if os.path.exists(path) else []
     done = {(r["noise"], r["recorded_fraction"]) for r in rows}
@@ -177,7 +178,7 @@ def main(argv=None):
         "seconds": time.perf_counter() - start,
     }
     run.finish(summary)
-    print(json.dumps(summary))
+    _cli.print_json(summary)
     return summary
 
 

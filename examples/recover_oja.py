@@ -10,26 +10,20 @@ activity matches the recording, then scored on held-out trajectories.
     python examples/recover_oja.py --rule mlp --noise 0.1 --recorded-fraction 0.5
 """
 
-import argparse
-import json
 import time
+
+import _cli
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _cli.parser(__doc__, quick="a smaller network (20 → 50) that runs in seconds")
     p.add_argument("--rule", choices=("taylor", "mlp"), default="taylor", help="rule family to fit")
     p.add_argument("--noise", type=float, default=0.0, help="std of the measurement noise")
     p.add_argument(
         "--recorded-fraction", type=float, default=1.0, help="fraction of neurons recorded"
     )
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--epochs", type=int, default=None, help="optimiser iterations (default 30 Taylor, 40 MLP)"
-    )
-    p.add_argument(
-        "--quick", action="store_true", help="a smaller network (20 → 50) that runs in seconds"
     )
     p.add_argument("--n-in", type=int, default=None)
     p.add_argument("--n-out", type=int, default=None)
@@ -42,8 +36,6 @@ def parse_args(argv=None):
     p.add_argument(
         "--float32", action="store_true", help="fit in float32 (default float64: see README)"
     )
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", default="out", help="folder in which the run folder is created")
     return p.parse_args(argv)
 
 
@@ -170,7 +162,7 @@ def main(argv=None):
             pass
         summary["run"] = str(run.path)
         run.finish(summary)
-    print(json.dumps(summary))
+    _cli.print_json(summary)
     return summary
 
 

@@ -11,18 +11,12 @@ result is bitwise the one an uninterrupted run gives (on CPU).
 The last line printed is one JSON object summarising the run.
 """
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.random as jr
-import numpy as np
-import optax
-
-import metaplastic as mp
+import _cli
 
 
 DEFAULTS = {
@@ -41,18 +35,30 @@ DEFAULTS = {
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="out", help="folder for run folders (default out/)")
-    parser.add_argument("--resume", type=Path, help="a run folder to continue")
+    p = _cli.parser(
+        __doc__, resume="a run folder to continue, with the configuration it was run with"
+    )
+    p.set_defaults(seed=DEFAULTS["seed"])
     for name, value in DEFAULTS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser.parse_args(argv)
+        if name != "seed":  # --seed is one of the common flags
+            p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    args = p.parse_args(argv)
+    if args.resume is not None:
+        args.resume = Path(args.resume)
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
+    # Imported here, not at the top, so that --help answers without loading JAX.
+    import jax
+    import jax.random as jr
+    import numpy as np
+    import optax
+
+    import metaplastic as mp
+
     if args.resume is not None:
         # Continue in the same folder with the configuration it was started with.
         recorded = json.loads((args.resume / "config.json").read_text())
@@ -112,7 +118,7 @@ def main(argv=None):
             "seconds": time.perf_counter() - start,
         }
         run.finish(summary)
-    print(json.dumps(summary))
+    _cli.print_json(summary)
     return summary
 
 

@@ -14,10 +14,10 @@ several seeds vmapped, and scored on 7 held-out trajectories per seed.
     python examples/reward_rule.py --method adam --iterations 300
 """
 
-import argparse
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
+
+import _cli
 
 
 TARGETS = {
@@ -27,12 +27,11 @@ TARGETS = {
     "mlp_r2_weights": 0.85,
     "seconds": 30.0,
 }
+FAMILIES = ("taylor", "mlp")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _cli.parser(__doc__, progress=False)
     p.add_argument("--seeds", type=int, default=5, help="fits per rule family (vmapped)")
     p.add_argument("--n-train", type=int, default=18, help="training trajectories per seed")
     p.add_argument("--n-test", type=int, default=7, help="held-out trajectories per seed")
@@ -53,12 +52,15 @@ def parse_args(argv=None):
         help="Gauss-Newton iterations (default 12 Taylor, 16 MLP) or Adam epochs (300)",
     )
     p.add_argument("--l1", type=float, default=1e-3, help="L1 penalty on Taylor coefficients")
-    p.add_argument("--families", default="taylor,mlp", help="comma-separated rule families")
+    p.add_argument(
+        "--families",
+        type=_cli.list_of(str, choices=FAMILIES),
+        default=FAMILIES,
+        help="comma-separated rule families (default: taylor,mlp)",
+    )
     p.add_argument(
         "--jobs", type=int, default=2, help="processes: 2 fits the two families side by side"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out", help="folder in which the run folder is made")
     return p.parse_args(argv)
 
 
@@ -135,7 +137,7 @@ def main(argv=None):
 
     summary = {}
     rows = []
-    families = [f for f in ("taylor", "mlp") if f in args.families.split(",")]
+    families = [f for f in FAMILIES if f in args.families]
     keys = {"taylor": k_taylor, "mlp": k_mlp}
     settings = (args.method, args.l1, args.iterations)
     results = {}
@@ -239,7 +241,7 @@ def main(argv=None):
             pass
         summary["run"] = str(run.path)
         run.finish(summary)
-    print(json.dumps(summary))
+    _cli.print_json(summary)
     return summary
 
 

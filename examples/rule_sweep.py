@@ -32,13 +32,12 @@ R² of weights is then ill-posed), `saturating` (the true weights go deep into t
 range) and `hard` (median R² of weights < 0.85); see `examples/results/rule_sweep.md`.
 """
 
-import argparse
 import csv
-import json
 import math
 import os
 import time
-from pathlib import Path
+
+import _cli
 
 
 NAMED_RULES = (
@@ -54,6 +53,7 @@ WEIGHT_CHANGE_LOW = 0.05  # RMS change of the true weights below this: almost no
 # RMS change above this: the true weights reach |w| ≳ 3, where tanh(0.75·w) > 0.97 saturates
 # and choices no longer tell weight sizes apart.
 WEIGHT_CHANGE_HIGH = 3.0
+FAMILIES = ("taylor", "mlp")
 
 COLUMNS = (
     "rule",
@@ -108,12 +108,32 @@ def sweep_rules(decay=0.05, decay_term="w"):
     return rules
 
 
+def rule_expression(text):
+    """An item of --rules: a rule expression, checked to parse and kept as typed."""
+    from metaplastic.rules import from_expression
+
+    from_expression(text)
+    return text
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = _cli.parser(
+        __doc__,
+        resume="a run folder to complete: the rows already in its CSV are kept",
+        quick="2 rules, 2 seeds, tiny data",
     )
-    p.add_argument("--rules", default=None, help="comma-separated expressions (default: all)")
-    p.add_argument("--families", default="taylor,mlp", help="comma-separated rule families")
+    p.add_argument(
+        "--rules",
+        type=_cli.list_of(rule_expression),
+        default=None,
+        help='comma-separated expressions, e.g. "x*r,x*y*r" (default: all)',
+    )
+    p.add_argument(
+        "--families",
+        type=_cli.list_of(str, choices=FAMILIES),
+        default=FAMILIES,
+        help="comma-separated rule families (default: taylor,mlp)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="fits per rule family (vmapped)")
     p.add_argument("--n-train", type=int, default=18, help="training trajectories per seed")
     p.add_argument("--n-test", type=int, default=7, help="held-out trajectories per seed")
@@ -123,9 +143,6 @@ def parse_args(argv=None):
     p.add_argument("--l1", type=float, default=1e-3, help="L1 penalty on Taylor coefficients")
     p.add_argument("--decay", type=float, default=0.05, help="rate of the grid's decay term")
     p.add_argument("--decay-term", default="w", help="the grid's decay monomial")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="2 rules, 2 seeds, tiny data")
-    p.add_argument("--resume", default=None, help="a run folder to complete")
     p.add_argument(
         "--compile-cache",
         default=None,
@@ -136,8 +153,6 @@ def parse_args(argv=None):
         action="store_true",
         help="with --resume: write the table from the rows already there, fit nothing",
     )
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", default="out", help="folder for run folders")
     return p.parse_args(argv)
 
 
@@ -290,7 +305,7 @@ def main(argv=None):
         args.seeds, args.n_train, args.n_test, args.trials_per_block = 2, 3, 2, 10
         args.taylor_iterations, args.mlp_iterations = 2, 2
         if args.rules is None:
-            args.rules = ",".join(NAMED_RULES[:2])
+            args.rules = NAMED_RULES[:2]
     import jax
 
     cache = args.compile_cache or os.path.join(args.out, ".jax_cache")
@@ -305,19 +320,15 @@ def main(argv=None):
 
     all_rules = sweep_rules(args.decay, args.decay_term)
     if args.rules:
-        wanted = [e.strip() for e in args.rules.split(",") if e.strip()]
         known = {mp.rules.from_expression(e).to_expression(): (e, s) for e, s in all_rules}
         rules = []
-        for e in wanted:
+        for e in args.rules:
             canonical = mp.rules.from_expression(e).to_expression()
             rules.append(known.get(canonical, (e, "extra")))
     else:
         rules = all_rules
-    families = [f for f in ("taylor", "mlp") if f in args.families.split(",")]
-    if args.resume:
-        run = mp.runs.Run(Path(args.resume), vars(args))
-    else:
-        run = mp.runs.create_run(args.out, name="rule_sweep", config=vars(args))
+    families = [f for f in FAMILIES if f in args.families]
+    run = _cli.open_run(args, "rule_sweep")
     csv_path = str(run.file("rule_sweep.csv"))
     rows = _read_rows(csv_path)
     done = {(r["rule"], r["family"]) for r in rows if r["status"] == "ok"}
@@ -431,7 +442,7 @@ def main(argv=None):
     summary["seconds"] = round(time.perf_counter() - start, 1)
     run.finish(summary)
     print(table)
-    print(json.dumps(summary))
+    _cli.print_json(summary)
     return summary
 
 

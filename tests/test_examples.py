@@ -1,20 +1,164 @@
-"""The example scripts run end to end at a tiny size and write complete run folders."""
+"""The example scripts: their shared command-line helper, `--help` and clean errors of every
+script, and end-to-end runs at a tiny size that write complete run folders."""
 
+import argparse
 import csv
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+SCRIPTS = sorted(
+    name for name in os.listdir(EXAMPLES) if name.endswith(".py") and not name.startswith("_")
+)
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("_cli", os.path.join(EXAMPLES, "_cli.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cli = _load_cli()
+
+
+def test_there_are_six_scripts():
+    assert SCRIPTS == [
+        "drosophila.py",
+        "oja_robustness.py",
+        "recover_oja.py",
+        "resumable_fit.py",
+        "reward_rule.py",
+        "rule_sweep.py",
+    ]
+
+
+@pytest.mark.parametrize(
+    "item, text, expected",
+    [
+        (float, "0.5,0.7", (0.5, 0.7)),
+        (float, "1", (1.0,)),
+        (float, " 0.5 , 0.7, ", (0.5, 0.7)),
+        (int, "3,1,2", (3, 1, 2)),
+        (str, "x*r,x*y*r", ("x*r", "x*y*r")),
+    ],
+)
+def test_list_flag_parses_comma_separated_items(item, text, expected):
+    assert cli.list_of(item)(text) == expected
+
+
+def test_list_flag_choices_and_empty():
+    families = cli.list_of(str, choices=("taylor", "mlp"))
+    assert families("mlp,taylor") == ("mlp", "taylor")
+    with pytest.raises(argparse.ArgumentTypeError, match="'lstm'.*taylor, mlp"):
+        families("taylor,lstm")
+    with pytest.raises(argparse.ArgumentTypeError, match="no items"):
+        cli.list_of(float)("")
+    assert cli.list_of(float, allow_empty=True)("") == ()
+
+
+def test_list_flag_error_names_the_flag_and_the_bad_item(capsys):
+    p = cli.parser("doc")
+    p.add_argument("--fractions", type=cli.list_of(float), default=(0.5,))
+    assert p.parse_args([]).fractions == (0.5,)
+    assert p.parse_args(["--fractions", "0.6,0.8"]).fractions == (0.6, 0.8)
+    with pytest.raises(SystemExit) as exit_:
+        p.parse_args(["--fractions", "0.5,O.7"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --fractions" in err and "'O.7'" in err and "Traceback" not in err
+
+
+def test_parser_common_flags():
+    args = cli.parser("doc", resume="continue", quick="small").parse_args([])
+    assert vars(args) == {
+        "out": "out",
+        "seed": 0,
+        "no_progress": False,
+        "resume": None,
+        "quick": False,
+    }
+    args = cli.parser("doc", seed=False, progress=False).parse_args(["--out", "o"])
+    assert vars(args) == {"out": "o"}
+    with pytest.raises(SystemExit):
+        cli.parser("doc", seed=False).parse_args(["--seed", "1"])
+    assert cli.comma((0.5, 1.0, 2)) == "0.5,1,2"
+
+
+def test_json_line_converts_numpy_values(capsys):
+    print("a table first")
+    cli.print_json(
+        {
+            "r2": np.float32(0.5),
+            "n": np.int64(3),
+            "ok": np.bool_(True),
+            "grid": np.array([[1.0, 2.0], [3.0, 4.0]]),
+            "fractions": (0.5, 0.7),
+            "missing": float("nan"),
+            "per_seed": [np.float64(np.inf), np.int32(1)],
+        }
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert json.loads(lines[-1]) == {
+        "r2": 0.5,
+        "n": 3,
+        "ok": True,
+        "grid": [[1.0, 2.0], [3.0, 4.0]],
+        "fractions": [0.5, 0.7],
+        "missing": None,
+        "per_seed": [None, 1],
+    }
+    with pytest.raises(TypeError, match="object"):
+        cli.print_json({"what": object()})
+
+
+def _script(name, *args, timeout=60):
+    return subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, name), *args],
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help_answers_quickly(name):
+    proc = _script(name, "--help", timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    assert "--out" in proc.stdout and "usage:" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "name, flag, value",
+    [
+        ("oja_robustness.py", "--noises", "0,x"),
+        ("oja_robustness.py", "--fractions", "1 0.5"),
+        ("reward_rule.py", "--families", "taylor,lstm"),
+        ("rule_sweep.py", "--families", "taylor,,gru"),
+        ("rule_sweep.py", "--rules", "x*r,x*q"),
+        ("drosophila.py", "--families", "covariance,forgeting"),
+        ("drosophila.py", "--fractions", "0.5;0.7"),
+    ],
+)
+def test_bad_list_item_is_a_clean_usage_error(name, flag, value):
+    proc = _script(name, flag, value, timeout=30)
+    assert proc.returncode == 2
+    assert f"argument {flag}: bad item" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def run_example(name, *args):
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", name), *args],
+        [sys.executable, os.path.join(EXAMPLES, name), *args],
         env=dict(os.environ, PYTHONPATH=ROOT),
         capture_output=True,
         text=True,

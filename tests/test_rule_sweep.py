@@ -21,6 +21,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(relative, name):
+    # The examples import their shared `_cli` helper from their own folder, which is on
+    # sys.path when they run as scripts.
+    folder = os.path.dirname(os.path.join(ROOT, relative))
+    if folder not in sys.path:
+        sys.path.append(folder)
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

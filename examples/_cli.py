@@ -1,0 +1,147 @@
+"""The command-line plumbing the example scripts share: one parser builder with the common
+flags, one parser for list-valued flags, the run folder, and the JSON last line.
+
+The scripts run as `python examples/NAME.py`, so this folder is on `sys.path` and they
+import it as `import _cli`. It imports nothing heavy at module level, so that `--help`
+answers at once.
+
+- `parser(__doc__, ...)`: an `argparse.ArgumentParser` whose description is the script's
+  docstring, with `--out` (the folder in which the run folder is created, default `out`),
+  `--seed`, `--no-progress`, and opt-in `--resume RUN_FOLDER` and `--quick`.
+- `list_of(float)`: the `type=` of every list-valued flag: comma-separated values, as in
+  `--fractions 0.5,0.7`. A bad item is a clean argparse error (exit status 2) that names
+  the flag and the item.
+- `open_run(args, name)`: the run folder named by `--resume`, or a new one under `--out`.
+- `print_json(summary)`: the last line of every script, one JSON object.
+"""
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+
+def parser(
+    doc: str | None,
+    *,
+    seed: bool = True,
+    progress: bool = True,
+    resume: str | None = None,
+    quick: str | None = None,
+) -> argparse.ArgumentParser:
+    """The parser of an example script, with the flags every script spells the same way.
+
+    **Arguments:**
+
+    - `doc`: the script's docstring, shown as is by `--help`.
+    - `seed`: add `--seed` (int, default 0), the key of the script's random draws.
+    - `progress`: add `--no-progress`, for scripts whose fits show a progress bar.
+    - `resume`: if given, add `--resume RUN_FOLDER` (default `None`) with this help text.
+    - `quick`: if given, add `--quick` with this help text.
+
+    **Returns:** the parser; the script adds its own flags and calls `parse_args`.
+    """
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out", default="out", help="folder in which the run folder is created (default: out)"
+    )
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    if resume is not None:
+        p.add_argument("--resume", metavar="RUN_FOLDER", default=None, help=resume)
+    if quick is not None:
+        p.add_argument("--quick", action="store_true", help=quick)
+    return p
+
+
+def list_of(
+    item: Callable[[str], Any],
+    *,
+    choices: Iterable[Any] | None = None,
+    allow_empty: bool = False,
+) -> Callable[[str], tuple]:
+    """The `type=` of a list-valued flag: comma-separated items, each converted by `item`.
+
+    Spaces around items and empty items are ignored (`"0.5, 0.7,"` is `(0.5, 0.7)`). A bad
+    item raises `argparse.ArgumentTypeError`, which argparse reports as
+    `argument --flag: ...` and exit status 2.
+
+    **Arguments:**
+
+    - `item`: the conversion of one item (`float`, `int`, `str`, ...).
+    - `choices`: if given, the allowed items.
+    - `allow_empty`: whether no items at all is a valid value.
+
+    **Returns:** a function from the flag's string to a tuple of items.
+    """
+    allowed = None if choices is None else tuple(choices)
+    name = getattr(item, "__name__", repr(item)).replace("_", " ")
+
+    def parse(text: str) -> tuple:
+        values = []
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                value = item(part)
+            except (TypeError, ValueError) as err:
+                raise argparse.ArgumentTypeError(
+                    f"bad item {part!r} in {text!r} (comma-separated {name} values expected): {err}"
+                ) from None
+            if allowed is not None and value not in allowed:
+                raise argparse.ArgumentTypeError(
+                    f"bad item {part!r} in {text!r}: choose from {', '.join(map(str, allowed))}"
+                )
+            values.append(value)
+        if not values and not allow_empty:
+            raise argparse.ArgumentTypeError(f"no items in {text!r}: give comma-separated values")
+        return tuple(values)
+
+    parse.__name__ = f"list of {name}"
+    return parse
+
+
+def comma(values: Iterable[Any]) -> str:
+    """A list flag's value as it is typed: `comma((0.5, 0.7))` is `"0.5,0.7"`."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def open_run(args: argparse.Namespace, name: str) -> Any:
+    """The run folder of this invocation: the one given by `--resume` (to complete it), or
+    a new one named `name` under `--out`; its configuration is the parsed flags."""
+    import metaplastic as mp
+
+    if getattr(args, "resume", None):
+        return mp.runs.Run(Path(args.resume), vars(args))
+    return mp.runs.create_run(args.out, name=name, config=vars(args))
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy/JAX scalars and arrays become numbers and lists, tuples
+    lists, paths strings, and non-finite floats `None` (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist"):  # numpy and JAX scalars and arrays
+        return jsonable(value.tolist())
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as JSON")
+
+
+def print_json(summary: dict[str, Any]) -> None:
+    """Print `summary` as one line of JSON: the last line of every example script."""
+    print(json.dumps(jsonable(summary), allow_nan=False), flush=True)

@@ -1,0 +1,79 @@
+"""The README's Python blocks run as a newcomer pastes them: every ```python block, in order,
+in one fresh Python session started in an empty folder."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+TIMEOUT = 300  # seconds for all blocks together
+
+# The session: each block is compiled with the README's line numbers (so a traceback points
+# into README.md) and run in one shared namespace, as if pasted into one interpreter. The
+# number of the failing block goes to stderr before its traceback.
+DRIVER = textwrap.dedent(
+    """
+    import json, sys, traceback
+
+    blocks = json.loads(sys.stdin.read())
+    namespace = {"__name__": "__main__"}
+    for i, (line, source) in enumerate(blocks):
+        code = compile("\\n" * (line - 1) + source, "README.md", "exec")
+        try:
+            exec(code, namespace)
+        except BaseException:
+            sys.stderr.write(f"\\nREADME block {i} (line {line}) failed:\\n")
+            traceback.print_exc()
+            sys.stderr.write(f"@@failed-block {i}\\n")
+            sys.exit(1)
+    """
+)
+
+
+def python_blocks(text):
+    """The fenced ```python blocks of a Markdown text, in order, as (first line of code,
+    code) pairs; line numbers count from 1."""
+    blocks = []
+    for match in re.finditer(r"^```python[ \t]*\n(.*?)^```[ \t]*$", text, re.M | re.S):
+        line = text.count("\n", 0, match.start(1)) + 1
+        blocks.append((line, match.group(1)))
+    return blocks
+
+
+def test_python_blocks_are_found():
+    text = "a\n```python\nx = 1\n```\n\n```bash\nls\n```\n```python\ny = x\n```\n"
+    assert python_blocks(text) == [(3, "x = 1\n"), (10, "y = x\n")]
+
+
+def test_readme_python_blocks_run_in_one_session(tmp_path):
+    with open(README, encoding="utf-8") as f:
+        blocks = python_blocks(f.read())
+    assert blocks, "README.md has no ```python blocks"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", DRIVER],
+            input=json.dumps(blocks),
+            cwd=tmp_path,  # files the blocks write land here
+            env=dict(os.environ, PYTHONPATH=ROOT, MPLBACKEND="Agg"),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as err:
+        stderr = err.stderr.decode() if isinstance(err.stderr, bytes) else err.stderr
+        pytest.fail(f"README blocks took over {TIMEOUT} s\n--- stderr ---\n{stderr or ''}")
+    if proc.returncode != 0:
+        failed = re.search(r"@@failed-block (\d+)", proc.stderr)
+        line, source = blocks[int(failed.group(1))] if failed else (None, "(unknown block)")
+        pytest.fail(
+            f"README.md block at line {line} raised:\n{source}\n"
+            f"--- stderr (exit status {proc.returncode}) ---\n{proc.stderr[-6000:]}",
+            pytrace=False,
+        )
