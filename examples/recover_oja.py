@@ -23,7 +23,7 @@ def parse_args(argv=None):
         "--recorded-fraction", type=float, default=1.0, help="fraction of neurons recorded"
     )
     p.add_argument(
-        "--epochs", type=int, default=None, help="optimiser iterations (default 30 Taylor, 40 MLP)"
+        "--steps", type=int, default=None, help="solver steps (default 30 Taylor, 40 MLP)"
     )
     p.add_argument("--n-in", type=int, default=None)
     p.add_argument("--n-out", type=int, default=None)
@@ -57,7 +57,7 @@ def main(argv=None):
 
     n_in = args.n_in or (20 if args.quick else 100)
     n_out = args.n_out or (50 if args.quick else 1000)
-    iterations = args.epochs or (30 if args.rule == "taylor" else 40)
+    iterations = args.steps or (30 if args.rule == "taylor" else 40)
     key = jr.key(args.seed)
     k_x, k_w, k_obs, k_init, k_test_x, k_test_w = jr.split(key, 6)
 
