@@ -340,7 +340,7 @@ def fit(
     objective = Objective(loss, penalties, static, differentiation)
     expected_shape = () if not ensemble else (members,)
     loss_shape = preflight(
-        lambda p, d: objective.value(p, d),
+        lambda p, d: loss(objective.model(p), d) + objective.penalty(p),
         params,
         data,
         np.arange(batch),
@@ -418,7 +418,8 @@ def fit(
             steps,
             header.get("status"),
         )
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    # On a device mesh the key goes where the parameters are, or the second step retraces.
+    key = _place_like(key, params)
     logger.info(
         "fit: %s, %d trainable values, %d trajectories, batches of %d, steps %d to %d%s",
         type(solver).__name__,

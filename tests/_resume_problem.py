@@ -1,6 +1,6 @@
 """A tiny fitting problem shared by the checkpoint tests and the process they kill.
 
-Run as a script, it fits with checkpoints and, at epoch `STOP`, writes a marker file and
+Run as a script, it fits with checkpoints and, at step `STOP`, writes a marker file and
 waits to be killed."""
 
 import sys
@@ -14,7 +14,7 @@ import optax
 import metaplastic as mp
 
 
-EPOCHS = 12
+STEPS = 12
 STOP = 6
 
 
@@ -28,14 +28,14 @@ def problem(seed: int = 0):
     return layer, data
 
 
-def run(checkpoint_dir=None, *, epochs=EPOCHS, key_seed=1, data_seed=0, optimizer=None, **kw):
+def run(checkpoint_dir=None, *, steps=STEPS, key_seed=1, data_seed=0, optimizer=None, **kw):
     layer, data = problem(data_seed)
     return mp.fit(
         kw.pop("model", layer),
         data,
-        loss=mp.losses.activity_mse,
-        optimizer=optax.adam(0.05) if optimizer is None else optimizer,
-        epochs=epochs,
+        mp.losses.ActivityMSE(),
+        solver=mp.Optax(optax.adam(0.05) if optimizer is None else optimizer),
+        steps=steps,
         batch_size=2,
         key=jr.key(key_seed),
         progress=False,
@@ -47,9 +47,9 @@ def run(checkpoint_dir=None, *, epochs=EPOCHS, key_seed=1, data_seed=0, optimize
 if __name__ == "__main__":
     folder, marker = sys.argv[1], Path(sys.argv[2])
 
-    def wait_to_be_killed(epoch, loss, model):
-        if epoch == STOP:
-            marker.write_text(str(epoch))
+    def wait_to_be_killed(step, loss, model):
+        if step == STOP:
+            marker.write_text(str(step))
             time.sleep(600)
 
     run(folder, checkpoint_every=2, callback=wait_to_be_killed)

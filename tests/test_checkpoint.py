@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _resume_problem import EPOCHS, STOP, problem, run
+from _resume_problem import STEPS, STOP, problem, run
 from conftest import ROOT
 
 import metaplastic as mp
@@ -57,7 +57,7 @@ def test_sigkilled_fit_resumes_bitwise_identical(tmp_path, reference):
             if child.poll() is not None:
                 pytest.fail(f"the fitting process ended early: {child.stderr.read().decode()}")
             if time.monotonic() > deadline:
-                pytest.fail("the fitting process did not reach the stop epoch in time")
+                pytest.fail("the fitting process did not reach the stop step in time")
             time.sleep(0.1)
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=60) == -signal.SIGKILL
@@ -65,15 +65,15 @@ def test_sigkilled_fit_resumes_bitwise_identical(tmp_path, reference):
         if child.poll() is None:
             child.kill()
         child.stderr.close()
-    # Killed in epoch STOP: the last checkpoint (every 2 epochs) holds STOP epochs.
+    # Killed in step STOP: the last checkpoint (every 2 steps) holds STOP steps.
     result, header = mp.load_checkpoint(folder, problem()[0])
-    assert header["epoch"] == STOP and header["status"] == "running"
+    assert header["step"] == STOP and header["status"] == "running"
     assert result.history.loss.shape == (STOP,)
     np.testing.assert_array_equal(result.history.loss, reference.history.loss[:STOP])
 
-    epochs_run = []
-    resumed = run(folder, resume=True, callback=lambda e, *_: epochs_run.append(e))
-    assert epochs_run == list(range(STOP, EPOCHS))  # it continued, it did not start again
+    steps_run = []
+    resumed = run(folder, resume=True, callback=lambda i, *_: steps_run.append(i))
+    assert steps_run == list(range(STOP, STEPS))  # it continued, it did not start again
     assert resumed.n_traces == 1
     assert_bitwise_equal(resumed.model, reference.model)
     assert resumed.history.loss.tobytes() == reference.history.loss.tobytes()
@@ -98,7 +98,7 @@ def test_checkpoint_frequency_and_same_key_do_not_change_the_result(tmp_path, re
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("saved")
-    run(folder, epochs=2)
+    run(folder, steps=2)
     return folder / "fit.ckpt"
 
 
@@ -133,7 +133,7 @@ def _edit_header(blob, edit):
         (lambda b: b[: len(MAGIC)] + b"12x\n" + b[len(MAGIC) :], "header length"),
         (lambda b: _edit_header(b, lambda h: h.update(format_version=99)), "format version 99"),
         (lambda b: _edit_header(b, lambda h: h["leaves"][0][1].append(7)), "does not fit"),
-        (lambda b: _edit_header(b, lambda h: h.update(epoch=5)), "does not fit"),
+        (lambda b: _edit_header(b, lambda h: h.update(step=5)), "does not fit"),
     ],
 )
 def test_damaged_checkpoint_is_refused_untouched(saved, tmp_path, change, match):
@@ -159,8 +159,8 @@ def test_damaged_checkpoint_is_refused_untouched(saved, tmp_path, change, match)
         (dict(model=mp.nn.PlasticDense(mp.TaylorRule(jnp.ones((2, 2, 2))))), "initial model"),
         (dict(data_seed=3), "the data"),
         (dict(key_seed=5), "PRNG key"),
-        (dict(l2=0.1), "l2"),
-        (dict(epochs=1), "already holds 2 epochs"),
+        (dict(penalty=mp.losses.L2(0.1)), "penalty"),
+        (dict(steps=1), "already holds 2 steps"),
     ],
 )
 def test_incompatible_checkpoint_is_refused(saved, tmp_path, kwargs, match):
@@ -175,7 +175,7 @@ def test_existing_checkpoint_is_never_overwritten_and_temporaries_are_ignored(sa
         run(folder)
     # What an interrupted write leaves behind is not a checkpoint and is cleared away.
     (folder / ".fit.ckpt.abc123.tmp").write_bytes(b"half a checkpoint")
-    result = run(folder, epochs=3, resume=True)
+    result = run(folder, steps=3, resume=True)
     assert result.history.loss.shape == (3,)
     assert sorted(p.name for p in folder.iterdir()) == ["fit.ckpt"]
     with pytest.raises(mp.MetaplasticError, match="checkpoint_dir"):
@@ -183,7 +183,7 @@ def test_existing_checkpoint_is_never_overwritten_and_temporaries_are_ignored(sa
 
 
 def test_fresh_start_when_resuming_without_checkpoint(tmp_path):
-    result = run(tmp_path / "new", epochs=2, resume=True)
+    result = run(tmp_path / "new", steps=2, resume=True)
     assert result.history.loss.shape == (2,)
     assert (tmp_path / "new" / "fit.ckpt").exists()
 
@@ -196,20 +196,20 @@ def test_ensemble_stopped_or_interrupted_fits_resume_exactly(tmp_path):
         return mp.fit(
             models,
             data,
-            loss=lambda m, b: jnp.sum((m["theta"] - jnp.mean(b["z"], 0) / 10) ** 2),
+            lambda m, b: jnp.sum((m["theta"] - jnp.mean(b["z"], 0) / 10) ** 2),
             filter_spec={"theta": True},
-            epochs=6,
+            steps=6,
             batch_size=4,
             ensemble=True,
             data_ensemble_axis=None,
             progress=False,
             key=jax.random.key(3),
-            **{"optimizer": optax.adam(0.1), **kw},
+            **{"solver": mp.Optax(optax.adam(0.1)), **kw},
         )
 
     reference = fit()
     assert reference.history.loss.shape == (6, 3)
-    stopped = fit(checkpoint_dir=tmp_path / "a", callback=lambda e, *_: e == 2)
+    stopped = fit(checkpoint_dir=tmp_path / "a", callback=lambda i, *_: i == 2)
     assert stopped.history.loss.shape == (3, 3)
     status = mp.load_checkpoint(tmp_path / "a", models, filter_spec={"theta": True})[1]["status"]
     assert status == "stopped"
@@ -219,30 +219,30 @@ def test_ensemble_stopped_or_interrupted_fits_resume_exactly(tmp_path):
 
     # Interrupted (Ctrl-C), with an optimizer state that holds typed PRNG keys (gradient noise).
     noisy = optax.chain(optax.add_noise(0.01, 0.55, jax.random.key(1)), optax.adam(0.1))
-    noisy_reference = fit(optimizer=noisy)
+    noisy_reference = fit(solver=mp.Optax(noisy))
     assert not np.array_equal(noisy_reference.model["theta"], reference.model["theta"])
 
-    def interrupt(epoch, *_):
-        if epoch == 3:
+    def interrupt(step, *_):
+        if step == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(optimizer=noisy, checkpoint_dir=tmp_path / "b", callback=interrupt)
+        fit(solver=mp.Optax(noisy), checkpoint_dir=tmp_path / "b", callback=interrupt)
     saved, header = mp.load_checkpoint(tmp_path / "b", models, filter_spec={"theta": True})
     assert header["status"] == "interrupted" and saved.history.loss.shape == (4, 3)
-    resumed = fit(optimizer=noisy, checkpoint_dir=tmp_path / "b", resume=True)
+    resumed = fit(solver=mp.Optax(noisy), checkpoint_dir=tmp_path / "b", resume=True)
     assert_bitwise_equal(resumed.model, noisy_reference.model)
     assert resumed.history.loss.tobytes() == noisy_reference.history.loss.tobytes()
 
 
 @pytest.mark.slow
 def test_fit_killed_at_random_moments_always_resumes_exactly(tmp_path, reference):
-    """Kill a fit that checkpoints every epoch at random moments, again and again (a kill
+    """Kill a fit that checkpoints every step at random moments, again and again (a kill
     may land in the middle of a write): every resume continues exactly."""
     folder = tmp_path / "ckpt"
     code = (
         "import sys; from _resume_problem import run; "
-        "run(sys.argv[1], checkpoint_every=1, resume=True, epochs=12)"
+        "run(sys.argv[1], checkpoint_every=1, resume=True, steps=12)"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
     rng = np.random.default_rng(0)
@@ -260,7 +260,7 @@ def test_fit_killed_at_random_moments_always_resumes_exactly(tmp_path, reference
 
 @pytest.mark.slow
 def test_example_writes_a_run_folder(tmp_path):
-    args = ["--out", str(tmp_path), "--epochs", "4", "--trajectories", "2", "--length", "6"]
+    args = ["--out", str(tmp_path), "--steps", "4", "--trajectories", "2", "--length", "6"]
     out = subprocess.run(
         [
             sys.executable,
@@ -283,36 +283,33 @@ def test_example_writes_a_run_folder(tmp_path):
         "summary.json",
         "weights.png",
     ]
-    assert summary["epochs"] == 4
+    assert summary["steps"] == 4
 
 
 def test_levenberg_marquardt_stopped_fit_resumes_exactly(tmp_path):
     layer, data = problem()
 
     def fit(**kw):
-        return mp.fit_least_squares(
+        return mp.fit(
             layer,
             data,
-            residuals=mp.losses.activity_residuals,
-            iterations=5,
+            mp.losses.ActivityMSE(),
+            solver=mp.LevenbergMarquardt(chunks=1),
+            steps=5,
             batch_size=3,
-            chunk_size=3,
             key=jax.random.key(4),
             progress=False,
-            tol=0.0,
             **kw,
         )
 
     reference = fit()
     fit(checkpoint_dir=tmp_path, callback=lambda it, *_: it == 1)
     assert mp.load_checkpoint(tmp_path, layer)[1]["status"] == "stopped"
-    with pytest.raises(mp.CheckpointError, match="fitting method"):
-        run(tmp_path, resume=True, epochs=5)  # a gradient fit cannot continue it
-    iterations_run = []
-    resumed = fit(
-        checkpoint_dir=tmp_path, resume=True, callback=lambda it, *_: iterations_run.append(it)
-    )
-    assert iterations_run == [2, 3, 4] and resumed.n_traces == 1
+    with pytest.raises(mp.CheckpointError, match="the solver"):
+        run(tmp_path, resume=True, steps=5)  # a gradient fit cannot continue it
+    steps_run = []
+    resumed = fit(checkpoint_dir=tmp_path, resume=True, callback=lambda i, *_: steps_run.append(i))
+    assert steps_run == [2, 3, 4] and resumed.n_traces == 1
     assert_bitwise_equal(resumed.model, reference.model)
     assert resumed.history.loss.tobytes() == reference.history.loss.tobytes()
     assert_bitwise_equal(resumed.history.params, reference.history.params)

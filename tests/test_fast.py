@@ -1,10 +1,16 @@
-"""The hand-written reverse pass of Taylor-rule layers against jax.grad and finite differences."""
+"""The hand-written reverse pass of Taylor-rule layers (`metaplastic.TaylorReverse`) against
+jax.grad (`metaplastic.ReverseMode`) and finite differences.
+
+Gradients with respect to the rule go through the public differentiation strategies; gradients
+with respect to the data, η and the storage layout need the fast loss as a function
+(`metaplastic._fast.taylor_activity_mse`), which has no public name."""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
 import pytest
 from helpers import finite_difference_grad
 
@@ -30,16 +36,41 @@ def padded_data(factors, *, n_in=4, n_out=5, length=13, key=jr.key(0)):
     )
 
 
-def loss_of_coefficients(rule, data, *, eta=0.8, activation="sigmoid", **kwargs):
+MSE = mp.losses.ActivityMSE()
+
+
+def fast_mse(layer, data, *, checkpoint=False):
+    """The activity MSE with the hand-written reverse pass (what `TaylorReverse` differentiates)."""
+    return _fast.taylor_activity_mse(layer, data, checkpoint=checkpoint)
+
+
+def loss_of_coefficients(rule, data, *, eta=0.8, activation="sigmoid", fast=True, checkpoint=False):
     def loss(coefficients):
         layer = mp.nn.PlasticDense(
             mp.TaylorRule(coefficients, rule.factors, trainable=rule.trainable),
             eta=eta,
             activation=activation,
         )
-        return mp.losses.activity_mse(layer, data, **kwargs)
+        return (fast_mse if fast else MSE)(layer, data, checkpoint=checkpoint)
 
     return jax.jit(loss)
+
+
+def value_and_grad_of_coefficients(strategy, rule, data, *, eta=0.8, activation="sigmoid"):
+    """The loss and its gradient with respect to the rule's coefficients, as `fit` takes them
+    with the differentiation strategy `strategy`."""
+
+    def value_and_grad(coefficients):
+        layer = mp.nn.PlasticDense(
+            mp.TaylorRule(coefficients, rule.factors, trainable=rule.trainable),
+            eta=eta,
+            activation=activation,
+        )
+        params, static = eqx.partition(layer, mp.rule_filter_spec(layer))
+        value, grads = strategy.value_and_grad(MSE, params, static, data)
+        return value, grads.rule.coefficients
+
+    return jax.jit(value_and_grad)
 
 
 @pytest.mark.parametrize(
@@ -54,16 +85,20 @@ def loss_of_coefficients(rule, data, *, eta=0.8, activation="sigmoid", **kwargs)
 def test_gradient_matches_autodiff_and_finite_differences(x64, factors, activation, checkpoint):
     data = padded_data(factors)
     rule = mp.TaylorRule.random(factors, key=jr.key(1), scale=0.3)
-    fast = loss_of_coefficients(rule, data, activation=activation, checkpoint=checkpoint)
-    plain = loss_of_coefficients(
-        rule, data, activation=activation, checkpoint=checkpoint, fast_gradient=False
+    layer = mp.nn.PlasticDense(rule, eta=0.8, activation=activation)
+    assert mp.Automatic().choose(MSE, layer, data, jacobian=False) == mp.TaylorReverse()
+    fast = value_and_grad_of_coefficients(
+        mp.TaylorReverse(checkpoint=checkpoint), rule, data, activation=activation
     )
-    np.testing.assert_allclose(fast(rule.coefficients), plain(rule.coefficients), rtol=1e-12)
-    g_fast = np.asarray(jax.grad(fast)(rule.coefficients))
-    g_plain = np.asarray(jax.grad(plain)(rule.coefficients))
+    plain = value_and_grad_of_coefficients(
+        mp.ReverseMode(checkpoint=checkpoint), rule, data, activation=activation
+    )
+    (v_fast, g_fast), (v_plain, g_plain) = fast(rule.coefficients), plain(rule.coefficients)
+    np.testing.assert_allclose(v_fast, v_plain, rtol=1e-12)
+    g_fast, g_plain = np.asarray(g_fast), np.asarray(g_plain)
     assert np.abs(g_plain).max() > 1e-3  # a real gradient, not a vacuous comparison
     np.testing.assert_allclose(g_fast, g_plain, rtol=1e-9, atol=1e-13)
-    numeric = finite_difference_grad(fast, rule.coefficients)
+    numeric = finite_difference_grad(lambda c: fast(c)[0], rule.coefficients)
     np.testing.assert_allclose(g_fast, numeric, rtol=1e-5, atol=1e-10)
 
 
@@ -79,7 +114,7 @@ def test_padded_steps_contribute_nothing(x64):
         neuron_mask=data.neuron_mask,
     )
     (va, ga), (vb, gb) = (
-        jax.value_and_grad(loss_of_coefficients(rule, d))(rule.coefficients)
+        value_and_grad_of_coefficients(mp.TaylorReverse(), rule, d)(rule.coefficients)
         for d in (data, garbage)
     )
     np.testing.assert_allclose(va, vb, rtol=1e-12)
@@ -91,11 +126,8 @@ def test_frozen_terms_get_no_gradient(x64):
     rule = mp.TaylorRule.random(key=jr.key(3), scale=0.3)
     trainable = rule.mask(["x*y", "y^2*w", "w", "1"])
     rule = rule.with_trainable(trainable)
-    layer = mp.nn.PlasticDense(rule, eta=0.8)
-    g_fast = eqx.filter_grad(mp.losses.activity_mse)(layer, data).rule.coefficients
-    g_plain = eqx.filter_grad(lambda m, d: mp.losses.activity_mse(m, d, fast_gradient=False))(
-        layer, data
-    ).rule.coefficients
+    _, g_fast = value_and_grad_of_coefficients(mp.TaylorReverse(), rule, data)(rule.coefficients)
+    _, g_plain = value_and_grad_of_coefficients(mp.ReverseMode(), rule, data)(rule.coefficients)
     assert np.all(np.asarray(g_fast)[~trainable] == 0.0)
     assert np.all(np.asarray(g_fast)[trainable] != 0.0)
     np.testing.assert_allclose(g_fast, g_plain, rtol=1e-9, atol=1e-14)
@@ -107,11 +139,8 @@ def test_gradients_with_respect_to_the_data_and_initial_weights(x64):
     layer = mp.nn.PlasticDense(
         mp.TaylorRule.random(("x", "y", "w", "r"), key=jr.key(4), scale=0.3), eta=0.8
     )
-    fast = jax.grad(lambda d: mp.losses.activity_mse(layer, d, checkpoint=4), allow_int=True)
-    plain = jax.grad(
-        lambda d: mp.losses.activity_mse(layer, d, checkpoint=4, fast_gradient=False),
-        allow_int=True,
-    )
+    fast = jax.grad(lambda d: fast_mse(layer, d, checkpoint=4), allow_int=True)
+    plain = jax.grad(lambda d: MSE(layer, d, checkpoint=4), allow_int=True)
     fast, plain = fast(data), plain(data)
     for name in ("initial_weights", "inputs", "rewards", "activity"):
         ref = np.asarray(getattr(plain, name))
@@ -141,7 +170,7 @@ def test_gradient_with_respect_to_eta(x64):
             data.activity,
         )
 
-    np.testing.assert_allclose(loss(0.8), mp.losses.activity_mse(layer, data), rtol=1e-12)
+    np.testing.assert_allclose(loss(0.8), MSE(layer, data), rtol=1e-12)
     eps = 1e-6
     numeric = (loss(0.8 + eps) - loss(0.8 - eps)) / (2 * eps)
     np.testing.assert_allclose(jax.grad(loss)(0.8), numeric, rtol=1e-6)
@@ -153,11 +182,9 @@ def test_checkpointed_segments_of_a_long_trajectory(x64, monkeypatch):
     data = padded_data(("x", "y", "w"), length=40)
     assert _fast._config("sigmoid", False, 40, 8 * 4 * 5).segment == 7
     rule = mp.TaylorRule.random(key=jr.key(6), scale=0.3)
-    fast = loss_of_coefficients(rule, data)
-    plain = loss_of_coefficients(rule, data, fast_gradient=False)
-    np.testing.assert_allclose(
-        jax.grad(fast)(rule.coefficients), jax.grad(plain)(rule.coefficients), rtol=1e-9
-    )
+    fast = value_and_grad_of_coefficients(mp.TaylorReverse(), rule, data)
+    plain = value_and_grad_of_coefficients(mp.ReverseMode(), rule, data)
+    np.testing.assert_allclose(fast(rule.coefficients)[1], plain(rule.coefficients)[1], rtol=1e-9)
 
 
 @pytest.mark.parametrize("chunk", [2, 8])
@@ -171,9 +198,9 @@ def test_trajectories_vmapped_in_chunks(x64, monkeypatch, chunk):
     )
 
     def value_and_grads():
-        return jax.value_and_grad(
-            lambda lay, d: mp.losses.activity_mse(lay, d), argnums=(0, 1), allow_int=True
-        )(layer, data)
+        return jax.value_and_grad(lambda lay, d: fast_mse(lay, d), argnums=(0, 1), allow_int=True)(
+            layer, data
+        )
 
     one_at_a_time = value_and_grads()
     monkeypatch.setattr(_fast, "CHUNK", chunk)
@@ -218,7 +245,9 @@ def test_simulate_fast_gradient_for_any_loss(x64):
 
     def residuals(w, fast):
         d = eqx.tree_at(lambda d: d.initial_weights, data, w)
-        return mp.losses.activity_residuals(layer, d, fast_gradient=fast)
+        sim = mp.simulate_dataset(layer, d, fast_gradient=fast)
+        mask = d.step_mask[:, :, None] & d.neuron_mask[:, None, :]
+        return jnp.where(mask, sim.activity - d.activity, 0.0)
 
     jac = jax.jacrev(lambda w: residuals(w, True))(w0)
     ref = jax.jacfwd(lambda w: residuals(w, False))(w0)
@@ -230,26 +259,36 @@ def test_forward_mode_needs_the_plain_path():
     rule = mp.TaylorRule.random(key=jr.key(8), scale=0.3)
     with pytest.raises(TypeError, match="forward-mode"):
         jax.jacfwd(loss_of_coefficients(rule, data))(rule.coefficients)
-    jac = jax.jacfwd(loss_of_coefficients(rule, data, fast_gradient=False))(rule.coefficients)
+    jac = jax.jacfwd(loss_of_coefficients(rule, data, fast=False))(rule.coefficients)
     np.testing.assert_allclose(
         jac, jax.grad(loss_of_coefficients(rule, data))(rule.coefficients), rtol=1e-4, atol=1e-8
     )
+    # The strategies: the reverse pass gives no Jacobian, forward mode gives the same gradient.
+    layer = mp.nn.PlasticDense(rule, eta=0.8)
+    params, static = eqx.partition(layer, mp.rule_filter_spec(layer))
+    with pytest.raises(mp.MetaplasticError, match="ForwardMode"):
+        mp.TaylorReverse().linearise(MSE, params, static, data)
+    assert mp.Automatic().choose(MSE, layer, data, jacobian=True) == mp.ForwardMode()
+    _, g_forward = value_and_grad_of_coefficients(mp.ForwardMode(), rule, data)(rule.coefficients)
+    np.testing.assert_allclose(g_forward, jac, rtol=1e-4, atol=1e-8)
 
 
 def test_other_layers_fall_back_to_autodiff():
     rule = mp.MLPRule(("x", "y", "w"), width=4, key=jr.key(9))
-    assert not _fast.supports_fast_gradient(mp.nn.PlasticDense(rule))
-    assert _fast.supports_fast_gradient(mp.nn.PlasticDense(mp.rules.oja()))
     data = padded_data(("x", "y", "w"))
+    fast = mp.TaylorReverse()
+    assert not fast.supports(MSE, mp.nn.PlasticDense(rule), data, jacobian=False)
+    assert fast.supports(MSE, mp.nn.PlasticDense(mp.rules.oja()), data, jacobian=False)
     layer = mp.nn.PlasticDense(rule, eta=0.5)
-    g = eqx.filter_grad(mp.losses.activity_mse)(layer, data)
+    assert mp.Automatic().choose(MSE, layer, data, jacobian=False) == mp.ReverseMode()
+    g = eqx.filter_grad(MSE)(layer, data)
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(eqx.filter(g, eqx.is_array)))
 
 
 def test_fit_runs_in_float64_when_enabled(x64):
     data = padded_data(("x", "y", "w"))
     layer = mp.nn.PlasticDense(mp.TaylorRule.zeros(), eta=1.0)
-    result = mp.fit(layer, data, loss=mp.losses.activity_mse, epochs=3, progress=False)
+    result = mp.fit(layer, data, MSE, solver=mp.Optax(optax.adam(1e-2)), steps=3, progress=False)
     assert result.model.rule.coefficients.dtype == jnp.float64
     assert result.history.loss.dtype == np.float64
     assert result.n_traces == 1

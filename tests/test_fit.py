@@ -37,40 +37,62 @@ def test_simulate_shapes_and_padding_is_inert():
         neuron_mask=data.neuron_mask,
     )
     student = mp.nn.PlasticDense(mp.TaylorRule.random(key=jr.key(5), scale=0.1), eta=1.0)
-    a = mp.losses.activity_mse(student, data)
-    b = mp.losses.activity_mse(student, padded)
+    loss = mp.losses.ActivityMSE()
+    a = loss(student, data)
+    b = loss(student, padded)
     np.testing.assert_allclose(a, b, rtol=1e-6)
-    ga = eqx.filter_grad(mp.losses.activity_mse)(student, data).rule.coefficients
-    gb = eqx.filter_grad(mp.losses.activity_mse)(student, padded).rule.coefficients
+    ga = eqx.filter_grad(loss)(student, data).rule.coefficients
+    gb = eqx.filter_grad(loss)(student, padded).rule.coefficients
     np.testing.assert_allclose(ga, gb, rtol=1e-5, atol=1e-12)
+    # The same through the hand-written reverse pass (what `fit` uses for this layer).
+    params, static = eqx.partition(student, mp.rule_filter_spec(student))
+    fast = [mp.TaylorReverse().value_and_grad(loss, params, static, d) for d in (data, padded)]
+    np.testing.assert_allclose(fast[0][0], fast[1][0], rtol=1e-6)
+    np.testing.assert_allclose(
+        fast[0][1].rule.coefficients, fast[1][1].rule.coefficients, rtol=1e-5, atol=1e-12
+    )
 
 
+@pytest.mark.parametrize("strategy", [mp.ReverseMode, mp.TaylorReverse])
 @pytest.mark.parametrize("checkpoint", [False, True, 7])
-def test_trajectory_gradient_matches_finite_differences(x64, checkpoint):
+def test_trajectory_gradient_matches_finite_differences(x64, checkpoint, strategy):
     data, _ = oja_data(n_in=4, n_out=5, length=15, batch=2)
     rule = mp.TaylorRule.random(key=jr.key(1), scale=0.3)
+    loss = mp.losses.ActivityMSE()
 
     @jax.jit
-    def loss_of(coefficients):
+    def value_and_grad(coefficients):
         layer = mp.nn.PlasticDense(mp.TaylorRule(coefficients, rule.factors), eta=1.0)
-        return mp.losses.activity_mse(layer, data, checkpoint=checkpoint)
+        params, static = eqx.partition(layer, mp.rule_filter_spec(layer))
+        value, grads = strategy(checkpoint=checkpoint).value_and_grad(loss, params, static, data)
+        return value, grads.rule.coefficients
 
     assert rule.coefficients.dtype == jnp.float64
-    auto = np.asarray(jax.grad(loss_of)(rule.coefficients))
-    numeric = finite_difference_grad(loss_of, rule.coefficients)
+    auto = np.asarray(value_and_grad(rule.coefficients)[1])
+    numeric = finite_difference_grad(lambda c: value_and_grad(c)[0], rule.coefficients)
     np.testing.assert_allclose(auto, numeric, rtol=1e-5, atol=1e-11)
 
 
 def test_one_trace_per_fit_with_minibatches():
     data, _ = oja_data(batch=7)
     layer = mp.nn.PlasticDense(mp.TaylorRule.zeros(), eta=1.0)
+    loss = mp.losses.ActivityMSE()
+    # 18 steps on random batches of 3: as many updates as 6 epochs of 3 batches.
     result = mp.fit(
-        layer, data, loss=mp.losses.activity_mse, epochs=6, batch_size=3, progress=False
+        layer,
+        data,
+        loss,
+        solver=mp.Optax(optax.adam(1e-2)),
+        steps=18,
+        batch_size=3,
+        progress=False,
     )
     assert result.n_traces == 1
-    assert result.history.loss.shape == (6,)
-    assert result.history.params.rule.coefficients.shape == (6, 3, 3, 3)
-    assert result.history.loss[-1] < result.history.loss[0]
+    assert result.history.loss.shape == (18,)
+    assert result.history.params.rule.coefficients.shape == (18, 3, 3, 3)
+    # Each step's loss is on its own random batch, so the fit's progress is judged on the
+    # whole dataset.
+    assert loss(result.model, data) < loss(layer, data)
 
 
 def test_fit_ensemble_matches_separate_fits():
@@ -79,13 +101,13 @@ def test_fit_ensemble_matches_separate_fits():
     layers = eqx.filter_vmap(
         lambda k: mp.nn.PlasticDense(mp.TaylorRule.random(key=k, scale=0.01), eta=1.0)
     )(keys)
-    opt = optax.adam(1e-2)
+    opt = mp.Optax(optax.adam(1e-2))
     ens = mp.fit(
         layers,
         data,
-        loss=mp.losses.activity_mse,
-        optimizer=opt,
-        epochs=4,
+        mp.losses.ActivityMSE(),
+        solver=opt,
+        steps=4,
         progress=False,
         ensemble=True,
         data_ensemble_axis=None,
@@ -93,9 +115,7 @@ def test_fit_ensemble_matches_separate_fits():
     assert ens.n_traces == 1
     for i in range(3):
         single = mp.nn.PlasticDense(mp.TaylorRule.random(key=keys[i], scale=0.01), eta=1.0)
-        res = mp.fit(
-            single, data, loss=mp.losses.activity_mse, optimizer=opt, epochs=4, progress=False
-        )
+        res = mp.fit(single, data, mp.losses.ActivityMSE(), solver=opt, steps=4, progress=False)
         np.testing.assert_allclose(
             ens.model.rule.coefficients[i], res.model.rule.coefficients, rtol=1e-4, atol=1e-7
         )
@@ -104,13 +124,13 @@ def test_fit_ensemble_matches_separate_fits():
 def test_small_recovery_of_oja_rule(x64):
     data, _ = oja_data(n_in=10, n_out=20, length=50, batch=10)
     student = mp.nn.PlasticDense(mp.TaylorRule.random(key=jr.key(4)), eta=1.0)
-    result = mp.fit_least_squares(
+    result = mp.fit(
         student,
         data,
-        residuals=mp.losses.activity_residuals,
-        iterations=40,
+        mp.losses.ActivityMSE(),
+        solver=mp.LevenbergMarquardt(chunks=5),
+        steps=40,
         batch_size=5,
-        tol=0.0,
         progress=False,
     )
     rule = result.model.rule
@@ -151,12 +171,19 @@ def test_least_squares_ensemble_matches_single_fits(x64):
     data = jax.tree.map(lambda *xs: jnp.stack(xs), *datasets)
     keys = jr.split(jr.key(3), 2)
     make = lambda k: mp.nn.PlasticDense(mp.TaylorRule.random(key=k), eta=1.0)
-    kwargs = dict(residuals=mp.losses.activity_residuals, iterations=4, progress=False, l2=1e-8)
-    ens = mp.fit_least_squares(eqx.filter_vmap(make)(keys), data, ensemble=True, **kwargs)
+    kwargs = dict(
+        solver=mp.LevenbergMarquardt(chunks=4),
+        steps=4,
+        progress=False,
+        penalty=mp.losses.L2(1e-8),
+    )
+    loss = mp.losses.ActivityMSE()
+    ens = mp.fit(eqx.filter_vmap(make)(keys), data, loss, ensemble=True, **kwargs)
     assert ens.n_traces == 1
     assert ens.history.loss.shape == (4, 2)
+    assert ens.state.shape == (2,)  # one Levenberg-Marquardt damping per member
     for i in range(2):
-        single = mp.fit_least_squares(make(keys[i]), datasets[i], **kwargs)
+        single = mp.fit(make(keys[i]), datasets[i], loss, **kwargs)
         np.testing.assert_allclose(
             ens.model.rule.coefficients[i], single.model.rule.coefficients, rtol=1e-7, atol=1e-10
         )

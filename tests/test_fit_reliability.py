@@ -20,40 +20,40 @@ def scalar_fit(loss, theta, lr, **kw):
     return mp.fit(
         {"theta": jnp.asarray(theta)},
         DATA,
-        loss=lambda m, b: loss(m["theta"]) + 0.0 * jnp.sum(b["z"]),
-        optimizer=optax.sgd(lr),
+        lambda m, b: loss(m["theta"]) + 0.0 * jnp.sum(b["z"]),
+        solver=mp.Optax(optax.sgd(lr)),
         filter_spec=SPEC,
-        epochs=kw.pop("epochs", 10),
+        steps=kw.pop("steps", 10),
         progress=kw.pop("progress", False),
         **kw,
     )
 
 
-def test_nan_loss_stops_with_epoch_and_last_finite_parameters(tmp_path):
-    # sqrt(θ₀) with θ₀ = 1 and steps of 1/(2·sqrt(θ₀)): θ₀ turns negative after two epochs.
-    with pytest.raises(mp.FitDivergedError, match=r"epoch 2: the loss became nan") as info:
+def test_nan_loss_stops_with_step_and_last_finite_parameters(tmp_path):
+    # sqrt(θ₀) with θ₀ = 1 and steps of 1/(2·sqrt(θ₀)): θ₀ turns negative after two steps.
+    with pytest.raises(mp.FitDivergedError, match=r"step 2: the loss became nan") as info:
         scalar_fit(lambda t: jnp.sqrt(t[0]), [1.0, 2.0], 1.0, checkpoint_dir=tmp_path)
     err = info.value
     assert isinstance(err, mp.MetaplasticError)
-    assert (err.epoch, err.quantity, err.member) == (2, "loss", None)
+    assert (err.step, err.quantity, err.member) == (2, "loss", None)
     last = np.asarray(err.last_finite_model["theta"])
     assert np.all(np.isfinite(last)) and last[0] == pytest.approx(1 - 0.5 - 0.5 / np.sqrt(0.5))
     np.testing.assert_allclose(err.result.history.loss, [1.0, np.sqrt(0.5)], rtol=1e-6)
     assert err.result.history.params["theta"].shape == (2, 2)
     # The same last finite state is on disk.
     on_disk, header = mp.load_checkpoint(tmp_path, {"theta": jnp.zeros(2)}, filter_spec=SPEC)
-    assert header["status"] == "diverged" and header["epoch"] == 2
+    assert header["status"] == "diverged" and header["step"] == 2
     assert header["diverged"]["quantity"] == "loss"
     np.testing.assert_array_equal(on_disk.model["theta"], last)
     assert err.checkpoint == str(tmp_path / "fit.ckpt")
 
 
 def test_infinite_parameter_is_named_with_its_index():
-    # A finite loss θ₁ with a huge step: θ₁ overflows to -inf in epoch 1 while the loss is finite.
+    # A finite loss θ₁ with a huge step: θ₁ overflows to -inf in step 1 while the loss is finite.
     with pytest.raises(mp.FitDivergedError) as info:
         scalar_fit(lambda t: t[1], [1.0, 2.0], 3e38)
     err = info.value
-    assert err.epoch == 1 and err.quantity == "parameter ['theta']"
+    assert err.step == 1 and err.quantity == "parameter ['theta']"
     assert "['theta'][1] = -inf" in str(err)
     assert np.asarray(err.last_finite_model["theta"])[1] == pytest.approx(2.0 - 3e38)
 
@@ -64,15 +64,15 @@ def test_ensemble_divergence_names_the_member():
         mp.fit(
             {"theta": thetas},
             DATA,
-            loss=lambda m, b: jnp.sqrt(m["theta"][0]) + 0.0 * jnp.sum(b["z"]),
-            optimizer=optax.sgd(1.0),
+            lambda m, b: jnp.sqrt(m["theta"][0]) + 0.0 * jnp.sum(b["z"]),
+            solver=mp.Optax(optax.sgd(1.0)),
             filter_spec=SPEC,
-            epochs=5,
+            steps=5,
             progress=False,
             ensemble=True,
             data_ensemble_axis=None,
         )
-    assert info.value.member == 1 and info.value.epoch == 1
+    assert info.value.member == 1 and info.value.step == 1
     assert info.value.result.history.loss.shape == (1, 2)
 
 
@@ -81,26 +81,39 @@ def test_gradient_clipping_through_optax_keeps_the_fit_finite():
     result = mp.fit(
         {"theta": jnp.asarray([1.0, 2.0])},
         DATA,
-        loss=lambda m, b: jnp.sqrt(m["theta"][0]) + 0.0 * jnp.sum(b["z"]),
-        optimizer=clipped,
+        lambda m, b: jnp.sqrt(m["theta"][0]) + 0.0 * jnp.sum(b["z"]),
+        solver=mp.Optax(clipped),
         filter_spec=SPEC,
-        epochs=5,
+        steps=5,
         progress=False,
     )
     assert np.all(np.isfinite(result.history.loss))
     assert float(result.model["theta"][0]) == pytest.approx(0.5, abs=1e-6)
 
 
+class SqrtResiduals(mp.losses.AbstractGaussNewtonLoss):
+    """Squared residuals sqrt(θ) against zero targets: NaN for a negative θ."""
+
+    def observe(self, model, batch, *, checkpoint=False):
+        residuals = jnp.sqrt(model["theta"]) + 0.0 * batch["z"][:, 0]
+        ones = jnp.ones(residuals.shape, bool)
+        return (
+            mp.losses.Observations(residuals, jnp.zeros_like(residuals), ones, "squared_error"),
+        )
+
+
 def test_levenberg_marquardt_divergence_keeps_last_finite_model():
     model = {"theta": jnp.asarray([-1.0])}
-    with pytest.raises(mp.FitDivergedError, match="iteration 0") as info:
-        mp.fit_least_squares(
+    with pytest.raises(mp.FitDivergedError, match="step 0") as info:
+        mp.fit(
             model,
             DATA,
-            residuals=lambda m, b: jnp.sqrt(m["theta"]) + 0.0 * b["z"][:, 0],
+            SqrtResiduals(),
+            solver=mp.LevenbergMarquardt(),
             filter_spec=SPEC,
             progress=False,
         )
+    assert info.value.step == 0
     np.testing.assert_array_equal(info.value.last_finite_model["theta"], [-1.0])
 
 
@@ -119,27 +132,35 @@ def test_data_that_does_not_fit_the_model_is_refused_before_tracing():
         rng.normal(size=(2, 3, 6)), rng.normal(size=(2, 3, 4)), np.zeros((2, 4, 6))
     )
     with pytest.raises(mp.MetaplasticError, match="do the data's shapes") as info:
-        mp.fit(model, data, loss=loss, epochs=1, progress=False)
+        mp.fit(model, data, loss, steps=1, progress=False)
     # The message carries the underlying shape error, which stays chained as the cause.
     assert str(info.value.__cause__).strip().splitlines()[0] in str(info.value)
     with pytest.raises(mp.MetaplasticError, match="scalar"):
-        mp.fit(model, data, loss=lambda m, d: d.activity, epochs=1, progress=False)
+        mp.fit(model, data, lambda m, d: d.activity, steps=1, progress=False)
 
 
+# The options are built inside the test: an invalid penalty or solver raises as it is made.
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(epochs=0), "epochs"),
-        (dict(epochs=2.0), "epochs"),
-        (dict(batch_size=0), "batch_size"),
-        (dict(l1=-1.0), "l1"),
-        (dict(l2=float("nan")), "l2"),
-        (dict(key=3), "PRNG key"),
-        (dict(checkpoint_every=0), "checkpoint_every"),
-        (dict(optimizer="adam"), "optax"),
-        (dict(loss=None), "loss"),
-        (dict(filter_spec={"theta": False}), "selects no trainable"),
-        (dict(ensemble=True), "member axis"),
+        (lambda: dict(steps=0), "steps"),
+        (lambda: dict(steps=2.0), "steps"),
+        (lambda: dict(batch_size=0), "batch_size"),
+        (lambda: dict(penalty=mp.losses.L1(-1.0)), "L1 weight"),
+        (lambda: dict(penalty=mp.losses.L1(1.0, smoothing=-1.0)), "L1 smoothing"),
+        (lambda: dict(penalty=mp.losses.L2(float("nan"))), "L2 weight"),
+        (lambda: dict(penalty="l2"), "penalty"),
+        (lambda: dict(key=3), "PRNG key"),
+        (lambda: dict(checkpoint_every=0), "checkpoint_every"),
+        (lambda: dict(solver=mp.Optax("adam")), "optax"),
+        (lambda: dict(solver="adam"), "solver"),
+        (lambda: dict(solver=mp.LevenbergMarquardt()), "Gauss-Newton structure"),
+        (lambda: dict(solver=mp.LevenbergMarquardt(damping=0.0)), "damping"),
+        (lambda: dict(solver=mp.LevenbergMarquardt(chunks=3), loss=SqrtResiduals()), "chunks"),
+        (lambda: dict(differentiation="forward"), "differentiation"),
+        (lambda: dict(loss=None), "loss"),
+        (lambda: dict(filter_spec={"theta": False}), "selects no trainable"),
+        (lambda: dict(ensemble=True), "member axis"),
     ],
 )
 def test_bad_fit_options(kwargs, match):
@@ -148,21 +169,21 @@ def test_bad_fit_options(kwargs, match):
         filter_spec=SPEC,
         progress=False,
     )
-    args.update(kwargs)
     with pytest.raises(mp.MetaplasticError, match=match):
+        args.update(kwargs())
         mp.fit({"theta": jnp.asarray(1.0)}, DATA, **args)
 
 
 def test_progress_bar_and_logging(capsys, caplog):
     with caplog.at_level(logging.INFO, logger="metaplastic"):
-        scalar_fit(lambda t: jnp.sum(t**2), [1.0, 2.0], 0.1, epochs=3, progress=True)
+        scalar_fit(lambda t: jnp.sum(t**2), [1.0, 2.0], 0.1, steps=3, progress=True)
     out, err = capsys.readouterr()
     assert out == ""  # the library prints nothing
-    assert "fit" in err and "loss=" in err and ("epoch/s" in err or "s/epoch" in err)
+    assert "fit" in err and "loss=" in err and ("step/s" in err or "s/step" in err)
     messages = [r.getMessage() for r in caplog.records if r.name == "metaplastic"]
     assert any("2 trainable values" in m for m in messages)
-    assert any("3 epochs in" in m for m in messages)
-    scalar_fit(lambda t: jnp.sum(t**2), [1.0, 2.0], 0.1, epochs=2, progress=False)
+    assert any("3 steps in" in m for m in messages)
+    scalar_fit(lambda t: jnp.sum(t**2), [1.0, 2.0], 0.1, steps=2, progress=False)
     assert capsys.readouterr() == ("", "")
 
 

@@ -202,7 +202,7 @@ def test_random_activity_datasets(args):
         assert bool(jnp.all(jnp.where(valid, True, data.activity == 0)))
         # The dataset fits a plastic layer: the loss has the right shape (traced, not run).
         layer = mp.nn.PlasticDense(TaylorRule.zeros())
-        out = jax.eval_shape(mp.losses.activity_mse, layer, data)
+        out = jax.eval_shape(mp.losses.ActivityMSE(), layer, data)
         assert out.shape == ()
 
 

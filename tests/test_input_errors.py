@@ -201,8 +201,8 @@ def test_bad_generate_activity(inputs, w0, kwargs, match):
 def test_fit_refuses_data_without_trajectories():
     layer = mp.nn.PlasticDense(TaylorRule.zeros())
     with pytest.raises(mp.MetaplasticError, match="holds no arrays"):
-        mp.fit(layer, {}, loss=mp.losses.activity_mse, progress=False)
+        mp.fit(layer, {}, mp.losses.ActivityMSE(), progress=False)
     with pytest.raises(mp.MetaplasticError, match="empty"):
-        mp.fit(layer, {"a": jnp.zeros((0, 3))}, loss=mp.losses.activity_mse, progress=False)
+        mp.fit(layer, {"a": jnp.zeros((0, 3))}, mp.losses.ActivityMSE(), progress=False)
     with pytest.raises(mp.MetaplasticError, match="disagree on the number of trajectories"):
-        mp.fit(layer, {"a": jnp.zeros((2, 3)), "b": jnp.zeros(3)}, loss=mp.losses.activity_mse)
+        mp.fit(layer, {"a": jnp.zeros((2, 3)), "b": jnp.zeros(3)}, mp.losses.ActivityMSE())

@@ -40,18 +40,17 @@ def run_child() -> dict:
         step_mask=jnp.arange(12)[None, :] < lengths[:, None],
     )
     student = mp.nn.PlasticDense(mp.TaylorRule.random(key=k[3], scale=0.1), eta=1.0)
-    kwargs = dict(epochs=4, optimizer=optax.adam(1e-2), progress=False)
+    kwargs = dict(steps=4, solver=mp.Optax(optax.adam(1e-2)), progress=False)
     mesh = mp.sharding.batch_mesh()
     out = {}
+    mse = mp.losses.ActivityMSE()
 
-    single = mp.fit(student, data, loss=mp.losses.activity_mse, **kwargs)
+    single = mp.fit(student, data, mse, **kwargs)
     sharded_data = mp.sharding.shard_batch(data, mesh)
     assert len(sharded_data.inputs.sharding.device_set) == 4
-    loss = mp.sharding.data_parallel(mp.losses.activity_mse, mesh)
-    np.testing.assert_allclose(
-        loss(student, sharded_data), mp.losses.activity_mse(student, data), rtol=1e-6
-    )
-    sharded = mp.fit(mp.sharding.replicate(student, mesh), sharded_data, loss=loss, **kwargs)
+    loss = mp.sharding.data_parallel(mse, mesh)
+    np.testing.assert_allclose(loss(student, sharded_data), mse(student, data), rtol=1e-6)
+    sharded = mp.fit(mp.sharding.replicate(student, mesh), sharded_data, loss, **kwargs)
     out["data_parallel_max_diff"] = float(
         jnp.max(jnp.abs(sharded.model.rule.coefficients - single.model.rule.coefficients))
     )
@@ -62,10 +61,10 @@ def run_child() -> dict:
     make = lambda key: mp.nn.PlasticDense(mp.TaylorRule.random(key=key, scale=0.1), eta=1.0)
     ensemble = eqx.filter_vmap(make)(keys)
     ens_kwargs = dict(ensemble=True, data_ensemble_axis=None, **kwargs)
-    plain = mp.fit(ensemble, data, loss=mp.losses.activity_mse, **ens_kwargs)
+    plain = mp.fit(ensemble, data, mse, **ens_kwargs)
     placed = mp.sharding.shard_ensemble(ensemble, mesh)
     assert len(placed.rule.coefficients.sharding.device_set) == 4
-    spread = mp.fit(placed, data, loss=mp.losses.activity_mse, **ens_kwargs)
+    spread = mp.fit(placed, data, mse, **ens_kwargs)
     out["ensemble_max_diff"] = float(
         jnp.max(jnp.abs(spread.model.rule.coefficients - plain.model.rule.coefficients))
     )

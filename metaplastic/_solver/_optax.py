@@ -1,5 +1,6 @@
 """Any optax optimiser as a solver of `metaplastic.fit`."""
 
+import typing
 from typing import ClassVar
 
 import equinox as eqx
@@ -32,6 +33,7 @@ class Optax(AbstractSolver):
         "optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))."
     )
 
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def __init__(self, optimizer: optax.GradientTransformation):
         if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
             raise MetaplasticError(
