@@ -260,8 +260,7 @@ def history_rows(history: Any, *, prefix: str = "") -> list[dict[str, Any]]:
         for exps in np.ndindex(*c.shape[c.ndim - k :]):
             add(tag + format_monomial(exps, rule.factors), c[(Ellipsis, *exps)])
     return [
-        {"step": e + 1, **{name: float(v[e]) for name, v in columns.items()}}
-        for e in range(steps)
+        {"step": e + 1, **{name: float(v[e]) for name, v in columns.items()}} for e in range(steps)
     ]
 
 
