@@ -83,7 +83,7 @@ def fit_family(data, family, method, l1, iterations, key_data):
         options = {"epochs": iterations or 300}
     else:
         options = {"iterations": iterations or (12 if family == "taylor" else 16)}
-    res = mp.recover_rule(
+    res = mp.behaviour.recover_rule(
         data=data,
         rule=family,
         method=method,
@@ -101,8 +101,8 @@ def fit_family(data, family, method, l1, iterations, key_data):
         "scores": {k: np.asarray(v) for k, v in res.scores.items()},
         "coefficients": coefficients,
         "loss_history": np.asarray(res.fit.history.loss),
-        "true_weights": np.asarray(mp.replay(data.teacher, one).weights[0]),
-        "fitted_weights": np.asarray(mp.replay(fitted0, one).weights[0]),
+        "true_weights": np.asarray(mp.behaviour.replay(data.teacher, one).weights[0]),
+        "fitted_weights": np.asarray(mp.behaviour.replay(fitted0, one).weights[0]),
         "fit_seconds": res.seconds["fit"] + res.seconds["evaluate"],
     }
 
@@ -118,12 +118,12 @@ def main(argv=None):
     truth = mp.rules.reward_modulated()  # x*r over (x, y, w, r)
     k_data, k_taylor, k_mlp = jr.split(jr.key(args.seed), 3)
     options = {} if args.input_variance is None else {"input_variance": args.input_variance}
-    data = mp.recovery_data(
+    data = mp.behaviour.recovery_data(
         truth,
         seeds=args.seeds,
         n_train=args.n_train,
         n_test=args.n_test,
-        task=mp.tasks.OperantTask(block_lengths=args.trials_per_block),
+        task=mp.behaviour.OperantTask(block_lengths=args.trials_per_block),
         resample_inputs=not args.no_resample,
         key=k_data,
         **options,

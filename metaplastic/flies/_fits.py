@@ -25,8 +25,6 @@ the published conversion, and five flies throughout) that alone is close to 100 
 likelihood of a rule has no finite optimum there.
 """
 
-import dataclasses
-import inspect
 import logging
 import time
 import typing
@@ -38,235 +36,43 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Float
 
-from ._behaviour import (
-    BEHAVIOUR_FACTORS,
-    _host_generator,
+from .._errors import MetaplasticError
+from .._fisher import fit_bernoulli_gauss_newton
+from .._random import host_rng
+from ..behaviour import (
+    DEFAULT_INPUT_VARIANCE,
+    FACTORS,
+    REWARD_SIGNALS,
+    TAYLOR_STUDENT_SCALE,
+    ChoiceDataset,
+    MushroomBody,
+    OdourEncoding,
+    PackedChoiceDataset,
     choice_jacobian,
     choice_logits,
-    mlp_student,
+    mlp_students,
     replay,
     stack_members,
-    taylor_student,
+    taylor_students,
 )
-from ._errors import MetaplasticError, require
-from ._fisher import fit_bernoulli_gauss_newton
-from .data import ChoiceDataset, DrosophilaData, PackedChoiceDataset
-from .nn import MushroomBody, OdourEncoding
-from .nn._mushroom_body import DEFAULT_INPUT_VARIANCE, REWARD_SIGNALS
-from .rules import AbstractRule, TaylorRule
-from .rules._expression import format_monomial
+from ..rules import AbstractRule, TaylorRule
+from ._families import FAMILIES, FAMILY_TERMS, SMALL_FACTORS, family_coefficients
+from ._records import DrosophilaData
+from ._results import FlyFits
+from ._splits import presentation_masks, trial_splits
 
 
 logger = logging.getLogger("metaplastic")
 
-# The free terms of the small families, over (x, w, r) to first order: the covariance rule
-# Δw = θ₀ + θ_r r + θ_x x + θ_xr x·r, and the same with a weight-dependent (forgetting) term.
-FAMILY_TERMS = {
-    "covariance": ("1", "r", "x", "x*r"),
-    "forgetting": ("1", "r", "x", "x*r", "w"),
-}
-FAMILIES = ("covariance", "forgetting", "taylor", "mlp")
-_SMALL_FACTORS = ("x", "w", "r")
 
-
-@dataclasses.dataclass(frozen=True)
-class FlyFits:
-    """Per-fly fits of one rule family (`fit_flies`).
-
-    - `family`, `reward_signal`: what was fitted.
-    - `names`: the flies, in batch order; `accept_only`: whether the fly's file holds no
-      rejection, `(flies,)`.
-    - `fractions`: the training fractions of the held-out sweep, `(F,)`.
-    - `in_sample`: percent deviance explained on all trials by the rule fitted on all trials,
-      `(flies,)`.
-    - `held_out`: percent deviance explained on the trials after the first `fractions[i]` of
-      each fly's trials, by the rule fitted on those first trials, `(F, flies)`.
-    - `block1`: fitted and scored on block 1 only, `(flies,)`.
-    - `block1_held_out`: fitted on the first `fractions[i]` of block 1 and scored on the rest
-      of block 1, `(F, flies)`.
-    - `coefficients`: for Taylor families, `{term: (flies,)}` of the rule fitted on all
-      trials (only the free terms); `None` for the MLP.
-    - `block1_coefficients`: the same for the rules fitted on block 1.
-    - `rules`: the rules fitted on all trials, arrays with a leading fly axis.
-    - `objective`: the final objective of every fit on all trials, `(flies,)`.
-    - `seconds`: wall time of the fit and the scoring (compilation included).
-    """
-
-    family: str
-    reward_signal: str
-    names: tuple[str, ...]
-    accept_only: np.ndarray
-    fractions: tuple[float, ...]
-    in_sample: np.ndarray
-    held_out: np.ndarray
-    block1: np.ndarray
-    block1_held_out: np.ndarray
-    coefficients: dict[str, np.ndarray] | None
-    block1_coefficients: dict[str, np.ndarray] | None
-    rules: AbstractRule
-    objective: np.ndarray
-    seconds: float
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def select(self, keep: Sequence[bool] | np.ndarray) -> "FlyFits":
-        """Keep the flies where `keep` is true (a boolean per fly), e.g.
-        `fits.select(~fits.accept_only)`."""
-        keep = np.asarray(keep)
-        if keep.dtype != bool or keep.shape != (len(self),):
-            raise MetaplasticError(f"keep must be {len(self)} booleans, got {keep.shape}.")
-        if not keep.any():
-            raise MetaplasticError("select() would keep no fly.")
-        idx = np.nonzero(keep)[0]
-        coef = lambda c: None if c is None else {k: v[idx] for k, v in c.items()}
-        return dataclasses.replace(
-            self,
-            names=tuple(self.names[i] for i in idx),
-            accept_only=self.accept_only[idx],
-            in_sample=self.in_sample[idx],
-            held_out=self.held_out[:, idx],
-            block1=self.block1[idx],
-            block1_held_out=self.block1_held_out[:, idx],
-            coefficients=coef(self.coefficients),
-            block1_coefficients=coef(self.block1_coefficients),
-            rules=jax.tree.map(lambda a: a[idx] if eqx.is_inexact_array(a) else a, self.rules),
-            objective=self.objective[idx],
-        )
-
-    def without_accept_only(self) -> "FlyFits":
-        """The flies whose file holds rejections."""
-        return self.select(~self.accept_only)
-
-    def medians(self) -> dict[str, float]:
-        """Median over flies of every score (`held_out_0.5`, ... per fraction)."""
-        out = {
-            "in_sample": float(np.median(self.in_sample)),
-            "block1": float(np.median(self.block1)),
-        }
-        for f, v, b in zip(self.fractions, self.held_out, self.block1_held_out):
-            out[f"held_out_{f:g}"] = float(np.median(v))
-            out[f"block1_held_out_{f:g}"] = float(np.median(b))
-        return out
-
-    def rows(self) -> list[dict]:
-        """One row per fly: its scores and (Taylor families) its coefficients fitted on all
-        trials (`coef_<term>`) and on block 1 (`block1_coef_<term>`)."""
-        rows = []
-        for i, name in enumerate(self.names):
-            row = {
-                "fly": name,
-                "accept_only": bool(self.accept_only[i]),
-                "in_sample": float(self.in_sample[i]),
-                "block1": float(self.block1[i]),
-            }
-            for f, v, b in zip(self.fractions, self.held_out, self.block1_held_out):
-                row[f"held_out_{f:g}"] = float(v[i])
-                row[f"block1_held_out_{f:g}"] = float(b[i])
-            for k, v in (self.coefficients or {}).items():
-                row[f"coef_{k}"] = float(v[i])
-            for k, v in (self.block1_coefficients or {}).items():
-                row[f"block1_coef_{k}"] = float(v[i])
-            rows.append(row)
-        return rows
-
-
-def family_rule(family: str, *, key: jax.Array, scale: float = 1e-3) -> AbstractRule:
-    """A student rule of a named family, started near zero.
-
-    - `"covariance"`: a `TaylorRule` over `(x, w, r)` to first order whose only trainable
-      terms are `1, r, x, x*r`; `"forgetting"`: the same plus `w`;
-    - `"taylor"`: every one of the 81 terms over `(x, y, w, r)` to second order;
-    - `"mlp"`: `mlp_student`.
-    """
-    if family in FAMILY_TERMS:
-        zero = TaylorRule.zeros(_SMALL_FACTORS, order=1)
-        mask = zero.mask(list(FAMILY_TERMS[family]))
-        c = scale * np.asarray(jr.normal(key, zero.coefficients.shape)) * mask
-        return TaylorRule(c, _SMALL_FACTORS, trainable=mask)
-    if family == "taylor":
-        return taylor_student(key=key, scale=scale)
+def _students(family: str, members: int, key: jax.Array) -> AbstractRule:
+    """`members` initial rules of the `"taylor"` or `"mlp"` family, arrays with a leading
+    member axis, drawn on the host."""
     if family == "mlp":
-        return mlp_student(key=key)
-    raise MetaplasticError(f"family must be one of {FAMILIES}, got {family!r}.")
-
-
-def _students(family: str, members: int, key: jax.Array, scale: float = 1e-3) -> AbstractRule:
-    """`members` initial rules of a family, arrays with a leading member axis."""
-    if family == "mlp":
-        # The initialisation of `mlp_student` (Equinox's uniform(±1/√fan_in) for every layer,
-        # the output layer's weights scaled down and its bias zero), drawn on the host for
-        # every member at once: initialising members one by one, or a vmapped initialiser,
-        # spends seconds on PRNG dispatch and compilation.
-        template = eqx.filter_eval_shape(mlp_student, key=key)  # structure only
-        rng = _host_generator(key)
-        layers = template.mlp.layers
-        scale = inspect.signature(mlp_student).parameters["scale"].default
-        arrays = []
-        for i, layer in enumerate(layers):
-            lim = 1.0 / np.sqrt(layer.in_features)
-            w = rng.uniform(-lim, lim, (members,) + layer.weight.shape)
-            b = rng.uniform(-lim, lim, (members,) + layer.bias.shape)
-            if i == len(layers) - 1:
-                w, b = scale * w, np.zeros_like(b)
-            arrays += [jnp.asarray(w, layer.weight.dtype), jnp.asarray(b, layer.bias.dtype)]
-        where = lambda r: [a for lyr in r.mlp.layers for a in (lyr.weight, lyr.bias)]
-        return eqx.tree_at(where, template, arrays)
-    # The 81-term Taylor student, coefficients drawn on the host (no PRNG compilation).
-    rule = TaylorRule.zeros(BEHAVIOUR_FACTORS, order=2)
-    c = scale * _host_generator(key).standard_normal((members,) + rule.coefficients.shape)
-    return eqx.tree_at(lambda r: r.coefficients, rule, jnp.asarray(c, rule.coefficients.dtype))
-
-
-def _configurations(
-    data: DrosophilaData, fractions: tuple[float, ...]
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The trial masks `(configs, flies, trials)` each configuration fits on and is
-    scored on."""
-    tm = np.asarray(data.dataset.trial_mask)
-    first = np.asarray(data.block) == 0
-    n_trials = tm.sum(axis=1)
-    n_first = first.sum(axis=1)
-    t = np.arange(tm.shape[1])[None, :]
-    names, fit_on, score_on = ["all"], [tm], [tm]
-    for f in fractions:
-        cut = np.floor(f * n_trials).astype(int)[:, None]
-        names.append(f"held_out_{f:g}")
-        fit_on.append(tm & (t < cut))
-        score_on.append(tm & (t >= cut))
-    names.append("block1")
-    fit_on.append(first)
-    score_on.append(first)
-    start = np.argmax(first, axis=1)[:, None]
-    for f in fractions:
-        cut = start + np.floor(f * n_first).astype(int)[:, None]
-        names.append(f"block1_held_out_{f:g}")
-        fit_on.append(first & (t < cut))
-        score_on.append(first & (t >= cut))
-    return names, np.stack(fit_on), np.stack(score_on)
-
-
-def presentation_masks(
-    packed: PackedChoiceDataset, trials: Bool[np.ndarray, "*batch trials"]
-) -> Bool[np.ndarray, "*batch n"]:
-    """The packed presentations that lie in the given trials: `True` where the presentation
-    is valid and its trial is selected.
-
-    **Arguments:**
-
-    - `packed`: a `PackedChoiceDataset`, `(*batch, n, ...)`.
-    - `trials`: which trials to keep, `(*batch, trials)`.
-
-    **Returns:**
-
-    A boolean array `(*batch, n)`.
-    """
-    index = np.asarray(packed.trial_index)
-    trials = np.asarray(trials)
-    picked = np.take_along_axis(trials, index, axis=-1)
-    return np.asarray(packed.presentation_mask) & picked
+        return mlp_students(members, key=key)
+    return taylor_students(members, key=key)
 
 
 @eqx.filter_jit
@@ -310,10 +116,9 @@ def _prepare(data, network, encoding, resamples, fractions, key):
     """Encoded, packed member data `(configs · flies, resamples, ...)` and the masks."""
     flies = len(data)
     # Each fly repeated `resamples` times (fly-major), each copy with its own noise draw,
-    # drawn on the host (see `generate_behaviour`: compiling the PRNG costs more than the
-    # draws).
+    # drawn on the host (see `metaplastic._random`).
     ds = jax.tree.map(lambda a: np.repeat(np.asarray(a), resamples, axis=0), data.dataset)
-    noise = _host_generator(key).standard_normal(ds.odours.shape + (encoding.n_in,))
+    noise = host_rng(key).standard_normal(ds.odours.shape + (encoding.n_in,))
     x = np.asarray(encoding.means)[ds.odours] + np.sqrt(encoding.variance) * noise
     x = np.where(ds.presentation_mask[..., None], x, 0.0)
     ds = ChoiceDataset(
@@ -326,7 +131,7 @@ def _prepare(data, network, encoding, resamples, fractions, key):
         x.astype(np.asarray(encoding.means).dtype),
     )
     packed = stack_members(PackedChoiceDataset.from_choices(ds), flies)  # (flies, res, ...)
-    names, fit_on, score_on = _configurations(data, fractions)
+    names, fit_on, score_on = trial_splits(data, fractions)
     n_configs = len(names)
     # Trial masks (configs, flies, trials) → presentation masks (configs, flies, res, n).
     expand = lambda m: np.repeat(m[:, :, None, :], resamples, axis=2)
@@ -341,8 +146,7 @@ def _prepare(data, network, encoding, resamples, fractions, key):
 def _score(network, fitted, member_data, score_mask):
     """Percent deviance of every member against the same rule with all parameters zero (no
     plasticity: a zero Taylor rule, or an MLP whose tanh output is 0), in one call."""
-    # Host-side array plumbing throughout: every eager JAX operation on new shapes costs a
-    # compilation.
+    # Host-side array plumbing throughout (see `metaplastic._random`).
     params, static = eqx.partition(fitted, eqx.is_inexact_array)
     both = jax.tree.map(lambda a: jnp.asarray(np.concatenate([a, np.zeros_like(a)])), params)
     twice = lambda a: jnp.asarray(np.concatenate([np.asarray(a), np.asarray(a)]))
@@ -417,7 +221,7 @@ def fit_families(
         raise MetaplasticError(f"l1 must be non-negative, got {l1}.")
     k_enc, k_net, k_noise, k_rule = jr.split(key, 4)
     encoding = OdourEncoding(n_in, variance=input_variance, key=k_enc)
-    zero = TaylorRule.zeros(BEHAVIOUR_FACTORS, order=0)
+    zero = TaylorRule.zeros(FACTORS, order=0)
     network = MushroomBody(zero, n_in=n_in, hidden=hidden, reward_signal=reward_signal, key=k_net)
     names, member_data, fit_mask, score_mask = _prepare(
         data, network, encoding, resamples, fractions, k_noise
@@ -433,11 +237,11 @@ def fit_families(
         start = time.perf_counter()
         common = dict(iterations=iterations, ensemble=True, data_ensemble_axis=0)
         if group[0] in FAMILY_TERMS:
-            template = TaylorRule.zeros(_SMALL_FACTORS, order=1)
+            template = TaylorRule.zeros(SMALL_FACTORS, order=1)
             gates = np.stack([template.mask(list(FAMILY_TERMS[f])) for f in group])
             gates = np.repeat(gates.reshape(len(group), 1, -1), members, axis=1)
             gates = gates.reshape(len(group) * members, -1).astype(template.coefficients.dtype)
-            c = 1e-3 * _host_generator(k).standard_normal(gates.shape) * gates
+            c = TAYLOR_STUDENT_SCALE * host_rng(k).standard_normal(gates.shape) * gates
             c = c.reshape((-1,) + template.coefficients.shape)
             students = eqx.tree_at(
                 lambda r: r.coefficients, template, jnp.asarray(c, template.coefficients.dtype)
@@ -533,185 +337,9 @@ def _collect(
         held_out=dev[1 : 1 + n_f].reshape(n_f, flies),
         block1=dev[i_block1],
         block1_held_out=dev[i_block1 + 1 :].reshape(n_f, flies),
-        coefficients=_coefficients(family, rules_all),
-        block1_coefficients=_coefficients(family, by_config(i_block1)),
+        coefficients=family_coefficients(family, rules_all),
+        block1_coefficients=family_coefficients(family, by_config(i_block1)),
         rules=to_jax(rules_all),
         objective=objective[part].reshape(n_configs, flies)[0],
         seconds=seconds,
-    )
-
-
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
-def fit_flies(
-    data: DrosophilaData,
-    family: Literal["covariance", "forgetting", "taylor", "mlp"] = "forgetting",
-    **options,
-) -> FlyFits:
-    """`fit_families(data, (family,), **options)[family]`: one family fitted to every fly."""
-    return fit_families(data, (family,), **options)[family]
-
-
-def _coefficients(family: str, rules: AbstractRule) -> dict[str, np.ndarray] | None:
-    if not isinstance(rules, TaylorRule):
-        return None
-    c = np.asarray(rules.coefficients)
-    if family in FAMILY_TERMS:
-        out = {}
-        for term in FAMILY_TERMS[family]:
-            e = rules._monomial(term) if term != "1" else (0,) * len(rules.factors)
-            out[term] = c[(slice(None),) + e]
-        return out
-    return {
-        format_monomial(e, rules.factors): c[(slice(None),) + e] for e in np.ndindex(*c.shape[1:])
-    }
-
-
-def base_rate_scores(
-    data: DrosophilaData, fractions: Sequence[float] = (0.5, 0.6, 0.7, 0.8)
-) -> dict[str, np.ndarray]:
-    """The percent deviance explained by a constant acceptance probability per fly (the
-    fraction of presentations it accepted on the fitted trials), against `p = 0.5`, on the
-    same train/test splits as `fit_families`.
-
-    No plasticity is involved: this is how much of a rule's score a fly's base rate alone
-    earns, since the no-plasticity null of `fit_families` starts at `p(accept) ≈ 0.5` and
-    stays there. (The null's logits are `≈ 0` but not exactly, since its initial weights are
-    small random numbers; here the reference is exactly `0.5`.)
-
-    **Arguments:**
-
-    - `data`: the flies.
-    - `fractions`: the training fractions of the held-out splits.
-
-    **Returns:**
-
-    `{"in_sample": (flies,), "held_out": (F, flies), "block1": (flies,),
-    "block1_held_out": (F, flies)}`, like the fields of `FlyFits`.
-    """
-    fractions = tuple(float(f) for f in fractions)
-    names, fit_on, score_on = _configurations(data, fractions)
-    pm = np.asarray(data.dataset.presentation_mask)
-    ch = np.asarray(data.dataset.choices)
-    n_f = len(fractions)
-    dev = np.zeros((len(names), len(data)))
-    for c in range(len(names)):
-        for i in range(len(data)):
-            fit = pm[i] & fit_on[c, i][:, None]
-            score = pm[i] & score_on[c, i][:, None]
-            # A smoothed rate (add one acceptance and one rejection), so that a held-out
-            # rejection after an accept-only stretch has a finite cost.
-            p = (ch[i][fit].sum() + 1.0) / (fit.sum() + 2.0)
-            k, n = ch[i][score].sum(), score.sum()
-            ll = k * np.log(p) + (n - k) * np.log1p(-p)
-            ll0 = n * np.log(0.5)
-            dev[c, i] = 100.0 * (ll - ll0) / -ll0
-    i_block1 = names.index("block1")
-    return {
-        "in_sample": dev[0],
-        "held_out": dev[1 : 1 + n_f].reshape(n_f, len(data)),
-        "block1": dev[i_block1],
-        "block1_held_out": dev[i_block1 + 1 :].reshape(n_f, len(data)),
-    }
-
-
-@dataclasses.dataclass(frozen=True)
-class PairedComparison:
-    """A paired comparison of two sets of per-fly scores (`compare_scores`).
-
-    - `n`: flies compared; `n_improved`: flies where `b > a`; `n_worse`: where `b < a`.
-    - `median_difference`: median of `b − a`.
-    - `statistic`, `p_value`: the two-sided Wilcoxon signed-rank test of `b − a`
-      (`scipy.stats.wilcoxon`; zero differences are dropped, and the p-value is NaN when
-      no difference is non-zero).
-    """
-
-    n: int
-    n_improved: int
-    n_worse: int
-    median_difference: float
-    statistic: float
-    p_value: float
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
-def compare_scores(
-    a: Float[np.ndarray, " flies"] | Float[Array, " flies"],
-    b: Float[np.ndarray, " flies"] | Float[Array, " flies"],
-) -> PairedComparison:
-    """Compare paired per-fly scores of two models: how many flies `b` improves on `a` and
-    the Wilcoxon signed-rank p-value of the differences.
-
-    Needs scipy (`pip install metaplastic[data]`).
-
-    **Arguments:**
-
-    - `a`, `b`: one score per fly, the same flies in the same order, `(flies,)`.
-
-    **Returns:**
-
-    A `PairedComparison`.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
-        raise MetaplasticError(
-            f"compare_scores needs two equal-length 1-D score arrays, got {a.shape} and {b.shape}."
-        )
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise MetaplasticError("compare_scores got a non-finite score.")
-    stats = require("scipy.stats", "data", "The Wilcoxon signed-rank test")
-    d = b - a
-    if np.any(d != 0):
-        test = stats.wilcoxon(b, a)
-        statistic, p_value = float(test.statistic), float(test.pvalue)
-    else:
-        statistic, p_value = float("nan"), float("nan")
-    return PairedComparison(
-        n=int(d.size),
-        n_improved=int((d > 0).sum()),
-        n_worse=int((d < 0).sum()),
-        median_difference=float(np.median(d)),
-        statistic=statistic,
-        p_value=p_value,
-    )
-
-
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
-def compare_families(
-    a: FlyFits,
-    b: FlyFits,
-    score: Literal["in_sample", "held_out", "block1", "block1_held_out"] = "in_sample",
-    *,
-    fraction: float | None = None,
-) -> PairedComparison:
-    """Paired comparison of two families fitted to the same flies (`b` against `a`).
-
-    **Arguments:**
-
-    - `a`, `b`: `FlyFits` of the same flies.
-    - `score`: which score to compare.
-    - `fraction`: for the held-out scores, the training fraction (default the first).
-
-    **Returns:**
-
-    A `PairedComparison` (`n_improved`: flies where `b` scores higher).
-    """
-    if a.names != b.names:
-        raise MetaplasticError("The two fits hold different flies; compare the same flies.")
-    if score in ("in_sample", "block1"):
-        return compare_scores(getattr(a, score), getattr(b, score))
-    if score not in ("held_out", "block1_held_out"):
-        raise MetaplasticError(f"Unknown score {score!r}.")
-    if not a.fractions or not b.fractions:
-        raise MetaplasticError(
-            f"No held-out split was fitted (fractions=()); cannot compare {score!r}."
-        )
-    f = a.fractions[0] if fraction is None else float(fraction)
-    if f not in a.fractions or f not in b.fractions:
-        raise MetaplasticError(f"fraction {f} was not fitted (have {a.fractions}).")
-    return compare_scores(
-        getattr(a, score)[a.fractions.index(f)], getattr(b, score)[b.fractions.index(f)]
     )
