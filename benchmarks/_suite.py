@@ -379,10 +379,10 @@ def fly_protocol(seeds: int) -> dict:
     iterations = 12
     with _CompileTimer() as timer:
         start = time.perf_counter()
-        data = mp.recovery_data(mp.rules.reward_modulated(), seeds=seeds, key=k_data)
+        data = mp.behaviour.recovery_data(mp.rules.reward_modulated(), seeds=seeds, key=k_data)
         generated = time.perf_counter()
         generate_compile = timer.take()
-        result = mp.fit_behaviour(
+        result = mp.behaviour.fit_behaviour(
             data.teacher,
             data.train,
             rule="taylor",
@@ -394,7 +394,9 @@ def fly_protocol(seeds: int) -> dict:
         jax.block_until_ready(result.model)
         fitted = time.perf_counter()
         fit_compile = timer.take()
-        scores = mp.compare_behaviour(data.teacher, result.model, data.test, ensemble=True)
+        scores = mp.behaviour.compare_behaviour(
+            data.teacher, result.model, data.test, ensemble=True
+        )
         end = time.perf_counter()
     medians = {k: float(np.median(np.median(v, axis=1))) for k, v in scores.items()}
     return record(

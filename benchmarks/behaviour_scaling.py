@@ -56,11 +56,11 @@ def one_configuration(trials, hidden, args):
 
     if trials % 3:
         raise SystemExit(f"trials must be a multiple of 3 (3 equal blocks), got {trials}")
-    task = mp.tasks.OperantTask(block_lengths=trials // 3)
+    task = mp.behaviour.OperantTask(block_lengths=trials // 3)
     memory = gn_sensitivity_gib(args.seeds, args.n_train, trials, hidden)
     method = "gauss_newton" if memory <= args.gn_memory_gib else "adam"
     k_data, k_fit = jr.split(jr.key(args.seed))
-    data = mp.recovery_data(
+    data = mp.behaviour.recovery_data(
         mp.rules.reward_modulated(),
         seeds=args.seeds,
         n_train=args.n_train,
@@ -80,7 +80,9 @@ def one_configuration(trials, hidden, args):
             if method == "gauss_newton"
             else {"epochs": args.adam_epochs, "learning_rate": 3e-3}
         )
-        res = mp.recover_rule(data=data, rule="taylor", method=method, key=k_fit, **options)
+        res = mp.behaviour.recover_rule(
+            data=data, rule="taylor", method=method, key=k_fit, **options
+        )
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)

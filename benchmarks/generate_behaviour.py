@@ -23,12 +23,14 @@ def main(argv=None):
 
     import metaplastic as mp
 
-    task = mp.tasks.OperantTask(block_lengths=args.trials_per_block)
-    encoding = mp.nn.OdourEncoding(2, key=jr.key(0))
-    network = mp.nn.MushroomBody(mp.rules.reward_modulated(), key=jr.key(1))
+    task = mp.behaviour.OperantTask(block_lengths=args.trials_per_block)
+    encoding = mp.behaviour.OdourEncoding(2, key=jr.key(0))
+    network = mp.behaviour.MushroomBody(mp.rules.reward_modulated(), key=jr.key(1))
 
     def generate(seed):
-        g = mp.generate_behaviour(network, task, encoding, args.trajectories, key=jr.key(seed))
+        g = mp.behaviour.generate_behaviour(
+            network, task, encoding, args.trajectories, key=jr.key(seed)
+        )
         jax.block_until_ready(g)
         return g
 

@@ -90,7 +90,7 @@ def main(argv=None):
 
     import metaplastic as mp
 
-    data = mp.data.load_drosophila(args.data)
+    data = mp.flies.load_drosophila(args.data)
     key = jr.key(args.seed)
     common = dict(
         reward_signal=args.reward_signal,
@@ -103,12 +103,12 @@ def main(argv=None):
     rest = [f for f in args.families if f not in swept]
     fits = {}
     if swept:
-        fits.update(mp.fit_families(data, swept, fractions=args.fractions, **common))
+        fits.update(mp.flies.fit_families(data, swept, fractions=args.fractions, **common))
     if rest:
-        fits.update(mp.fit_families(data, rest, fractions=(), **common))
+        fits.update(mp.flies.fit_families(data, rest, fractions=(), **common))
     fits = {f: fits[f] for f in args.families}
     # What a constant acceptance rate per fly earns against the same p = 0.5 reference.
-    base = mp.base_rate_scores(data, args.fractions)
+    base = mp.flies.base_rate_scores(data, args.fractions)
     fit_seconds = time.perf_counter() - start
 
     with_rej = ~np.asarray([f.accept_only for f in data.flies])
@@ -186,11 +186,11 @@ def _comparisons(mp, fits, with_rej):
             "with_rejections": (base.select(with_rej), fit.select(with_rej)),
         }
         for view, (a, b) in views.items():
-            rows[f"in_sample/{view}"] = mp.compare_families(a, b, "in_sample").as_dict()
-            rows[f"block1/{view}"] = mp.compare_families(a, b, "block1").as_dict()
+            rows[f"in_sample/{view}"] = mp.flies.compare_families(a, b, "in_sample").as_dict()
+            rows[f"block1/{view}"] = mp.flies.compare_families(a, b, "block1").as_dict()
             for f in set(a.fractions) & set(b.fractions):
                 for score in ("held_out", "block1_held_out"):
-                    rows[f"{score}_{f:g}/{view}"] = mp.compare_families(
+                    rows[f"{score}_{f:g}/{view}"] = mp.flies.compare_families(
                         a, b, score, fraction=f
                     ).as_dict()
         out[f"{name}_vs_covariance"] = rows
@@ -203,9 +203,9 @@ def _against_base_rate(mp, fits, base, with_rej):
     out = {}
     for name, fit in fits.items():
         sel = fit.select(with_rej)
-        rows = {"block1": mp.compare_scores(base["block1"][with_rej], sel.block1).as_dict()}
+        rows = {"block1": mp.flies.compare_scores(base["block1"][with_rej], sel.block1).as_dict()}
         for i, f in enumerate(fit.fractions):
-            rows[f"block1_held_out_{f:g}"] = mp.compare_scores(
+            rows[f"block1_held_out_{f:g}"] = mp.flies.compare_scores(
                 base["block1_held_out"][i][with_rej], sel.block1_held_out[i]
             ).as_dict()
         out[name] = rows

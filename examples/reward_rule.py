@@ -11,7 +11,7 @@ several seeds vmapped, and scored on 7 held-out trajectories per seed.
     python examples/reward_rule.py                   # the default setting
     python examples/reward_rule.py --input-variance 0.015
     python examples/reward_rule.py --no-resample     # fit on the exact generating inputs
-    python examples/reward_rule.py --method adam --iterations 300
+    python examples/reward_rule.py --solver adam --steps 300
 """
 
 import time
@@ -44,12 +44,17 @@ def parse_args(argv=None):
         action="store_true",
         help="fit on the generating inputs instead of a fresh draw of the input noise",
     )
-    p.add_argument("--method", choices=("gauss_newton", "adam"), default="gauss_newton")
     p.add_argument(
-        "--iterations",
+        "--solver",
+        choices=("levenberg_marquardt", "adam"),
+        default="levenberg_marquardt",
+        help="damped Gauss-Newton (Fisher scoring) or Adam (lr 3e-3, full batch)",
+    )
+    p.add_argument(
+        "--steps",
         type=int,
         default=None,
-        help="Gauss-Newton iterations (default 12 Taylor, 16 MLP) or Adam epochs (300)",
+        help="solver steps (default 12 Taylor, 16 MLP for Levenberg-Marquardt; 300 Adam)",
     )
     p.add_argument("--l1", type=float, default=1e-3, help="L1 penalty on Taylor coefficients")
     p.add_argument(
@@ -71,7 +76,7 @@ def _key_data(keys, family):
     return np.asarray(jr.key_data(keys[family]))
 
 
-def fit_family(data, family, method, l1, iterations, key_data):
+def fit_family(data, family, solver, l1, steps, key_data):
     """Fit one rule family on `data` (several seeds vmapped) and score it; plain results so
     that it can run in another process."""
     import equinox as eqx
@@ -81,14 +86,18 @@ def fit_family(data, family, method, l1, iterations, key_data):
 
     import metaplastic as mp
 
-    if method == "adam":
-        options = {"epochs": iterations or 300}
+    import optax
+
+    if solver == "adam":
+        options = {"solver": mp.Optax(optax.adam(3e-3)), "steps": steps or 300}
     else:
-        options = {"iterations": iterations or (12 if family == "taylor" else 16)}
-    res = mp.recover_rule(
+        options = {
+            "solver": mp.LevenbergMarquardt(),
+            "steps": steps or (12 if family == "taylor" else 16),
+        }
+    res = mp.behaviour.recover_rule(
         data=data,
         rule=family,
-        method=method,
         l1=l1,
         key=jr.wrap_key_data(key_data),
         **options,
@@ -103,8 +112,8 @@ def fit_family(data, family, method, l1, iterations, key_data):
         "scores": {k: np.asarray(v) for k, v in res.scores.items()},
         "coefficients": coefficients,
         "loss_history": np.asarray(res.fit.history.loss),
-        "true_weights": np.asarray(mp.replay(data.teacher, one).weights[0]),
-        "fitted_weights": np.asarray(mp.replay(fitted0, one).weights[0]),
+        "true_weights": np.asarray(mp.behaviour.replay(data.teacher, one).weights[0]),
+        "fitted_weights": np.asarray(mp.behaviour.replay(fitted0, one).weights[0]),
         "fit_seconds": res.seconds["fit"] + res.seconds["evaluate"],
     }
 
@@ -120,12 +129,12 @@ def main(argv=None):
     truth = mp.rules.reward_modulated()  # x*r over (x, y, w, r)
     k_data, k_taylor, k_mlp = jr.split(jr.key(args.seed), 3)
     options = {} if args.input_variance is None else {"input_variance": args.input_variance}
-    data = mp.recovery_data(
+    data = mp.behaviour.recovery_data(
         truth,
         seeds=args.seeds,
         n_train=args.n_train,
         n_test=args.n_test,
-        task=mp.tasks.OperantTask(block_lengths=args.trials_per_block),
+        task=mp.behaviour.OperantTask(block_lengths=args.trials_per_block),
         resample_inputs=not args.no_resample,
         key=k_data,
         **options,
@@ -139,7 +148,7 @@ def main(argv=None):
     rows = []
     families = [f for f in FAMILIES if f in args.families]
     keys = {"taylor": k_taylor, "mlp": k_mlp}
-    settings = (args.method, args.l1, args.iterations)
+    settings = (args.solver, args.l1, args.steps)
     results = {}
     if args.jobs > 1 and len(families) > 1:
         # The families are independent fits, each mostly on one core: fit the MLP in a second
@@ -207,7 +216,7 @@ def main(argv=None):
             "trials": 3 * args.trials_per_block,
             "input_variance": float(data.encoding.variance),
             "resample_inputs": not args.no_resample,
-            "method": args.method,
+            "solver": args.solver,
             "l1": args.l1,
         },
         targets_met=targets,

@@ -231,7 +231,7 @@ def weight_change(teacher, test):
     import metaplastic as mp
 
     flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), test)
-    rep = mp.replay(teacher, flat)
+    rep = mp.behaviour.replay(teacher, flat)
     delta = rep.weights - teacher.initial_weights
     mask = flat.trial_mask[:, :, None, None]
     count = jnp.maximum(jnp.sum(mask) * delta.shape[-1] * delta.shape[-2], 1)
@@ -334,7 +334,7 @@ def main(argv=None):
     done = {(r["rule"], r["family"]) for r in rows if r["status"] == "ok"}
     rows = [r for r in rows if (r["rule"], r["family"]) in done]  # retry failed rows
     counter = CompileCounter()
-    task = mp.tasks.OperantTask(block_lengths=args.trials_per_block)
+    task = mp.behaviour.OperantTask(block_lengths=args.trials_per_block)
     k_data, k_fit = jr.split(jr.key(args.seed))
     iterations = {"taylor": args.taylor_iterations, "mlp": args.mlp_iterations}
 
@@ -344,7 +344,7 @@ def main(argv=None):
     for expression, source in mp.runs.track(todo, desc="rules", progress=not args.no_progress):
         truth = mp.rules.from_expression(expression)
         t0 = time.perf_counter()
-        data = mp.recovery_data(
+        data = mp.behaviour.recovery_data(
             truth, seeds=args.seeds, n_train=args.n_train, n_test=args.n_test, task=task, key=k_data
         )
         packed_length = int(data.train.choices.shape[-1])
@@ -366,10 +366,10 @@ def main(argv=None):
                 "generate_seconds": round(generate_seconds, 2),
             }
             try:
-                res = mp.recover_rule(
+                res = mp.behaviour.recover_rule(
                     data=data,
                     rule=family,
-                    iterations=iterations[family],
+                    steps=iterations[family],
                     l1=args.l1,
                     key=jr.fold_in(k_fit, families.index(family)),
                 )

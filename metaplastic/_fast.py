@@ -42,7 +42,7 @@ from jaxtyping import Array, Bool, Float
 
 from ._errors import MetaplasticError
 from .nn import ACTIVATIONS, PlasticDense
-from .rules import TaylorRule
+from .rules import FACTORS, TaylorRule, powers
 
 
 # Activations applied elementwise; the backward pass takes f'(u) from a jvp with a ones
@@ -50,7 +50,6 @@ from .rules import TaylorRule
 _ELEMENTWISE = frozenset({"sigmoid", "tanh", "identity", "relu", "softplus", "exp"})
 _LAYER_FIELDS = frozenset({"rule", "eta", "activation"})
 _RULE_FIELDS = frozenset({"coefficients", "trainable", "factors", "order"})
-_CANONICAL = ("x", "y", "w", "r")
 
 # Without an explicit `checkpoint`, the backward pass keeps every step's weights while they
 # take at most this many bytes per trajectory, and otherwise one matrix per segment of about
@@ -87,9 +86,9 @@ def canonical_coefficients(rule: TaylorRule) -> Float[Array, "nx ny nw nr"]:
     """The rule's effective coefficients with axes in canonical (x, y, w, r) order, absent
     factors as size-1 axes (differentiable: plain transposes and reshapes)."""
     c = rule.effective_coefficients
-    present = [f for f in _CANONICAL if f in rule.factors]
+    present = [f for f in FACTORS if f in rule.factors]
     c = jnp.transpose(c, [rule.factors.index(f) for f in present])
-    return jnp.reshape(c, [rule.order + 1 if f in rule.factors else 1 for f in _CANONICAL])
+    return jnp.reshape(c, [rule.order + 1 if f in rule.factors else 1 for f in FACTORS])
 
 
 def _config(activation: str, checkpoint, length: int, matrix_bytes: int) -> _Config:
@@ -124,16 +123,9 @@ def _config(activation: str, checkpoint, length: int, matrix_bytes: int) -> _Con
 # powers of x by `tensordot`, the adjoint contractions by one product per step.
 
 
-def _powers(v, n: int) -> list:
-    out = [jnp.ones_like(v)]
-    for _ in range(n - 1):
-        out.append(out[-1] * v)
-    return out
-
-
 def _reward_contracted(c4, rewards):
     """θ contracted with the powers of r at every step, `(T, nx, ny, nw)`."""
-    rp = jnp.stack(_powers(rewards, c4.shape[3]), axis=-1)  # (T, nr)
+    rp = jnp.stack(powers(rewards, c4.shape[3]), axis=-1)  # (T, nr)
     return jnp.einsum("abcd,td->tabc", c4, rp)
 
 
@@ -164,7 +156,7 @@ def _rule_dw(a, y, weight):
 
 def _a(c3, x):
     """`a[b, c, j] = Σ_a θ_r[a, b, c] x_j^a`, `(ny, nw, n_in)`, by a matrix product."""
-    return jnp.tensordot(c3, jnp.stack(_powers(x, c3.shape[0])), axes=[[0], [0]])
+    return jnp.tensordot(c3, jnp.stack(powers(x, c3.shape[0])), axes=[[0], [0]])
 
 
 def _forward_step(cfg, eta, weight, x, c3, valid):
@@ -189,7 +181,7 @@ def _backward_step(cfg, need_x, eta, lam, weight, x, c3, valid, y, dy, ybar):
     θ and reward cotangents are contracted after the scan, and the input cotangent if asked."""
     nx, ny, nw = c3.shape
     n_out = weight.shape[0]
-    xp = jnp.stack(_powers(x, nx))  # (nx, n_in)
+    xp = jnp.stack(powers(x, nx))  # (nx, n_in)
     p = [lam]
     for _ in range(1, nw):
         p.append(p[-1] * weight)
@@ -211,7 +203,7 @@ def _backward_step(cfg, need_x, eta, lam, weight, x, c3, valid, y, dy, ybar):
     if need_x:
         xbar = weight.T @ du
         if nx > 1:
-            ys = jnp.stack(_powers(y, ny))
+            ys = jnp.stack(powers(y, ny))
             rmat = jnp.stack([ys @ pc for pc in p])  # (nw, ny, n_in): Σ_i y^b Λ W^c
             dxp = jnp.stack([k * xp[k - 1] for k in range(1, nx)])  # ∂x^a/∂x, a >= 1
             dgx = jnp.einsum("abc,aj,cbj->j", c3[1:], dxp, rmat)
@@ -273,7 +265,7 @@ def _scan_backward(cfg, need_x, eta, lam, ws, xs):
 
     (lam, _, _), (q, xbar) = jax.lax.scan(body, (lam, ws[-1], length - 1), xs, reverse=True)
     y, ny = xs[3], xs[1].shape[2]
-    ys = jnp.stack(_powers(y, ny), axis=1)  # (T, ny, n_out)
+    ys = jnp.stack(powers(y, ny), axis=1)  # (T, ny, n_out)
     s = jnp.einsum("tbi,tcia->tabc", ys, q)  # Σ_i y^b Λ W^c x^a, per step
     return lam, s, xbar
 
@@ -305,7 +297,7 @@ def _backward(cfg, need_x, need_r, c4, eta, stored, inputs, rewards, mask, u, yb
         lam, (s, xbar) = jax.lax.scan(segment, lam, (stored, xs), reverse=True)
         s, xbar = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:])[:length], (s, xbar))
     vf = mask.astype(s.dtype)
-    rp = jnp.stack(_powers(rewards, nr), axis=-1)  # (T, nr)
+    rp = jnp.stack(powers(rewards, nr), axis=-1)  # (T, nr)
     h = jnp.einsum("t,td,tabc->abcd", vf, rp, s)
     rbar = None
     if need_r:

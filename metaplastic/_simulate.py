@@ -11,8 +11,9 @@ from jaxtyping import Array, Bool, Float
 from ._errors import MetaplasticError
 from ._fast import supports_fast_gradient, taylor_simulate
 from ._types import Key
+from ._validate import real_array
 from .data import ActivityDataset
-from .data._activity import _real_array, float_dtype
+from .data._activity import float_dtype
 from .nn import ActivityReadout, PlasticDense
 
 
@@ -164,8 +165,8 @@ def generate_activity(
         raise MetaplasticError(f"readout must be an ActivityReadout, got {type(readout).__name__}.")
     if not (isinstance(key, jax.Array) and key.shape in ((), (2,))):
         raise MetaplasticError(f"key must be one JAX PRNG key, got {key!r}.")
-    x = _real_array("inputs", inputs)
-    w0 = _real_array("initial_weights", initial_weights)
+    x = real_array("inputs", inputs)
+    w0 = real_array("initial_weights", initial_weights)
     if x.ndim != 3 or 0 in x.shape:
         raise MetaplasticError(
             f"inputs must have shape (batch, time, n_in) with no empty axis, got {x.shape}."
@@ -179,7 +180,7 @@ def generate_activity(
             f"{np.shape(initial_weights)}."
         )
     if rewards is not None:
-        rewards = _real_array("rewards", rewards)
+        rewards = real_array("rewards", rewards)
         if rewards.shape != (batch, length):
             raise MetaplasticError(
                 f"rewards must have shape (batch={batch}, time={length}), got {rewards.shape}."

@@ -19,8 +19,7 @@ from jaxtyping import ArrayLike, Float
 
 from ._errors import MetaplasticError, require
 from ._io import atomic_open
-from .rules import TaylorRule
-from .rules._expression import format_monomial
+from .rules import TaylorRule, format_monomial
 
 
 __all__ = [

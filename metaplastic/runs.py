@@ -251,7 +251,7 @@ def history_rows(history: Any, *, prefix: str = "") -> list[dict[str, Any]]:
         for leaf in jax.tree.leaves(history.params, is_leaf=lambda n: isinstance(n, TaylorRule))
         if isinstance(leaf, TaylorRule)
     ]
-    from .rules._expression import format_monomial
+    from .rules import format_monomial
 
     for i, rule in enumerate(rules):
         c = np.asarray(rule.coefficients)

@@ -16,43 +16,45 @@ FACTORS = ("x", "y", "w", "r")
 
 # ---------------------------------------------------------------------------------- the task
 def test_block_schedule():
-    task = mp.tasks.OperantTask(((0.2, 0.8), (0.9, 0.1)), (2, 3))
+    task = mp.behaviour.OperantTask(((0.2, 0.8), (0.9, 0.1)), (2, 3))
     assert task.n_trials == 5
     np.testing.assert_allclose(
         task.trial_probabilities(), [[0.2, 0.8]] * 2 + [[0.9, 0.1]] * 3, rtol=1e-6
     )
-    default = mp.tasks.OperantTask()
+    default = mp.behaviour.OperantTask()
     assert default.n_trials == 240 and default.block_lengths == (80, 80, 80)
     np.testing.assert_allclose(default.trial_probabilities()[80], [0.9, 0.1], rtol=1e-6)
     with pytest.raises(mp.MetaplasticError, match="probabilities"):
-        mp.tasks.OperantTask(((0.2, 1.5),))
+        mp.behaviour.OperantTask(((0.2, 1.5),))
     with pytest.raises(mp.MetaplasticError, match="block_lengths"):
-        mp.tasks.OperantTask(((0.2, 0.8), (0.5, 0.5)), (3,))
+        mp.behaviour.OperantTask(((0.2, 0.8), (0.5, 0.5)), (3,))
     with pytest.raises(mp.MetaplasticError, match="max_presentations"):
-        mp.tasks.OperantTask(max_presentations=0)
+        mp.behaviour.OperantTask(max_presentations=0)
 
 
 def test_bait_and_collect_by_hand():
     # Baiting: a reward drawn once stays until collected (u < p draws it).
-    baited = mp.tasks.bait(jnp.array([False, False]), jnp.array([0.2, 0.8]), jnp.array([0.5, 0.5]))
+    baited = mp.behaviour.bait(
+        jnp.array([False, False]), jnp.array([0.2, 0.8]), jnp.array([0.5, 0.5])
+    )
     assert baited.tolist() == [False, True]
-    baited = mp.tasks.bait(baited, jnp.array([0.2, 0.8]), jnp.array([0.1, 0.9]))
+    baited = mp.behaviour.bait(baited, jnp.array([0.2, 0.8]), jnp.array([0.1, 0.9]))
     assert baited.tolist() == [True, True]  # B stays baited although its draw failed
     # Accepting B collects it and clears only B.
-    reward, baited = mp.tasks.collect_reward(baited, jnp.array(1), jnp.array(True))
+    reward, baited = mp.behaviour.collect_reward(baited, jnp.array(1), jnp.array(True))
     assert float(reward) == 1.0 and baited.tolist() == [True, False]
     # Accepting an unbaited odour gives nothing and changes nothing.
-    reward, baited = mp.tasks.collect_reward(baited, jnp.array(1), jnp.array(True))
+    reward, baited = mp.behaviour.collect_reward(baited, jnp.array(1), jnp.array(True))
     assert float(reward) == 0.0 and baited.tolist() == [True, False]
     # A trial ended by the cap (no acceptance) collects nothing and keeps the bait.
-    reward, baited = mp.tasks.collect_reward(baited, jnp.array(0), jnp.array(False))
+    reward, baited = mp.behaviour.collect_reward(baited, jnp.array(0), jnp.array(False))
     assert float(reward) == 0.0 and baited.tolist() == [True, False]
 
 
 def test_task_sequence_by_hand():
     # Block 1 baits only A (p = 1, 0), block 2 only B (p = 0, 1): the draws are certain, so
     # the rewards of a scripted sequence of accepted odours can be checked by hand.
-    task = mp.tasks.OperantTask(((1.0, 0.0), (0.0, 1.0)), 3, expectation_window=2)
+    task = mp.behaviour.OperantTask(((1.0, 0.0), (0.0, 1.0)), 3, expectation_window=2)
     probs = task.trial_probabilities()
     script = [  # (accepted odour, accepted?) -> expected reward, bait after the trial
         (1, True, 0.0, [True, False]),  # B unbaited; A stays baited
@@ -73,32 +75,32 @@ def test_task_sequence_by_hand():
         assert state.baited.tolist() == want_bait, t
     # E[R] is the mean of the previous two rewards, starting from zeros.
     assert expected == [0.0, 0.0, 0.5, 0.5, 0.5, 0.5]
-    np.testing.assert_allclose(mp.data.expected_reward(jnp.array(rewards), 2), expected)
+    np.testing.assert_allclose(mp.behaviour.expected_reward(jnp.array(rewards), 2), expected)
 
 
 def test_expected_reward_moving_average():
     r = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0])
     np.testing.assert_allclose(
-        mp.data.expected_reward(r, 3), [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3], rtol=1e-6
+        mp.behaviour.expected_reward(r, 3), [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3], rtol=1e-6
     )
-    np.testing.assert_allclose(mp.data.expected_reward(r, 1), [0, 1, 0, 1, 1])
+    np.testing.assert_allclose(mp.behaviour.expected_reward(r, 1), [0, 1, 0, 1, 1])
     # Batched, and the default window of 10 with the history starting at zero.
     batch = jnp.ones((2, 12))
     np.testing.assert_allclose(
-        mp.data.expected_reward(batch)[0], [k / 10 for k in range(11)] + [1.0], rtol=1e-6
+        mp.behaviour.expected_reward(batch)[0], [k / 10 for k in range(11)] + [1.0], rtol=1e-6
     )
 
 
 # ---------------------------------------------------------------------------------- network
 def test_encoding_and_network():
-    enc = mp.nn.OdourEncoding(4, mean=0.75, variance=0.0, key=jr.key(0))
+    enc = mp.behaviour.OdourEncoding(4, mean=0.75, variance=0.0, key=jr.key(0))
     x = enc(jnp.array([0, 1]), key=jr.key(1))
     assert (x > 0).sum(axis=1).tolist() == [2, 2]  # each odour drives its own half
     assert float(jnp.sum(x[0] * x[1])) == 0.0
     np.testing.assert_allclose(x.sum(axis=1), [1.5, 1.5])
     with pytest.raises(mp.MetaplasticError, match="even"):
-        mp.nn.OdourEncoding(3)
-    net = mp.nn.MushroomBody(mp.rules.reward_modulated(), n_in=4, hidden=5, key=jr.key(0))
+        mp.behaviour.OdourEncoding(3)
+    net = mp.behaviour.MushroomBody(mp.rules.reward_modulated(), n_in=4, hidden=5, key=jr.key(0))
     assert net.plastic.eta == 0.25 and net.plastic.activation == "tanh"
     np.testing.assert_allclose(net.readout.weight, np.full((1, 5), 1.0))
     assert net.initial_weights.shape == (5, 4)
@@ -109,7 +111,9 @@ def test_encoding_and_network():
     y, logits = net.forward(w, x)
     np.testing.assert_allclose(logits, 5 * jnp.mean(jnp.tanh(w @ x.T), axis=0), rtol=1e-6)
     with pytest.raises(mp.MetaplasticError, match="reward_signal"):
-        mp.nn.MushroomBody(mp.rules.reward_modulated(), reward_signal="dopamine", key=jr.key(0))
+        mp.behaviour.MushroomBody(
+            mp.rules.reward_modulated(), reward_signal="dopamine", key=jr.key(0)
+        )
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -140,13 +144,13 @@ def hand_dataset(inputs=True):
     x = None
     if inputs:
         x = jr.normal(jr.key(3), odours.shape + (2,)) * 0.3 + 0.5
-    return mp.data.ChoiceDataset(
+    return mp.behaviour.ChoiceDataset(
         odours,
         choices,
         pmask,
         np.ones((2, 3), bool),
         rewards,
-        mp.data.expected_reward(rewards, 2),
+        mp.behaviour.expected_reward(rewards, 2),
         x,
     )
 
@@ -156,7 +160,7 @@ def network(rule=None, **kw):
         mp.TaylorRule.from_expression("x*r - 0.3*y*w + 0.2*x*y", FACTORS) if rule is None else rule
     )
     kw.setdefault("init_std", 0.3)
-    return mp.nn.MushroomBody(rule, key=jr.key(7), **kw)
+    return mp.behaviour.MushroomBody(rule, key=jr.key(7), **kw)
 
 
 @functools.cache
@@ -177,7 +181,7 @@ def pad(data, trials=2, presentations=2, junk=7.0):
             widths[2] = (0, presentations)
         return np.pad(np.asarray(a), widths, constant_values=fill)
 
-    padded = mp.data.ChoiceDataset(
+    padded = mp.behaviour.ChoiceDataset(
         grow(data.odours, 0, (1, 2)),
         grow(data.choices, 0.0, (1, 2)),
         grow(data.presentation_mask, False, (1, 2)),
@@ -203,7 +207,7 @@ def pad(data, trials=2, presentations=2, junk=7.0):
 def test_update_uses_the_accepted_presentation():
     data = hand_dataset()
     net = network()
-    rep = mp.replay(net, data)
+    rep = mp.behaviour.replay(net, data)
     w = net.initial_weights
     r = data.rewards - data.expected_rewards
     eta = 0.5
@@ -232,27 +236,29 @@ def test_update_uses_the_accepted_presentation():
 
 def test_reward_signal_option():
     data = hand_dataset()
-    pe = mp.replay(network(), data).weights
-    raw = mp.replay(network(reward_signal="reward"), data).weights
+    pe = mp.behaviour.replay(network(), data).weights
+    raw = mp.behaviour.replay(network(reward_signal="reward"), data).weights
     assert not np.allclose(pe, raw)
     data_no_expectation = eqx.tree_at(
         lambda d: d.expected_rewards, data, jnp.zeros_like(data.expected_rewards)
     )
-    np.testing.assert_allclose(mp.replay(network(), data_no_expectation).weights, raw, rtol=1e-6)
+    np.testing.assert_allclose(
+        mp.behaviour.replay(network(), data_no_expectation).weights, raw, rtol=1e-6
+    )
 
 
 @eqx.filter_jit
 def losses_of(net, data):
     """The choice loss, its gradient, the log-likelihoods and the replayed weights."""
-    value, grad = eqx.filter_value_and_grad(mp.choice_bce)(net, data)
-    ll = mp.choice_log_likelihood(net, data)
-    return value, grad.plastic.rule.coefficients, ll, mp.replay(net, data).weights
+    value, grad = eqx.filter_value_and_grad(mp.behaviour.choice_bce)(net, data)
+    ll = mp.behaviour.choice_log_likelihood(net, data)
+    return value, grad.plastic.rule.coefficients, ll, mp.behaviour.replay(net, data).weights
 
 
 def test_padding_never_changes_a_loss_or_metric():
     data = hand_dataset()
     padded = padded_hand_dataset()
-    packed = mp.data.PackedChoiceDataset.from_choices(padded)
+    packed = mp.behaviour.PackedChoiceDataset.from_choices(padded)
     assert packed.choices.shape == (2, 6)
     net, ref = network(), network(mp.rules.reward_modulated())
     plain = losses_of(net, data)
@@ -262,8 +268,8 @@ def test_padding_never_changes_a_loss_or_metric():
         np.testing.assert_allclose(other[1], plain[1], rtol=1e-5, atol=1e-8)
         np.testing.assert_allclose(other[2], plain[2], rtol=1e-6)
         np.testing.assert_allclose(other[3][:, :3], plain[3], rtol=1e-6)
-    a = mp.compare_behaviour(ref, net, data)  # R² of weights and activity, % deviance
-    b = mp.compare_behaviour(ref, net, padded)
+    a = mp.behaviour.compare_behaviour(ref, net, data)  # R² of weights and activity, % deviance
+    b = mp.behaviour.compare_behaviour(ref, net, padded)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=k)
     # The mean is over valid presentations only: 12 of them, not 18 (or 40 padded).
@@ -274,31 +280,34 @@ def test_padding_never_changes_a_loss_or_metric():
 def test_null_model_deviance():
     data = hand_dataset()
     # With zero initial weights and no plasticity p(accept) = 1/2 everywhere.
-    flat = mp.null_network(network(init_std=0.0))
+    flat = mp.behaviour.null_network(network(init_std=0.0))
     n = int(data.presentation_mask.sum(axis=(1, 2))[0])
     np.testing.assert_allclose(
-        -2 * mp.choice_log_likelihood(flat, data)[0], 2 * n * math.log(2), rtol=1e-6
+        -2 * mp.behaviour.choice_log_likelihood(flat, data)[0], 2 * n * math.log(2), rtol=1e-6
     )
     net = network()
-    null = mp.null_network(net)
-    np.testing.assert_allclose(mp.percent_deviance(null, data), [0.0, 0.0], atol=1e-4)
+    null = mp.behaviour.null_network(net)
+    np.testing.assert_allclose(mp.behaviour.percent_deviance(null, data), [0.0, 0.0], atol=1e-4)
     # The null model's weights never move.
-    rep = mp.replay(null, data)
+    rep = mp.behaviour.replay(null, data)
     np.testing.assert_allclose(rep.weights, jnp.broadcast_to(net.initial_weights, (2, 3, 10, 2)))
     # Percent deviance against hand-computed deviances.
-    ll, ll0 = mp.choice_log_likelihood(net, data), mp.choice_log_likelihood(null, data)
+    ll, ll0 = (
+        mp.behaviour.choice_log_likelihood(net, data),
+        mp.behaviour.choice_log_likelihood(null, data),
+    )
     np.testing.assert_allclose(
-        mp.percent_deviance(net, data), 100 * (-2 * ll0 + 2 * ll) / (-2 * ll0), rtol=1e-5
+        mp.behaviour.percent_deviance(net, data), 100 * (-2 * ll0 + 2 * ll) / (-2 * ll0), rtol=1e-5
     )
 
 
 def test_encode_odours_fills_inputs_with_fresh_noise():
     data = hand_dataset(inputs=False)
-    enc = mp.nn.OdourEncoding(2, key=jr.key(0))
+    enc = mp.behaviour.OdourEncoding(2, key=jr.key(0))
     with pytest.raises(mp.MetaplasticError, match="encode_odours"):
-        mp.choice_bce(network(), data)
-    a = mp.encode_odours(data, enc, key=jr.key(1))
-    b = mp.encode_odours(data, enc, key=jr.key(2))
+        mp.behaviour.choice_bce(network(), data)
+    a = mp.behaviour.encode_odours(data, enc, key=jr.key(1))
+    b = mp.behaviour.encode_odours(data, enc, key=jr.key(2))
     assert a.inputs.shape == (2, 3, 3, 2)
     assert not np.allclose(a.inputs, b.inputs)
     assert bool(jnp.all(a.inputs[~data.presentation_mask] == 0))
@@ -308,18 +317,18 @@ def test_encode_odours_fills_inputs_with_fresh_noise():
 # ---------------------------------------------------------------------------------- generation
 @pytest.fixture(scope="module")
 def generated():
-    task = mp.tasks.OperantTask(((0.2, 0.8), (0.9, 0.1)), 30, max_presentations=3)
-    enc = mp.nn.OdourEncoding(2, key=jr.key(0))
-    net = mp.nn.MushroomBody(mp.rules.reward_modulated(), key=jr.key(1))
-    return task, enc, net, mp.generate_behaviour(net, task, enc, 4, key=jr.key(2))
+    task = mp.behaviour.OperantTask(((0.2, 0.8), (0.9, 0.1)), 30, max_presentations=3)
+    enc = mp.behaviour.OdourEncoding(2, key=jr.key(0))
+    net = mp.behaviour.MushroomBody(mp.rules.reward_modulated(), key=jr.key(1))
+    return task, enc, net, mp.behaviour.generate_behaviour(net, task, enc, 4, key=jr.key(2))
 
 
 def test_generation_is_reproducible_from_a_key(generated):
     task, enc, net, g = generated
-    again = mp.generate_behaviour(net, task, enc, 4, key=jr.key(2))
+    again = mp.behaviour.generate_behaviour(net, task, enc, 4, key=jr.key(2))
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(again)):
         np.testing.assert_array_equal(a, b)
-    other = mp.generate_behaviour(net, task, enc, 4, key=jr.key(3))
+    other = mp.behaviour.generate_behaviour(net, task, enc, 4, key=jr.key(3))
     assert not np.array_equal(g.data.rewards, other.data.rewards)
 
 
@@ -328,7 +337,9 @@ def test_generated_behaviour_follows_the_task(generated):
     d = g.data
     assert d.odours.shape[:2] == (4, 60) and d.odours.shape[2] <= 3
     assert g.weights.shape == (4, 60, 10, 2)
-    np.testing.assert_allclose(d.expected_rewards, mp.data.expected_reward(d.rewards), atol=1e-6)
+    np.testing.assert_allclose(
+        d.expected_rewards, mp.behaviour.expected_reward(d.rewards), atol=1e-6
+    )
     accepted = np.asarray(d.accepted.any(-1))
     odour = np.asarray((d.accepted * d.odours).sum(-1))
     baited = np.asarray(g.baited)
@@ -359,11 +370,11 @@ def test_generated_behaviour_follows_the_task(generated):
 def test_closed_loop_equals_teacher_forcing_on_the_generating_inputs(generated):
     task, enc, net, g = generated
     exact = eqx.tree_at(lambda d: d.inputs, g.data, g.generating_inputs)
-    rep = mp.replay(net, exact, g.initial_weights)
+    rep = mp.behaviour.replay(net, exact, g.initial_weights)
     np.testing.assert_allclose(rep.weights, g.weights, rtol=1e-5, atol=1e-6)
     # The training inputs are a fresh draw of the encoding, not the generating inputs.
     assert not np.allclose(g.data.inputs, g.generating_inputs)
-    kept = mp.generate_behaviour(net, task, enc, 4, key=jr.key(2), resample_inputs=False)
+    kept = mp.behaviour.generate_behaviour(net, task, enc, 4, key=jr.key(2), resample_inputs=False)
     np.testing.assert_array_equal(kept.data.inputs, g.generating_inputs)
 
 
@@ -371,29 +382,31 @@ def test_closed_loop_equals_teacher_forcing_on_the_generating_inputs(generated):
 def test_neural_readout_loss(generated):
     task, enc, net, _ = generated
     readout = mp.nn.ActivityReadout(recorded_fraction=0.5, noise_std=0.0)
-    g = mp.generate_behaviour(
+    g = mp.behaviour.generate_behaviour(
         net, task, enc, 3, key=jr.key(5), resample_inputs=False, readout=readout
     )
-    data = mp.ChoiceActivityDataset.from_generated(g)
+    data = mp.behaviour.ChoiceActivityDataset.from_generated(g)
     assert int(data.neuron_mask[0].sum()) == 5
     start = eqx.tree_at(lambda m: m.initial_weights, net, g.initial_weights[0])
     one = jax.tree.map(lambda a: a[:1], data)
     # The true network from the true initial weights reproduces the noise-free recording.
-    loss = mp.choice_activity_loss(start, one, activity_weight=10.0)
-    np.testing.assert_allclose(loss, mp.choice_bce(start, one.choices), rtol=1e-5)
+    loss = mp.behaviour.choice_activity_loss(start, one, activity_weight=10.0)
+    np.testing.assert_allclose(loss, mp.behaviour.choice_bce(start, one.choices), rtol=1e-5)
     other = start.with_rule(mp.TaylorRule.zeros(FACTORS))
-    assert float(mp.choice_activity_loss(other, one)) > float(mp.choice_bce(other, one.choices))
+    assert float(mp.behaviour.choice_activity_loss(other, one)) > float(
+        mp.behaviour.choice_bce(other, one.choices)
+    )
 
 
 # ---------------------------------------------------------------------------------- fitting
 @pytest.mark.slow
 def test_recover_rule_runs_end_to_end():
-    res = mp.recover_rule(
+    res = mp.behaviour.recover_rule(
         mp.rules.reward_modulated(),
         seeds=2,
         n_train=2,
         n_test=2,
-        task=mp.tasks.OperantTask(((0.2, 0.8), (0.9, 0.1)), 10),
+        task=mp.behaviour.OperantTask(((0.2, 0.8), (0.9, 0.1)), 10),
         iterations=2,
         key=jr.key(0),
     )
@@ -418,15 +431,15 @@ def test_compare_ensemble_matches_members():
         *[mp.TaylorRule(c, FACTORS) for c in coefficients],
     )
     ens = ref.with_rule(stacked)
-    both = mp.compare_behaviour(ref, ens, data, ensemble=True, data_ensemble_axis=None)
+    both = mp.behaviour.compare_behaviour(ref, ens, data, ensemble=True, data_ensemble_axis=None)
     for i in range(2):
-        one = mp.compare_behaviour(
+        one = mp.behaviour.compare_behaviour(
             ref, ref.with_rule(mp.TaylorRule(coefficients[i], FACTORS)), data
         )
         for k in one:
             np.testing.assert_allclose(both[k][i], one[k], rtol=1e-5, err_msg=k)
     # The true rule scores perfectly against itself.
-    self_scores = mp.compare_behaviour(ref, ref, data)
+    self_scores = mp.behaviour.compare_behaviour(ref, ref, data)
     np.testing.assert_allclose(self_scores["r2_weights"], 1.0)
     np.testing.assert_allclose(
         self_scores["percent_deviance"], self_scores["true_percent_deviance"]
@@ -436,7 +449,7 @@ def test_compare_ensemble_matches_members():
 @pytest.mark.slow
 def test_recovers_x_times_r():
     # The issue's targets, on the median over 5 seeds.
-    res = mp.recover_rule(mp.rules.reward_modulated(), seeds=5, key=jr.key(0))
+    res = mp.behaviour.recover_rule(mp.rules.reward_modulated(), seeds=5, key=jr.key(0))
     med = res.median()
     assert med["r2_weights"] > 0.85
     assert med["r2_activity"] > 0.95
@@ -448,15 +461,15 @@ def test_recovers_x_times_r():
 
 @pytest.mark.slow
 def test_adam_fit_lowers_the_choice_loss():
-    data = mp.recovery_data(
+    data = mp.behaviour.recovery_data(
         mp.rules.reward_modulated(),
         seeds=2,
         n_train=4,
         n_test=2,
-        task=mp.tasks.OperantTask(block_lengths=20),
+        task=mp.behaviour.OperantTask(block_lengths=20),
         key=jr.key(0),
     )
-    res = mp.fit_behaviour(
+    res = mp.behaviour.fit_behaviour(
         data.teacher, data.train, seeds=2, method="adam", epochs=30, key=jr.key(1)
     )
     assert res.n_traces == 1
@@ -472,7 +485,7 @@ def test_adam_fit_lowers_the_choice_loss():
     ],
 )
 def test_choice_jacobian_matches_forward_mode(kind):
-    data = mp.data.PackedChoiceDataset.from_choices(padded_hand_dataset())
+    data = mp.behaviour.PackedChoiceDataset.from_choices(padded_hand_dataset())
     if kind == "mlp":
         rule = mp.MLPRule(FACTORS, width=4, key=jr.key(0))
     else:
@@ -489,15 +502,15 @@ def test_choice_jacobian_matches_forward_mode(kind):
 
     @jax.jit
     def both(t):
-        logits, fast = mp.choice_jacobian(t, to_model, data)
-        slow = jax.jacfwd(lambda u: mp.replay(to_model(u), data).logits)(t)
+        logits, fast = mp.behaviour.choice_jacobian(t, to_model, data)
+        slow = jax.jacfwd(lambda u: mp.behaviour.replay(to_model(u), data).logits)(t)
         return logits, fast, slow
 
     logits, fast, slow = both(theta)
-    assert bool(jnp.any(jnp.abs(mp.replay(net, data).weights) == bound))
+    assert bool(jnp.any(jnp.abs(mp.behaviour.replay(net, data).weights) == bound))
     m = data.presentation_mask
     np.testing.assert_allclose(
-        jnp.where(m, logits, 0), jnp.where(m, mp.replay(net, data).logits, 0), rtol=1e-6
+        jnp.where(m, logits, 0), jnp.where(m, mp.behaviour.replay(net, data).logits, 0), rtol=1e-6
     )
     scale = float(jnp.max(jnp.abs(slow)))
     np.testing.assert_allclose(
@@ -516,7 +529,7 @@ def test_choice_jacobian_matches_forward_mode(kind):
     ],
 )
 def test_taylor_parts(factors):
-    from metaplastic._behaviour import _taylor_parts
+    from metaplastic.behaviour._sensitivities import _taylor_parts
 
     rule = mp.TaylorRule.random(factors, 2, scale=0.5, key=jr.key(0))
     x, y = jnp.array([0.7, -0.2]), jnp.array([0.3, -0.5, 0.9])

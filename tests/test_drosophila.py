@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import metaplastic as mp
-from metaplastic.data import load_drosophila
+from metaplastic.flies import load_drosophila
 
 
 sio = pytest.importorskip("scipy.io")
@@ -73,7 +73,7 @@ def test_default_window_is_ten(tmp_path):
     data = load_drosophila(_write(tmp_path / "a.mat", rng.integers(0, 2, 30), np.ones(30), r))
     assert data.window == 10
     np.testing.assert_allclose(
-        data.dataset.expected_rewards[0], mp.data.expected_reward(r.astype(float), window=10)
+        data.dataset.expected_rewards[0], mp.behaviour.expected_reward(r.astype(float), window=10)
     )
     # E[R] before trial 12 is the mean of rewards 2..11.
     np.testing.assert_allclose(data.dataset.expected_rewards[0, 12], r[2:12].mean(), rtol=1e-6)
@@ -275,7 +275,7 @@ def test_real_flies(drosophila_dir):
             assert info.rejections_per_block[0] > 0 and info.accept_only_blocks >= 1
     np.testing.assert_allclose(
         ds.expected_rewards,
-        np.where(ds.trial_mask, mp.data.expected_reward(ds.rewards, window=10), 0.0),
+        np.where(ds.trial_mask, mp.behaviour.expected_reward(ds.rewards, window=10), 0.0),
         rtol=1e-6,
     )
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import metaplastic as mp
-from metaplastic._flies import _configurations, _prepare, _score
+from metaplastic.flies._fits import _prepare, _score
+from metaplastic.flies._splits import trial_splits
 
 
 sio = pytest.importorskip("scipy.io")
@@ -45,14 +46,16 @@ def simulated(tmp_path_factory):
     """Two flies whose weights follow a known covariance rule, Δw = 2·x·r + 0.2·x, and one
     without plasticity, in three blocks of 40 trials."""
     folder = tmp_path_factory.mktemp("flies")
-    task = mp.tasks.OperantTask(((0.8, 0.2), (0.2, 0.8), (0.8, 0.2)), (40, 40, 40))
+    task = mp.behaviour.OperantTask(((0.8, 0.2), (0.2, 0.8), (0.8, 0.2)), (40, 40, 40))
     truth = mp.TaylorRule.from_expression("2*x*r + 0.2*x", factors=("x", "w", "r"), order=1)
-    teacher = mp.nn.MushroomBody(truth, key=jr.key(1))
-    encoding = mp.nn.OdourEncoding(2, key=jr.key(2))
-    _write_flies(mp.generate_behaviour(teacher, task, encoding, 2, key=jr.key(3)), folder)
+    teacher = mp.behaviour.MushroomBody(truth, key=jr.key(1))
+    encoding = mp.behaviour.OdourEncoding(2, key=jr.key(2))
+    _write_flies(mp.behaviour.generate_behaviour(teacher, task, encoding, 2, key=jr.key(3)), folder)
     still = teacher.with_rule(mp.TaylorRule.zeros(("x", "w", "r"), 1))
-    _write_flies(mp.generate_behaviour(still, task, encoding, 1, key=jr.key(4)), folder, 3)
-    return mp.data.load_drosophila(folder, block_size=40)
+    _write_flies(
+        mp.behaviour.generate_behaviour(still, task, encoding, 1, key=jr.key(4)), folder, 3
+    )
+    return mp.flies.load_drosophila(folder, block_size=40)
 
 
 KEY = jr.key(5)
@@ -71,14 +74,14 @@ def small(tmp_path_factory):
         x = np.stack([1 - odour, odour], axis=1)
         r = rng.integers(0, 2, sum(y))
         sio.savemat(folder / f"Fly{fly + 1}.mat", {"X": x, "Y": np.array(y)[None], "R": r[None]})
-    return mp.data.load_drosophila(folder, block_size=10)
+    return mp.flies.load_drosophila(folder, block_size=10)
 
 
 @pytest.fixture(scope="module")
 def fitted(simulated):
-    return mp.fit_flies(
-        simulated, "covariance", resamples=1, fractions=(0.5,), iterations=6, key=KEY
-    )
+    return mp.flies.fit_families(
+        simulated, ("covariance",), resamples=1, fractions=(0.5,), iterations=6, key=KEY
+    )["covariance"]
 
 
 @pytest.mark.slow  # about 30 s: generating the flies and compiling the fit
@@ -104,9 +107,9 @@ def test_covariance_family_explains_a_covariance_fly(fitted):
     assert rows[0]["fly"] == "Fly1" and rows[0]["coef_x*r"] == pytest.approx(float(xr[0]))
 
 
-def test_configurations_split_trials_and_masks_presentations(small):
+def test_trial_splits_split_trials_and_masks_presentations(small):
     simulated = small
-    names, fit_on, score_on = _configurations(simulated, (0.5, 0.8))
+    names, fit_on, score_on = trial_splits(simulated, (0.5, 0.8))
     assert names == [
         "all",
         "held_out_0.5",
@@ -131,9 +134,11 @@ def test_configurations_split_trials_and_masks_presentations(small):
     assert np.array_equal(fit_on[4] | score_on[4], first) and not np.any(fit_on[4] & score_on[4])
     assert fit_on[4, 0].sum() == 5  # half of a 10-trial block 1
     # The presentation masks keep exactly the presentations of the selected trials.
-    encoded = mp.encode_odours(simulated.dataset, mp.nn.OdourEncoding(2), key=jr.key(0))
-    packed = mp.data.PackedChoiceDataset.from_choices(encoded)
-    held = mp.presentation_masks(packed, score_on[1])
+    encoded = mp.behaviour.encode_odours(
+        simulated.dataset, mp.behaviour.OdourEncoding(2), key=jr.key(0)
+    )
+    packed = mp.behaviour.PackedChoiceDataset.from_choices(encoded)
+    held = mp.flies.presentation_masks(packed, score_on[1])
     trial = np.asarray(packed.trial_index)
     valid = np.asarray(packed.presentation_mask)
     for fly in range(len(n)):
@@ -149,8 +154,8 @@ def test_held_out_scores_only_held_out_trials(simulated, fitted):
     data, fits, key = simulated, fitted, KEY
     # The same network, encoding and noise as inside fit_families (the same key splits).
     k_enc, k_net, k_noise, _ = jr.split(key, 4)
-    encoding = mp.nn.OdourEncoding(2, key=k_enc)
-    network = mp.nn.MushroomBody(mp.TaylorRule.zeros(("x", "y", "w", "r"), 0), key=k_net)
+    encoding = mp.behaviour.OdourEncoding(2, key=k_enc)
+    network = mp.behaviour.MushroomBody(mp.TaylorRule.zeros(("x", "y", "w", "r"), 0), key=k_net)
     names, members, fit_mask, score_mask = _prepare(data, network, encoding, 1, (0.5,), k_noise)
     assert names[:2] == ["all", "held_out_0.5"]
     m = 1 * len(data) + 0  # members are (configuration, fly): held_out_0.5, Fly1
@@ -168,54 +173,54 @@ def test_held_out_scores_only_held_out_trials(simulated, fitted):
     net = network.with_rule(jax.tree.map(lambda a: a[0] if eqx.is_inexact_array(a) else a, rule))
     one = jax.tree.map(lambda a: jnp.asarray(a[m]), members)
     masked = eqx.tree_at(lambda d: d.presentation_mask, one, jnp.asarray(score_mask[m]))
-    ll = float(mp.choice_log_likelihood(net, masked).sum())
-    ll0 = float(mp.choice_log_likelihood(mp.null_network(net), masked).sum())
+    ll = float(mp.behaviour.choice_log_likelihood(net, masked).sum())
+    ll0 = float(mp.behaviour.choice_log_likelihood(mp.behaviour.null_network(net), masked).sum())
     assert held[m] == pytest.approx(100 * (ll0 - ll) / ll0, rel=1e-4)
     # Scoring the first half instead gives another number: the mask is what selects trials.
     first = eqx.tree_at(lambda d: d.presentation_mask, one, jnp.asarray(fit_mask[m]))
-    assert float(mp.choice_log_likelihood(net, first).sum()) != pytest.approx(ll)
+    assert float(mp.behaviour.choice_log_likelihood(net, first).sum()) != pytest.approx(ll)
     # The replay runs through the held-out trials from the weights the rule produced.
-    weights = np.asarray(mp.replay(net, one).weights[0])
+    weights = np.asarray(mp.behaviour.replay(net, one).weights[0])
     assert not np.allclose(weights[cut], np.asarray(network.initial_weights))
 
 
 def test_compare_scores_by_hand():
     a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
     b = np.array([2.0, 1.0, 5.0, 7.0, 5.0])  # differences 1, -1, 2, 3, 0
-    c = mp.compare_scores(a, b)
+    c = mp.flies.compare_scores(a, b)
     assert (c.n, c.n_improved, c.n_worse) == (5, 3, 1)
     assert c.median_difference == 1.0
     # Zero dropped; ranks of |1|, |-1|, 2, 3 are 1.5, 1.5, 3, 4: W+ = 8.5, W- = 1.5.
     assert c.statistic == pytest.approx(1.5)
     assert 0.0 < c.p_value <= 1.0
-    same = mp.compare_scores(a, a)
+    same = mp.flies.compare_scores(a, a)
     assert same.n_improved == 0 and np.isnan(same.p_value)
     with pytest.raises(mp.MetaplasticError, match="equal-length"):
-        mp.compare_scores(a, b[:3])
+        mp.flies.compare_scores(a, b[:3])
 
 
 def test_compare_scores_without_scipy(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.stats", None)
     with pytest.raises(mp.MissingDependencyError, match="metaplastic\\[data\\]"):
-        mp.compare_scores(np.array([1.0, 2.0]), np.array([2.0, 3.0]))
+        mp.flies.compare_scores(np.array([1.0, 2.0]), np.array([2.0, 3.0]))
 
 
 def test_fit_families_rejects_bad_input(small):
     simulated = small
     with pytest.raises(mp.MetaplasticError, match="families"):
-        mp.fit_families(simulated, ("hebb",), key=jr.key(0))
+        mp.flies.fit_families(simulated, ("hebb",), key=jr.key(0))
     with pytest.raises(mp.MetaplasticError, match="fractions"):
-        mp.fit_families(simulated, ("covariance",), fractions=(1.2,), key=jr.key(0))
+        mp.flies.fit_families(simulated, ("covariance",), fractions=(1.2,), key=jr.key(0))
     with pytest.raises(mp.MetaplasticError, match="reward_signal"):
-        mp.fit_families(simulated, ("covariance",), reward_signal="dopamine", key=jr.key(0))
+        mp.flies.fit_families(simulated, ("covariance",), reward_signal="dopamine", key=jr.key(0))
     with pytest.raises(mp.MetaplasticError, match="resamples"):
-        mp.fit_families(simulated, ("covariance",), resamples=0, key=jr.key(0))
+        mp.flies.fit_families(simulated, ("covariance",), resamples=0, key=jr.key(0))
 
 
 # --- The real recordings (skipped when the shared data folder is absent) ---------------------
 def test_real_flies_fit(drosophila_dir):
-    data = mp.data.load_drosophila(drosophila_dir).select(["Fly1", "Fly12"])
-    fits = mp.fit_families(
+    data = mp.flies.load_drosophila(drosophila_dir).select(["Fly1", "Fly12"])
+    fits = mp.flies.fit_families(
         data,
         ("covariance", "forgetting"),
         resamples=1,
@@ -229,7 +234,7 @@ def test_real_flies_fit(drosophila_dir):
         assert np.all(np.isfinite(f.in_sample)) and np.all(np.isfinite(f.held_out))
         assert f.in_sample.min() > 0  # plasticity beats a constant p(accept) = 0.5
     assert fgt.without_accept_only().names == ("Fly1",)
-    comparison = mp.compare_families(cov, fgt, "held_out", fraction=0.5)
+    comparison = mp.flies.compare_families(cov, fgt, "held_out", fraction=0.5)
     assert comparison.n == 2
 
 
@@ -277,7 +282,7 @@ def test_example_without_data_folder(tmp_path):
 
 
 def test_base_rate_scores_by_hand(small):
-    scores = mp.base_rate_scores(small, (0.5,))
+    scores = mp.flies.base_rate_scores(small, (0.5,))
     ch = np.asarray(small.dataset.choices)[0]
     pm = np.asarray(small.dataset.presentation_mask)[0]
     # Block 1 (trials 0-9) of fly 1, in sample: smoothed rate, against p = 0.5.

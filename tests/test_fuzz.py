@@ -265,7 +265,7 @@ def test_random_choice_datasets(b, t, p, data):
     if odours.dtype.kind == "i":
         odours = np.abs(odours) % 2
     with works_or_metaplastic_error():
-        mp.data.ChoiceDataset(
+        mp.behaviour.ChoiceDataset(
             odours,
             draw((b, t, p), [np.float32, bool]),
             draw((b, t, p), [bool] * 4 + [np.int32]),

@@ -62,8 +62,8 @@ def test_buckets_cover_and_are_few():
 
 @pytest.mark.slow  # 10 s on a quiet machine, 52 s wall under load 8
 def test_padding_changes_no_likelihood():
-    task = mp.tasks.OperantTask(block_lengths=5)
-    data = mp.recovery_data(
+    task = mp.behaviour.OperantTask(block_lengths=5)
+    data = mp.behaviour.recovery_data(
         mp.rules.reward_modulated(), seeds=1, n_train=2, n_test=2, task=task, key=jr.key(3)
     )
     padded = sweep.pad_recovery_data(data, task.max_presentations)
@@ -74,8 +74,8 @@ def test_padding_changes_no_likelihood():
         return jax.tree.map(lambda a: a[0], tree)
 
     for a, b in ((data.train, padded.train), (data.test, padded.test)):
-        ll_a = mp.choice_log_likelihood(data.teacher, first(a))
-        ll_b = mp.choice_log_likelihood(data.teacher, first(b))
+        ll_a = mp.behaviour.choice_log_likelihood(data.teacher, first(a))
+        ll_b = mp.behaviour.choice_log_likelihood(data.teacher, first(b))
         np.testing.assert_allclose(np.asarray(ll_a), np.asarray(ll_b), rtol=1e-6)
         assert bool(jnp.all(ll_a < 0))
 

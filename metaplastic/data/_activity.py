@@ -1,6 +1,5 @@
 import logging
 import typing
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -9,6 +8,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from .._errors import MetaplasticError
+from .._validate import finite_where, mask_array, real_array
 
 
 logger = logging.getLogger("metaplastic")
@@ -21,42 +21,6 @@ def float_dtype(*arrays: np.ndarray) -> np.dtype:
     if dtype.kind != "f":
         dtype = np.dtype(float)
     return jax.dtypes.canonicalize_dtype(dtype)
-
-
-def _real_array(name: str, value: Any) -> np.ndarray:
-    """`value` as a numpy array of real numbers (bool and int allowed), or `MetaplasticError`."""
-    if isinstance(value, jax.core.Tracer):
-        raise MetaplasticError(f"{name} must be a concrete array, not a traced value inside jit.")
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as err:
-        raise MetaplasticError(f"{name} must be an array of numbers: {err}") from None
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise MetaplasticError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
-    return arr
-
-
-def _mask_array(name: str, value: Any) -> np.ndarray:
-    """`value` as a numpy boolean array, or `MetaplasticError`."""
-    if isinstance(value, jax.core.Tracer):
-        raise MetaplasticError(f"{name} must be a concrete array, not a traced value inside jit.")
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as err:
-        raise MetaplasticError(f"{name} must be a boolean array: {err}") from None
-    if arr.dtype != bool:
-        raise MetaplasticError(f"{name} must be a boolean array (True = valid), got {arr.dtype}.")
-    return arr
-
-
-def _finite_where(name: str, values: np.ndarray, valid: np.ndarray) -> None:
-    bad = valid & ~np.isfinite(values)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise MetaplasticError(
-            f"{name} holds a non-finite value ({values[where]}) at index {where}, which is "
-            "marked valid; mark it invalid in the mask or remove it."
-        )
 
 
 class ActivityDataset(eqx.Module):
@@ -101,9 +65,9 @@ class ActivityDataset(eqx.Module):
         neuron, or a NaN/Inf in an entry that the masks mark valid. Entries the masks mark
         invalid are set to zero.
         """
-        inputs_np = _real_array("inputs", inputs)
-        activity_np = _real_array("activity", activity)
-        w0 = _real_array("initial_weights", initial_weights)
+        inputs_np = real_array("inputs", inputs)
+        activity_np = real_array("activity", activity)
+        w0 = real_array("initial_weights", initial_weights)
         if inputs_np.ndim != 3:
             raise MetaplasticError(
                 f"inputs must have shape (batch, time, n_in), got {inputs_np.shape}."
@@ -129,7 +93,7 @@ class ActivityDataset(eqx.Module):
                 f"initial_weights must have shape (batch={b}, n_out={n_out}, n_in={n_in}) or "
                 f"(n_out={n_out}, n_in={n_in}), got {w0.shape}."
             )
-        sm = np.ones((b, t), bool) if step_mask is None else _mask_array("step_mask", step_mask)
+        sm = np.ones((b, t), bool) if step_mask is None else mask_array("step_mask", step_mask)
         if sm.shape != (b, t):
             raise MetaplasticError(
                 f"step_mask must be a boolean array of shape ({b}, {t}), got {sm.dtype} {sm.shape}."
@@ -140,7 +104,7 @@ class ActivityDataset(eqx.Module):
         nm = (
             np.ones((b, n_out), bool)
             if neuron_mask is None
-            else _mask_array("neuron_mask", neuron_mask)
+            else mask_array("neuron_mask", neuron_mask)
         )
         if nm.ndim == 1 and nm.shape == (n_out,):
             nm = np.broadcast_to(nm, (b,) + nm.shape)
@@ -153,16 +117,14 @@ class ActivityDataset(eqx.Module):
             empty = int(np.argmin(nm.any(axis=1)))
             raise MetaplasticError(f"Trajectory {empty} records no neuron in neuron_mask.")
         rw = (
-            np.zeros((b, t), inputs_np.dtype)
-            if rewards is None
-            else _real_array("rewards", rewards)
+            np.zeros((b, t), inputs_np.dtype) if rewards is None else real_array("rewards", rewards)
         )
         if rw.shape != (b, t):
             raise MetaplasticError(f"rewards must have shape ({b}, {t}), got {rw.shape}.")
-        _finite_where("inputs", inputs_np, np.broadcast_to(sm[:, :, None], inputs_np.shape))
-        _finite_where("activity", activity_np, sm[:, :, None] & nm[:, None, :])
-        _finite_where("initial_weights", w0, np.ones(w0.shape, bool))
-        _finite_where("rewards", rw, sm)
+        finite_where("inputs", inputs_np, np.broadcast_to(sm[:, :, None], inputs_np.shape))
+        finite_where("activity", activity_np, sm[:, :, None] & nm[:, None, :])
+        finite_where("initial_weights", w0, np.ones(w0.shape, bool))
+        finite_where("rewards", rw, sm)
         single = np.flatnonzero(sm.sum(axis=1) == 1)
         if len(single):
             logger.warning(

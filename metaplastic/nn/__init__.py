@@ -1,7 +1,5 @@
-"""Plastic and fixed layers, readouts and networks."""
+"""Plastic and fixed layers and readouts."""
 
-from ._mushroom_body import MushroomBody as MushroomBody
-from ._mushroom_body import OdourEncoding as OdourEncoding
 from ._plastic import ACTIVATIONS as ACTIVATIONS
 from ._plastic import FixedDense as FixedDense
 from ._plastic import PlasticDense as PlasticDense

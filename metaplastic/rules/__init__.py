@@ -1,6 +1,7 @@
 """Plasticity rules: Taylor-series and MLP rules, expressions, and a library of known rules."""
 
 from ._abstract import AbstractRule as AbstractRule
+from ._expression import FACTORS as FACTORS
 from ._expression import format_expression as format_expression
 from ._expression import format_monomial as format_monomial
 from ._expression import parse_expression as parse_expression
@@ -12,3 +13,4 @@ from ._library import with_decay as with_decay
 from ._library import zero_like as zero_like
 from ._mlp import MLPRule as MLPRule
 from ._taylor import TaylorRule as TaylorRule
+from ._taylor import powers as powers

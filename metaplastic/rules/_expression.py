@@ -10,7 +10,9 @@ import numpy as np
 from .._errors import MetaplasticError
 
 
-KNOWN_FACTORS = ("x", "y", "w", "r")
+# The factors a rule may depend on, in canonical order: presynaptic activity, postsynaptic
+# activity, the weight, the reward signal. Taylor evaluation contracts them in this order.
+FACTORS = ("x", "y", "w", "r")
 _FACTOR_NAMES = {
     "x": "presynaptic activity",
     "y": "postsynaptic activity",
@@ -50,7 +52,7 @@ def check_factors(factors: tuple[str, ...]) -> None:
             f"{factors!r}."
         )
     for f in factors:
-        if f not in KNOWN_FACTORS:
+        if f not in FACTORS:
             raise MetaplasticError(
                 f"Unknown factor {f!r} in factors={factors!r}; known factors are "
                 + ", ".join(f"{k!r} ({v})" for k, v in _FACTOR_NAMES.items())
@@ -134,7 +136,7 @@ def parse_expression(text: str, factors: tuple[str, ...], order: int) -> dict[Mo
                     coef *= float(value)
                 elif kind == "name":
                     if value not in index:
-                        if value in KNOWN_FACTORS:
+                        if value in FACTORS:
                             raise error(
                                 f"factor {value!r} is not among this rule's factors {factors!r}."
                             )

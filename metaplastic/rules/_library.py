@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 
 from .._errors import MetaplasticError
+from ._expression import FACTORS
 from ._taylor import TaylorRule
 
 
@@ -16,7 +17,7 @@ def hebbian(factors: tuple[str, ...] = ("x", "y", "w"), order: int = 2) -> Taylo
     return TaylorRule.from_expression("x*y", factors, order)
 
 
-def reward_modulated(factors: tuple[str, ...] = ("x", "y", "w", "r"), order: int = 2) -> TaylorRule:
+def reward_modulated(factors: tuple[str, ...] = FACTORS, order: int = 2) -> TaylorRule:
     """The reward-modulated (covariance) rule `Δw = x*r`, with `r` the reward minus its
     expectation: presynaptic activity times the reward prediction error."""
     return TaylorRule.from_expression("x*r", factors, order)
@@ -35,7 +36,7 @@ def with_decay(rule: TaylorRule, rate: float = 0.05, term: str = "w") -> TaylorR
 
 
 def from_expression(
-    expression: str, factors: tuple[str, ...] = ("x", "y", "w", "r"), order: int = 2
+    expression: str, factors: tuple[str, ...] = FACTORS, order: int = 2
 ) -> TaylorRule:
     """Shorthand for `TaylorRule.from_expression`, defaulting to all four factors."""
     return TaylorRule.from_expression(expression, factors, order)

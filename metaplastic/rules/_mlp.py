@@ -9,7 +9,7 @@ from jaxtyping import Array, Float
 from .._errors import MetaplasticError
 from .._types import Key, Post, Pre, Scalar, Weight
 from ._abstract import AbstractRule
-from ._expression import as_factors
+from ._expression import FACTORS, as_factors
 
 
 class MLPRule(AbstractRule):
@@ -25,7 +25,7 @@ class MLPRule(AbstractRule):
     @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def __init__(
         self,
-        factors: tuple[str, ...] = ("x", "y", "w", "r"),
+        factors: tuple[str, ...] = FACTORS,
         *,
         width: int = 10,
         depth: int = 1,

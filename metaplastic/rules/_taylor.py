@@ -13,6 +13,7 @@ from .._errors import MetaplasticError
 from .._types import Key, Post, Pre, Scalar, Weight
 from ._abstract import AbstractRule
 from ._expression import (
+    FACTORS,
     as_factors,
     check_order,
     format_expression,
@@ -21,12 +22,22 @@ from ._expression import (
 )
 
 
-_CANONICAL = ("x", "y", "w", "r")
+def powers(v: Array, n: int) -> list[Array]:
+    """The first `n` powers `[1, v, v², ..., v^(n-1)]` of an array, each the previous one
+    times `v` (the building block of every Taylor-rule evaluation, here and in the fast
+    gradient and the sensitivities of behaviour fits).
 
+    **Arguments:**
 
-def _powers(v: Array, order: int) -> list[Array]:
+    - `v`: an array of any shape.
+    - `n`: the number of powers (at least 1).
+
+    **Returns:**
+
+    A list of `n` arrays shaped like `v`.
+    """
     out = [jnp.ones_like(v)]
-    for _ in range(order):
+    for _ in range(n - 1):
         out.append(out[-1] * v)
     return out
 
@@ -163,7 +174,10 @@ class TaylorRule(AbstractRule):
         return cls(coefficients, rule.factors)
 
     # ------------------------------------------------------------------ inspection
-    def _monomial(self, term: str) -> tuple[int, ...]:
+    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    def monomial(self, term: str) -> tuple[int, ...]:
+        """The exponents of one monomial, one per factor in the order of `factors`: the index
+        of its coefficient, e.g. `rule.monomial("x*r")` is `(1, 0, 0, 1)` over `x, y, w, r`."""
         terms = parse_expression(term, self.factors, self.order)
         if len(terms) != 1:
             raise MetaplasticError(f"Expected a single monomial such as 'y^2*w', got {term!r}.")
@@ -172,7 +186,7 @@ class TaylorRule(AbstractRule):
     @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def coefficient(self, term: str) -> float:
         """The coefficient of one monomial, e.g. `rule.coefficient("y^2*w")`."""
-        return float(self.coefficients[self._monomial(term)])
+        return float(self.coefficients[self.monomial(term)])
 
     def terms(self) -> list[tuple[str, float]]:
         """All `(monomial, coefficient)` pairs, largest magnitude first."""
@@ -214,7 +228,7 @@ class TaylorRule(AbstractRule):
             )
         out = np.zeros(self.coefficients.shape, dtype=bool)
         for term in expression_terms:
-            out[self._monomial(term) if term != "1" else (0,) * len(self.factors)] = True
+            out[self.monomial(term) if term != "1" else (0,) * len(self.factors)] = True
         return out
 
     @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
@@ -241,17 +255,17 @@ class TaylorRule(AbstractRule):
     ) -> Float[Array, "n_out n_in"]:
         # Bring the coefficients to canonical (x, y, w, r) order, size-1 axes for absent factors.
         c = self.effective_coefficients
-        present = [f for f in _CANONICAL if f in self.factors]
+        present = [f for f in FACTORS if f in self.factors]
         c = jnp.transpose(c, [self.factors.index(f) for f in present])
-        c = jnp.reshape(c, [self.order + 1 if f in self.factors else 1 for f in _CANONICAL])
+        c = jnp.reshape(c, [self.order + 1 if f in self.factors else 1 for f in FACTORS])
         nx, ny, nw, nr = c.shape
         # Contract the scalar reward, then the powers of x (n_in) and y (n_out), so that only
         # rank-one matrices meet the weights: no per-synapse monomial vector is ever built.
-        r_pows = jnp.stack(_powers(jnp.asarray(reward, dtype=c.dtype), nr - 1))
+        r_pows = jnp.stack(powers(jnp.asarray(reward, dtype=c.dtype), nr))
         c = jnp.tensordot(c, r_pows, axes=[[3], [0]])  # (nx, ny, nw)
-        x_pows = jnp.stack(_powers(pre, nx - 1))  # (nx, n_in)
+        x_pows = jnp.stack(powers(pre, nx))  # (nx, n_in)
         a = jnp.tensordot(c, x_pows, axes=[[0], [0]])  # (ny, nw, n_in)
-        y_pows = _powers(post, ny - 1)
+        y_pows = powers(post, ny)
         # Horner in w: ((M_2) w + M_1) w + M_0, with M_c = Σ_b y^b ⊗ a[b, c].
         out = None
         for k in reversed(range(nw)):

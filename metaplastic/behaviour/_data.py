@@ -1,3 +1,6 @@
+"""The recorded behaviour of the choice experiment: padded and packed choice datasets and the
+reward expectation."""
+
 import typing
 
 import equinox as eqx
@@ -6,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from .._errors import MetaplasticError
-from ._activity import _finite_where, _mask_array, _real_array
+from .._validate import finite_where, mask_array, real_array
 
 
 class ChoiceDataset(eqx.Module):
@@ -47,12 +50,12 @@ class ChoiceDataset(eqx.Module):
         expected_rewards: Float[ArrayLike, "batch trials"],
         inputs: Float[ArrayLike, "batch trials presentations n_in"] | None = None,
     ):
-        od = _real_array("odours", odours)
-        ch = _real_array("choices", choices).astype(np.float64)
-        pm = _mask_array("presentation_mask", presentation_mask)
-        tm = _mask_array("trial_mask", trial_mask)
-        rw = _real_array("rewards", rewards).astype(np.float64)
-        er = _real_array("expected_rewards", expected_rewards).astype(np.float64)
+        od = real_array("odours", odours)
+        ch = real_array("choices", choices).astype(np.float64)
+        pm = mask_array("presentation_mask", presentation_mask)
+        tm = mask_array("trial_mask", trial_mask)
+        rw = real_array("rewards", rewards).astype(np.float64)
+        er = real_array("expected_rewards", expected_rewards).astype(np.float64)
         if od.ndim != 3:
             raise MetaplasticError(
                 f"odours must have shape (batch, trials, presentations), got {od.shape}."
@@ -75,9 +78,9 @@ class ChoiceDataset(eqx.Module):
         if not np.issubdtype(od.dtype, np.integer):
             raise MetaplasticError(f"odours must be integers (0 = A, 1 = B), got {od.dtype}.")
         pm = pm & tm[:, :, None]
-        _finite_where("choices", ch, pm)
-        _finite_where("rewards", rw, tm)
-        _finite_where("expected_rewards", er, tm)
+        finite_where("choices", ch, pm)
+        finite_where("rewards", rw, tm)
+        finite_where("expected_rewards", er, tm)
         bad = pm & ~np.isin(ch, (0.0, 1.0))
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -99,12 +102,12 @@ class ChoiceDataset(eqx.Module):
             where = tuple(int(i) for i in np.argwhere(accepts > 1)[0])
             raise MetaplasticError(f"Trial {where} has more than one accepted presentation.")
         if inputs is not None:
-            x = _real_array("inputs", inputs)
+            x = real_array("inputs", inputs)
             if x.ndim != 4 or x.shape[:3] != (b, t, p):
                 raise MetaplasticError(
                     f"inputs must have shape ({b}, {t}, {p}, n_in), got {x.shape}."
                 )
-            _finite_where("inputs", x, np.broadcast_to(pm[..., None], x.shape))
+            finite_where("inputs", x, np.broadcast_to(pm[..., None], x.shape))
             inputs = jnp.asarray(np.where(pm[..., None], x, 0.0).astype(x.dtype))
         # Invalid entries are zeroed so that nothing in the padding can reach a loss.
         self.odours = jnp.asarray(np.where(pm, od, 0).astype(np.int32))
@@ -141,3 +144,70 @@ def expected_reward(
     # Trial t (0-based) sees padded[t : t + window], i.e. rewards t-window .. t-1.
     n = r.shape[-1]
     return (csum[..., window : window + n] - csum[..., :n]) / window
+
+
+class PackedChoiceDataset(eqx.Module):
+    """A `ChoiceDataset` with the presentations of each trajectory packed end to end.
+
+    Trials have very unequal numbers of presentations (most one or two, a few up to the cap),
+    so the padded `(trials, presentations)` layout is mostly padding. Here the valid
+    presentations of each trajectory are listed in order along one axis (padded only to the
+    longest trajectory), each with the index of its trial, and each trial keeps the input of
+    its accepted presentation (what the plasticity step needs). Build it with
+    `PackedChoiceDataset.from_choices(data)`; leading axes (e.g. ensemble members) are kept.
+
+    - `inputs`: `(*batch, n, n_in)`; `choices`: `(*batch, n)`; `presentation_mask`:
+      `(*batch, n)`; `trial_index`: the trial of each presentation, `(*batch, n)`.
+    - `accepted_inputs`: the input of each trial's accepted presentation (zeros if none),
+      `(*batch, trials, n_in)`; `accepted`: whether the trial has one, `(*batch, trials)`.
+    - `trial_mask`, `rewards`, `expected_rewards`: as in `ChoiceDataset`, `(*batch, trials)`.
+    """
+
+    inputs: Float[Array, "*batch n n_in"]
+    choices: Float[Array, "*batch n"]
+    presentation_mask: Bool[Array, "*batch n"]
+    trial_index: Int[Array, "*batch n"]
+    accepted_inputs: Float[Array, "*batch trials n_in"]
+    accepted: Bool[Array, "*batch trials"]
+    trial_mask: Bool[Array, "*batch trials"]
+    rewards: Float[Array, "*batch trials"]
+    expected_rewards: Float[Array, "*batch trials"]
+
+    @classmethod
+    def from_choices(cls, data: ChoiceDataset) -> "PackedChoiceDataset":
+        """Pack a `ChoiceDataset` (which must have `inputs`); extra leading axes are kept."""
+        if data.inputs is None:
+            raise MetaplasticError(
+                "Cannot pack a ChoiceDataset without inputs; encode the odours first with "
+                "metaplastic.behaviour.encode_odours(data, encoding, key=...)."
+            )
+        pm = np.asarray(data.presentation_mask)
+        lead, (t, p) = pm.shape[:-2], pm.shape[-2:]
+        pm = pm.reshape(-1, t * p)
+        x = np.asarray(data.inputs).reshape(pm.shape[0], t * p, -1)
+        ch = np.asarray(data.choices).reshape(pm.shape)
+        counts = pm.sum(axis=1)
+        n = max(1, int(counts.max()))
+        # A stable sort puts the valid entries first, in (trial, presentation) order.
+        order = np.argsort(~pm, axis=1, kind="stable")[:, :n]
+        valid = np.arange(n)[None, :] < counts[:, None]
+        rows = np.arange(pm.shape[0])[:, None]
+        x_packed = np.where(valid[..., None], x[rows, order], 0.0)
+        ch_packed = np.where(valid, ch[rows, order], 0.0)
+        trial = np.where(valid, order // p, 0).astype(np.int32)
+        acc = np.asarray(data.accepted)
+        acc_x = np.einsum("...tp,...tpi->...ti", acc.astype(x.dtype), np.asarray(data.inputs))
+        return cls(
+            inputs=jnp.asarray(x_packed.reshape(lead + (n, x.shape[-1]))),
+            choices=jnp.asarray(ch_packed.reshape(lead + (n,))),
+            presentation_mask=jnp.asarray(valid.reshape(lead + (n,))),
+            trial_index=jnp.asarray(trial.reshape(lead + (n,))),
+            accepted_inputs=jnp.asarray(acc_x),
+            accepted=jnp.asarray(acc.any(axis=-1)),
+            trial_mask=data.trial_mask,
+            rewards=data.rewards,
+            expected_rewards=data.expected_rewards,
+        )
+
+    def __len__(self) -> int:
+        return self.choices.shape[0]

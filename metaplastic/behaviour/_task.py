@@ -68,7 +68,7 @@ class OperantTask(eqx.Module):
 
     **The reward expectation.** `E[R]` before trial `t` is the mean of the rewards of the
     previous `expectation_window` trials, the history starting at zeros (this is
-    `metaplastic.data.expected_reward`).
+    `metaplastic.behaviour.expected_reward`).
     """
 
     probabilities: Float[Array, "blocks 2"]

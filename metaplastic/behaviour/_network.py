@@ -9,8 +9,8 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._errors import MetaplasticError
 from .._types import Key, Post, Pre, Scalar, Weight
+from ..nn import FixedDense, PlasticDense
 from ..rules import AbstractRule
-from ._plastic import FixedDense, PlasticDense
 
 
 REWARD_SIGNALS = ("prediction_error", "reward")

@@ -1,0 +1,51 @@
+"""Checks of user-supplied arrays, shared by the dataset constructors and `simulate`.
+
+Each turns bad input into a `MetaplasticError` naming the argument, instead of a numpy or
+JAX traceback; all work on the host (concrete arrays only).
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._errors import MetaplasticError
+
+
+def real_array(name: str, value: Any) -> np.ndarray:
+    """`value` as a numpy array of real numbers (bool and int allowed), or `MetaplasticError`
+    (for a traced value, an object array or a non-numeric dtype)."""
+    if isinstance(value, jax.core.Tracer):
+        raise MetaplasticError(f"{name} must be a concrete array, not a traced value inside jit.")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise MetaplasticError(f"{name} must be an array of numbers: {err}") from None
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise MetaplasticError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
+    return arr
+
+
+def mask_array(name: str, value: Any) -> np.ndarray:
+    """`value` as a numpy boolean array, or `MetaplasticError`."""
+    if isinstance(value, jax.core.Tracer):
+        raise MetaplasticError(f"{name} must be a concrete array, not a traced value inside jit.")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise MetaplasticError(f"{name} must be a boolean array: {err}") from None
+    if arr.dtype != bool:
+        raise MetaplasticError(f"{name} must be a boolean array (True = valid), got {arr.dtype}.")
+    return arr
+
+
+def finite_where(name: str, values: np.ndarray, valid: np.ndarray) -> None:
+    """Raise `MetaplasticError` if `values` is NaN or infinite anywhere `valid` is true
+    (padding may hold anything)."""
+    bad = valid & ~np.isfinite(values)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise MetaplasticError(
+            f"{name} holds a non-finite value ({values[where]}) at index {where}, which is "
+            "marked valid; mark it invalid in the mask or remove it."
+        )

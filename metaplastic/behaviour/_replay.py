@@ -1,0 +1,158 @@
+"""Teacher-forced replay of recorded choices: the network's logits, activity and weights on
+recorded odours, choices and rewards, and the choice likelihood built on them."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from .._errors import MetaplasticError
+from ..losses import bernoulli_log_likelihood
+from ._data import ChoiceDataset, PackedChoiceDataset
+from ._network import MushroomBody
+
+
+class Replay(eqx.Module):
+    """A network teacher-forced on recorded behaviour.
+
+    - `logits`: the logit of accepting at every presentation, `(batch, trials, presentations)`
+      for a `ChoiceDataset`, `(batch, n)` for a `PackedChoiceDataset`.
+    - `hidden`: the plastic layer's activity at every presentation, the same with a trailing
+      `hidden` axis.
+    - `weights`: the weights after each trial's update, `(batch, trials, hidden, n_in)`.
+    """
+
+    logits: Float[Array, "batch ..."]
+    hidden: Float[Array, "batch ..."]
+    weights: Float[Array, "batch trials hidden n_in"]
+
+
+Choices = ChoiceDataset | PackedChoiceDataset
+
+
+def _check_inputs(network: MushroomBody, data: Choices) -> None:
+    if data.inputs is None:
+        raise MetaplasticError(
+            "The ChoiceDataset has no inputs; encode the odours first with "
+            "metaplastic.behaviour.encode_odours(data, encoding, key=...)."
+        )
+    if data.inputs.shape[-1] != network.n_in:
+        raise MetaplasticError(
+            f"The dataset's inputs have {data.inputs.shape[-1]} units but the network has "
+            f"{network.n_in} input units."
+        )
+
+
+def _weight_trajectory(network, w0, accepted_inputs, accepted, signals, checkpoint):
+    """The weights after each trial: one plasticity step per trial with an acceptance."""
+
+    def trial(weight, xs):
+        x, valid, signal = xs
+        y = network.plastic.forward(weight, x)
+        updated = network.update(weight, x, y, signal)
+        weight = jnp.where(valid, updated, weight)
+        return weight, weight
+
+    body = jax.checkpoint(trial) if checkpoint else trial
+    _, after = jax.lax.scan(body, w0, (accepted_inputs, accepted, signals))
+    return after
+
+
+def _replay_padded(network, w0, inputs, choices, pmask, tmask, rewards, expected, checkpoint):
+    accepted = (choices > 0.5) & pmask
+    # At most one presentation per trial is accepted, so this sum selects its input.
+    x_acc = jnp.einsum("tp,tpi->ti", accepted.astype(inputs.dtype), inputs)
+    has = jnp.any(accepted, axis=1) & tmask
+    signals = jax.vmap(network.signal)(rewards, expected)
+    after = _weight_trajectory(network, w0, x_acc, has, signals, checkpoint)
+    # The weights only change between trials, so every presentation is evaluated afterwards,
+    # in parallel, with the weights in force during its trial.
+    before = jnp.concatenate([w0[None], after[:-1]])
+    hidden, logits = jax.vmap(network.forward)(before, inputs)
+    return logits, hidden, after
+
+
+def _replay_packed(
+    network, w0, inputs, trial_index, x_acc, accepted, tmask, rewards, expected, checkpoint
+):
+    signals = jax.vmap(network.signal)(rewards, expected)
+    after = _weight_trajectory(network, w0, x_acc, accepted & tmask, signals, checkpoint)
+    before = jnp.concatenate([w0[None], after[:-1]])
+    weight = before[trial_index]
+    hidden = jnp.tanh(jnp.einsum("nji,ni->nj", weight, inputs))
+    logits = jax.vmap(network.readout)(hidden)[:, 0]
+    return logits, hidden, after
+
+
+@eqx.filter_jit
+def replay(
+    network: MushroomBody,
+    data: ChoiceDataset | PackedChoiceDataset,
+    initial_weights: Float[Array, "batch hidden n_in"] | None = None,
+    *,
+    checkpoint: bool = False,
+) -> Replay:
+    """Teacher-force a network on recorded odours, choices and rewards.
+
+    Within trial `t` every presentation sees the weights `W_t`; after the trial,
+    `W_{t+1} = W_t + η · rule(x_a, y_a, W_t, r_t)` where `a` is the trial's accepted
+    presentation. Trials without an accepted presentation (the cap) and padded trials leave
+    the weights unchanged.
+
+    **Arguments:**
+
+    - `network`: the `MushroomBody` to replay.
+    - `data`: a `ChoiceDataset` with `inputs`, or the same packed (`PackedChoiceDataset`,
+      much faster when a few trials are long).
+    - `initial_weights`: per-trajectory starting weights, `(batch, hidden, n_in)`; default
+      `network.initial_weights` for every trajectory.
+    - `checkpoint`: recompute each trial in the backward pass instead of storing it.
+
+    **Returns:**
+
+    A `Replay`.
+    """
+    _check_inputs(network, data)
+    batch = data.trial_mask.shape[0]
+    if initial_weights is None:
+        w0 = network.initial_weights
+        initial_weights = jnp.broadcast_to(w0, (batch,) + w0.shape)
+    if isinstance(data, PackedChoiceDataset):
+        fn = lambda *a: _replay_packed(network, *a, checkpoint)
+        args = (data.inputs, data.trial_index, data.accepted_inputs, data.accepted)
+    else:
+        fn = lambda *a: _replay_padded(network, *a, checkpoint)
+        args = (data.inputs, data.choices, data.presentation_mask)
+    logits, hidden, weights = jax.vmap(fn)(
+        initial_weights,
+        *args,
+        data.trial_mask,
+        data.rewards,
+        data.expected_rewards,
+    )
+    return Replay(logits, hidden, weights)
+
+
+def summed_log_likelihood(
+    logits: Float[Array, "*shape"],
+    choices: Float[Array, "*shape"],
+    mask: Bool[Array, "*shape"],
+    axes: int | tuple[int, ...] | None,
+) -> Float[Array, "..."]:
+    """`Σ log p(choice)` of Bernoulli choices with the given logits, over the entries where
+    `mask` is true, summed over `axes` (shared by the likelihood and the metrics)."""
+    ll = bernoulli_log_likelihood(logits, choices)
+    return jnp.sum(jnp.where(mask, ll, 0.0), axis=axes)
+
+
+@eqx.filter_jit
+def choice_log_likelihood(
+    network: MushroomBody,
+    data: ChoiceDataset | PackedChoiceDataset,
+    initial_weights: Float[Array, "batch hidden n_in"] | None = None,
+) -> Float[Array, " batch"]:
+    """`Σ log p(observed choice)` over the valid presentations of each trajectory,
+    teacher-forced (see `replay`)."""
+    logits = replay(network, data, initial_weights).logits
+    axes = tuple(range(1, logits.ndim))
+    return summed_log_likelihood(logits, data.choices, data.presentation_mask, axes)

@@ -1,0 +1,22 @@
+"""The real-fly analyses: load the recordings, fit families of rules to every fly (all flies
+and train/test splits in one vmapped fit per family), and compare the families across flies.
+
+- the recordings: `load_drosophila`, `DrosophilaData`, `FlyInfo`;
+- rule families: `FAMILIES`, `FAMILY_TERMS`, `family_rule`;
+- per-fly fits: `fit_families`, `FlyFits`, `presentation_masks`, `base_rate_scores`;
+- comparisons: `compare_families`, `compare_scores`, `PairedComparison`.
+"""
+
+from ._compare import PairedComparison as PairedComparison
+from ._compare import compare_families as compare_families
+from ._compare import compare_scores as compare_scores
+from ._families import FAMILIES as FAMILIES
+from ._families import FAMILY_TERMS as FAMILY_TERMS
+from ._families import family_rule as family_rule
+from ._fits import fit_families as fit_families
+from ._loader import load_drosophila as load_drosophila
+from ._records import DrosophilaData as DrosophilaData
+from ._records import FlyInfo as FlyInfo
+from ._results import FlyFits as FlyFits
+from ._splits import base_rate_scores as base_rate_scores
+from ._splits import presentation_masks as presentation_masks

@@ -1,0 +1,63 @@
+"""The rule families compared across flies: their free terms and their initial student rules."""
+
+import jax
+import jax.random as jr
+import numpy as np
+
+from .._errors import MetaplasticError
+from ..behaviour import (
+    TAYLOR_STUDENT_SCALE,
+    mlp_student,
+    taylor_student,
+)
+from ..rules import AbstractRule, TaylorRule, format_monomial
+
+
+# The free terms of the small families, over (x, w, r) to first order: the covariance rule
+# Δw = θ₀ + θ_r r + θ_x x + θ_xr x·r, and the same with a weight-dependent (forgetting) term.
+FAMILY_TERMS = {
+    "covariance": ("1", "r", "x", "x*r"),
+    "forgetting": ("1", "r", "x", "x*r", "w"),
+}
+FAMILIES = ("covariance", "forgetting", "taylor", "mlp")
+# The factors of the small families' shared rule.
+SMALL_FACTORS = ("x", "w", "r")
+
+
+def family_rule(
+    family: str, *, key: jax.Array, scale: float = TAYLOR_STUDENT_SCALE
+) -> AbstractRule:
+    """A student rule of a named family, started near zero.
+
+    - `"covariance"`: a `TaylorRule` over `(x, w, r)` to first order whose only trainable
+      terms are `1, r, x, x*r`; `"forgetting"`: the same plus `w`;
+    - `"taylor"`: every one of the 81 terms over `(x, y, w, r)` to second order;
+    - `"mlp"`: `mlp_student`.
+    """
+    if family in FAMILY_TERMS:
+        zero = TaylorRule.zeros(SMALL_FACTORS, order=1)
+        mask = zero.mask(list(FAMILY_TERMS[family]))
+        c = scale * np.asarray(jr.normal(key, zero.coefficients.shape)) * mask
+        return TaylorRule(c, SMALL_FACTORS, trainable=mask)
+    if family == "taylor":
+        return taylor_student(key=key, scale=scale)
+    if family == "mlp":
+        return mlp_student(key=key)
+    raise MetaplasticError(f"family must be one of {FAMILIES}, got {family!r}.")
+
+
+def family_coefficients(family: str, rules: AbstractRule) -> dict[str, np.ndarray] | None:
+    """The coefficients of fitted rules with a leading fly axis, `{term: (flies,)}`: the free
+    terms of a small family, every term of the Taylor family, `None` for a non-Taylor rule."""
+    if not isinstance(rules, TaylorRule):
+        return None
+    c = np.asarray(rules.coefficients)
+    if family in FAMILY_TERMS:
+        out = {}
+        for term in FAMILY_TERMS[family]:
+            e = rules.monomial(term) if term != "1" else (0,) * len(rules.factors)
+            out[term] = c[(slice(None),) + e]
+        return out
+    return {
+        format_monomial(e, rules.factors): c[(slice(None),) + e] for e in np.ndindex(*c.shape[1:])
+    }
