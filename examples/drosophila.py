@@ -71,7 +71,7 @@ def parse_args(argv=None):
         help="run the held-out sweep for taylor and mlp too (slower; default: in sample and "
         "block 1 only for them)",
     )
-    p.add_argument("--iterations", type=int, default=8, help="Gauss–Newton iterations")
+    p.add_argument("--steps", type=int, default=8, help="Levenberg–Marquardt steps per fit")
     p.add_argument("--l1", type=float, default=1e-3, help="L1 penalty of the taylor family")
     args = p.parse_args(argv)
     if not os.path.isdir(args.data):
@@ -95,7 +95,7 @@ def main(argv=None):
     common = dict(
         reward_signal=args.reward_signal,
         resamples=args.resamples,
-        iterations=args.iterations,
+        steps=args.steps,
         l1=args.l1,
         key=key,  # the same key: the same encoding, network and noise for every family
     )

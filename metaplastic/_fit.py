@@ -85,7 +85,9 @@ def rule_filter_spec(model: PyTree) -> PyTree:
     )
 
 
-def _leading_size(data: PyTree, axis: int) -> int:
+def _leading_size(data: PyTree, axis: int, *, strict: bool = True) -> int | None:
+    """The number of trajectories (the size of `axis` of every array), or — unless `strict`
+    — `None` when the arrays do not share one (data used whole need no trajectory axis)."""
     leaves = [leaf for leaf in jax.tree.leaves(data) if eqx.is_array(leaf)]
     if not leaves:
         raise MetaplasticError("The dataset holds no arrays.")
@@ -96,6 +98,8 @@ def _leading_size(data: PyTree, axis: int) -> int:
             f"{short[0]} has none."
         )
     sizes = {leaf.shape[axis] for leaf in leaves}
+    if len(sizes) != 1 and not strict:
+        return None
     if len(sizes) != 1:
         raise MetaplasticError(
             f"Dataset arrays disagree on the number of trajectories: {sorted(sizes)}."
@@ -156,11 +160,17 @@ def take(data: PyTree, idx: Any) -> PyTree:
 
 
 def preflight(
-    loss_fn: Callable, params: PyTree, data: PyTree, idx: np.ndarray, *, in_axes: Any = None
+    loss_fn: Callable,
+    params: PyTree,
+    data: PyTree,
+    idx: np.ndarray | None,
+    *,
+    in_axes: Any = None,
 ) -> jax.ShapeDtypeStruct:
-    """Evaluate the shape of the loss on one batch without compiling anything, so that data
-    that does not fit the model fails here with a clear message rather than deep in a trace."""
-    fn = lambda p, d: loss_fn(p, take(d, jnp.asarray(idx)))
+    """Evaluate the shape of the loss on one batch (the trajectories `idx`, or all of `data`)
+    without compiling anything, so that data that does not fit the model fails here with a
+    clear message rather than deep in a trace."""
+    fn = lambda p, d: loss_fn(p, d if idx is None else take(d, jnp.asarray(idx)))
     if in_axes is not None:
         fn = jax.vmap(fn, in_axes=in_axes)
     try:
@@ -330,10 +340,13 @@ def fit(
         raise MetaplasticError("filter_spec selects a non-floating-point array for training.")
     data_axis = data_ensemble_axis if ensemble else None
     members = _check_ensemble(param_leaves, data, data_axis) if ensemble else None
-    n = _leading_size(data, 0 if data_axis is None or data_axis != 0 else 1)
-    batch = n if batch_size is None else min(batch_size, n)
     chunks = getattr(solver, "chunks", 1)
-    if batch % chunks:
+    # Minibatches and chunks cut the data along a trajectory axis; data used whole need none.
+    axis = 0 if data_axis is None or data_axis != 0 else 1
+    n = _leading_size(data, axis, strict=batch_size is not None or chunks > 1)
+    batch = n if batch_size is None else min(batch_size, n)
+    whole = batch == n
+    if chunks > 1 and batch % chunks:
         raise MetaplasticError(f"chunks={chunks} must divide the batch size {batch}.")
     if checkpoint_every is None:
         checkpoint_every = max(1, round(steps / 20))
@@ -343,7 +356,7 @@ def fit(
         lambda p, d: loss(objective.model(p), d) + objective.penalty(p),
         params,
         data,
-        np.arange(batch),
+        None if whole else np.arange(batch),
         in_axes=None if not ensemble else (0, data_axis),
     )
     if loss_shape.shape != expected_shape or not jnp.issubdtype(loss_shape.dtype, jnp.floating):
@@ -355,7 +368,7 @@ def fit(
     traces = [0]
 
     def member_step(p, s, obj, d, sub):
-        b = d if batch == n else take(d, jr.choice(sub, n, (batch,), replace=False))
+        b = d if whole else take(d, jr.choice(sub, n, (batch,), replace=False))
         p, s, value = solver.step(obj, p, s, b)
         finite = jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(p)])
         return p, s, value, finite
@@ -421,11 +434,10 @@ def fit(
     # On a device mesh the key goes where the parameters are, or the second step retraces.
     key = _place_like(key, params)
     logger.info(
-        "fit: %s, %d trainable values, %d trajectories, batches of %d, steps %d to %d%s",
+        "fit: %s, %d trainable values, %s, steps %d to %d%s",
         type(solver).__name__,
         sum(p.size for p in param_leaves),
-        n,
-        batch,
+        "the whole dataset each step" if whole else f"batches of {batch} of {n} trajectories",
         done,
         steps,
         f", {members} ensemble members" if ensemble else "",

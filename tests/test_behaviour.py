@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
 import pytest
 
 import metaplastic as mp
@@ -250,7 +251,7 @@ def test_reward_signal_option():
 @eqx.filter_jit
 def losses_of(net, data):
     """The choice loss, its gradient, the log-likelihoods and the replayed weights."""
-    value, grad = eqx.filter_value_and_grad(mp.behaviour.choice_bce)(net, data)
+    value, grad = eqx.filter_value_and_grad(mp.behaviour.ChoiceBCE())(net, data)
     ll = mp.behaviour.choice_log_likelihood(net, data)
     return value, grad.plastic.rule.coefficients, ll, mp.behaviour.replay(net, data).weights
 
@@ -305,7 +306,7 @@ def test_encode_odours_fills_inputs_with_fresh_noise():
     data = hand_dataset(inputs=False)
     enc = mp.behaviour.OdourEncoding(2, key=jr.key(0))
     with pytest.raises(mp.MetaplasticError, match="encode_odours"):
-        mp.behaviour.choice_bce(network(), data)
+        mp.behaviour.ChoiceBCE()(network(), data)
     a = mp.behaviour.encode_odours(data, enc, key=jr.key(1))
     b = mp.behaviour.encode_odours(data, enc, key=jr.key(2))
     assert a.inputs.shape == (2, 3, 3, 2)
@@ -390,11 +391,11 @@ def test_neural_readout_loss(generated):
     start = eqx.tree_at(lambda m: m.initial_weights, net, g.initial_weights[0])
     one = jax.tree.map(lambda a: a[:1], data)
     # The true network from the true initial weights reproduces the noise-free recording.
-    loss = mp.behaviour.choice_activity_loss(start, one, activity_weight=10.0)
-    np.testing.assert_allclose(loss, mp.behaviour.choice_bce(start, one.choices), rtol=1e-5)
+    loss = mp.behaviour.ChoiceActivity(activity_weight=10.0)(start, one)
+    np.testing.assert_allclose(loss, mp.behaviour.ChoiceBCE()(start, one.choices), rtol=1e-5)
     other = start.with_rule(mp.TaylorRule.zeros(FACTORS))
-    assert float(mp.behaviour.choice_activity_loss(other, one)) > float(
-        mp.behaviour.choice_bce(other, one.choices)
+    assert float(mp.behaviour.ChoiceActivity()(other, one)) > float(
+        mp.behaviour.ChoiceBCE()(other, one.choices)
     )
 
 
@@ -407,7 +408,7 @@ def test_recover_rule_runs_end_to_end():
         n_train=2,
         n_test=2,
         task=mp.behaviour.OperantTask(((0.2, 0.8), (0.9, 0.1)), 10),
-        iterations=2,
+        steps=2,
         key=jr.key(0),
     )
     assert res.fitted.rule.coefficients.shape == (2, 3, 3, 3, 3)
@@ -469,9 +470,9 @@ def test_adam_fit_lowers_the_choice_loss():
         task=mp.behaviour.OperantTask(block_lengths=20),
         key=jr.key(0),
     )
-    res = mp.behaviour.fit_behaviour(
-        data.teacher, data.train, seeds=2, method="adam", epochs=30, key=jr.key(1)
-    )
+    res = mp.behaviour.recover_rule(
+        data=data, solver=mp.Optax(optax.adam(3e-3)), steps=30, key=jr.key(1)
+    ).fit
     assert res.n_traces == 1
     assert np.all(res.history.loss[-1] < res.history.loss[0])
 
@@ -484,7 +485,7 @@ def test_adam_fit_lowers_the_choice_loss():
         pytest.param("mlp", marks=pytest.mark.slow),
     ],
 )
-def test_choice_jacobian_matches_forward_mode(kind):
+def test_choice_sensitivities_match_forward_mode(kind):
     data = mp.behaviour.PackedChoiceDataset.from_choices(padded_hand_dataset())
     if kind == "mlp":
         rule = mp.MLPRule(FACTORS, width=4, key=jr.key(0))
@@ -495,18 +496,18 @@ def test_choice_jacobian_matches_forward_mode(kind):
     bound = 0.4 if kind == "mlp" else 1.0
     net = network(rule, weight_bound=bound)  # the bound is reached: its derivative counts too
     params, static = eqx.partition(net, mp.rule_filter_spec(net))
-    from jax.flatten_util import ravel_pytree
+    loss = mp.behaviour.ChoiceBCE()
+    sensitivities = mp.behaviour.ChoiceSensitivities()
+    assert sensitivities.supports(loss, net, data, jacobian=True)
+    assert isinstance(mp.Automatic().choose(loss, net, data, jacobian=True), type(sensitivities))
 
-    theta, unravel = ravel_pytree(params)
-    to_model = lambda t: eqx.combine(unravel(t), static)
+    @eqx.filter_jit
+    def both(p):
+        ((obs, fast),) = sensitivities.linearise(loss, p, static, data)
+        ((_, slow),) = mp.ForwardMode().linearise(loss, p, static, data)
+        return obs.predictions, fast, slow
 
-    @jax.jit
-    def both(t):
-        logits, fast = mp.behaviour.choice_jacobian(t, to_model, data)
-        slow = jax.jacfwd(lambda u: mp.behaviour.replay(to_model(u), data).logits)(t)
-        return logits, fast, slow
-
-    logits, fast, slow = both(theta)
+    logits, fast, slow = both(params)
     assert bool(jnp.any(jnp.abs(mp.behaviour.replay(net, data).weights) == bound))
     m = data.presentation_mask
     np.testing.assert_allclose(

@@ -173,7 +173,7 @@ def test_reward_rule_writes_a_run_folder(tmp_path):
     summary = run_example(
         "reward_rule.py",
         *("--out", str(tmp_path), "--seeds", "2", "--n-train", "3", "--n-test", "2"),
-        *("--trials-per-block", "10", "--iterations", "2", "--jobs", "1"),
+        *("--trials-per-block", "10", "--steps", "2", "--jobs", "1"),
     )
     folder = summary["run"]
     assert sorted(os.listdir(folder)) == [

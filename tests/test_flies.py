@@ -80,7 +80,7 @@ def small(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fitted(simulated):
     return mp.flies.fit_families(
-        simulated, ("covariance",), resamples=1, fractions=(0.5,), iterations=6, key=KEY
+        simulated, ("covariance",), resamples=1, fractions=(0.5,), steps=6, key=KEY
     )["covariance"]
 
 
@@ -225,7 +225,7 @@ def test_real_flies_fit(drosophila_dir):
         ("covariance", "forgetting"),
         resamples=1,
         fractions=(0.5,),
-        iterations=4,
+        steps=4,
         key=jr.key(0),
     )
     cov, fgt = fits["covariance"], fits["forgetting"]

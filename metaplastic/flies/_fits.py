@@ -189,7 +189,7 @@ def fit_families(
     n_in: int = 2,
     hidden: int = 10,
     input_variance: float = DEFAULT_INPUT_VARIANCE,
-    iterations: int = 12,
+    steps: int = 12,
     l1: float = 1e-3,
     key: jax.Array,
 ) -> dict[str, FlyFits]:
@@ -210,7 +210,7 @@ def fit_families(
     - `fractions`: training fractions of the held-out sweeps (each in `(0, 1)`; may be
       empty).
     - `n_in`, `hidden`, `input_variance`: the network and the encoding.
-    - `iterations`: Gauss–Newton iterations.
+    - `steps`: Levenberg–Marquardt (Fisher scoring) steps of each fit.
     - `l1`: the L1 penalty of the `"taylor"` family (the others have none).
     - `key`: the encoding, the initial weights, the noise draws and the initial rules.
 
@@ -230,8 +230,8 @@ def fit_families(
         )
     if not isinstance(resamples, int) or isinstance(resamples, bool) or resamples < 1:
         raise MetaplasticError(f"resamples must be a positive integer, got {resamples!r}.")
-    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
-        raise MetaplasticError(f"iterations must be a positive integer, got {iterations!r}.")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise MetaplasticError(f"steps must be a positive integer, got {steps!r}.")
     fractions = tuple(float(f) for f in fractions)
     if not all(0.0 < f < 1.0 for f in fractions) or len(set(fractions)) != len(fractions):
         raise MetaplasticError(
@@ -255,7 +255,7 @@ def fit_families(
     out = {}
     for group, k in zip(groups, jr.split(k_rule, len(groups))):
         start = time.perf_counter()
-        common = dict(solver=LevenbergMarquardt(), steps=iterations, ensemble=True, progress=False)
+        common = dict(solver=LevenbergMarquardt(), steps=steps, ensemble=True, progress=False)
         if group[0] in FAMILY_TERMS:
             template = TaylorRule.zeros(SMALL_FACTORS, order=1)
             gates = np.stack([template.mask(list(FAMILY_TERMS[f])) for f in group])
