@@ -12,15 +12,23 @@ import numpy as np
 from ._errors import MetaplasticError
 
 
-def real_array(name: str, value: Any) -> np.ndarray:
-    """`value` as a numpy array of real numbers (bool and int allowed), or `MetaplasticError`
-    (for a traced value, an object array or a non-numeric dtype)."""
+def _as_numpy(name: str, value: Any, what: str, allow_traced: bool) -> Any:
+    """`np.asarray(value)`, or a `MetaplasticError` saying that `name` must be `what`; a
+    traced value is refused, or passed through with `allow_traced`."""
     if isinstance(value, jax.core.Tracer):
+        if allow_traced:
+            return value
         raise MetaplasticError(f"{name} must be a concrete array, not a traced value inside jit.")
     try:
-        arr = np.asarray(value)
+        return np.asarray(value)
     except (TypeError, ValueError) as err:
-        raise MetaplasticError(f"{name} must be an array of numbers: {err}") from None
+        raise MetaplasticError(f"{name} must be {what}: {err}") from None
+
+
+def real_array(name: str, value: Any, *, allow_traced: bool = False) -> np.ndarray:
+    """`value` as a numpy array of real numbers (bool and int allowed), or `MetaplasticError`
+    (for a traced value unless `allow_traced`, an object array or a non-numeric dtype)."""
+    arr = _as_numpy(name, value, "an array of numbers", allow_traced)
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         raise MetaplasticError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
     return arr
@@ -28,12 +36,7 @@ def real_array(name: str, value: Any) -> np.ndarray:
 
 def mask_array(name: str, value: Any) -> np.ndarray:
     """`value` as a numpy boolean array, or `MetaplasticError`."""
-    if isinstance(value, jax.core.Tracer):
-        raise MetaplasticError(f"{name} must be a concrete array, not a traced value inside jit.")
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as err:
-        raise MetaplasticError(f"{name} must be a boolean array: {err}") from None
+    arr = _as_numpy(name, value, "a boolean array", False)
     if arr.dtype != bool:
         raise MetaplasticError(f"{name} must be a boolean array (True = valid), got {arr.dtype}.")
     return arr

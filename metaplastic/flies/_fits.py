@@ -294,21 +294,11 @@ def fit_families(
         deviance = _score(network, rule, data_all, np.concatenate([score_mask] * len(group)))
         objective = np.asarray(result.history.loss)[-1]
         seconds = (time.perf_counter() - start) / len(group)
+        setting = dict(data=data, names=names, fractions=fractions, reward_signal=reward_signal)
         for g, family in enumerate(group):
-            out[family] = _collect(
-                family,
-                data,
-                names,
-                fractions,
-                reward_signal,
-                rule,
-                deviance,
-                objective,
-                g,
-                n_configs,
-                flies,
-                seconds,
-            )
+            part = slice(g * members, (g + 1) * members)
+            own = jax.tree.map(lambda a, p=part: a[p] if eqx.is_inexact_array(a) else a, rule)
+            out[family] = _collect(family, own, deviance[part], objective[part], seconds, **setting)
         logger.info(
             "fit_families(%s): %d members in %.1f s",
             group,
@@ -318,29 +308,15 @@ def fit_families(
     return {f: out[f] for f in families}
 
 
-def _collect(
-    family,
-    data,
-    names,
-    fractions,
-    reward_signal,
-    rule,
-    deviance,
-    objective,
-    g,
-    n_configs,
-    flies,
-    seconds,
-):
-    members = n_configs * flies
-    part = slice(g * members, (g + 1) * members)
+def _collect(family, rule, deviance, objective, seconds, *, data, names, fractions, reward_signal):
+    """The `FlyFits` of one family from its members' fitted rules, deviances and
+    objectives (configuration-major, `(configs · flies, ...)`)."""
+    n_configs, flies = len(names), len(data)
     by_config = lambda i: jax.tree.map(
-        lambda a: (
-            a[part].reshape((n_configs, flies) + a.shape[1:])[i] if eqx.is_inexact_array(a) else a
-        ),
+        lambda a: a.reshape((n_configs, flies) + a.shape[1:])[i] if eqx.is_inexact_array(a) else a,
         rule,
     )
-    dev = deviance[part].reshape(n_configs, flies)
+    dev = deviance.reshape(n_configs, flies)
     n_f = len(fractions)
     i_block1 = names.index("block1")
     to_jax = lambda r: jax.tree.map(lambda a: jnp.asarray(a) if eqx.is_array(a) else a, r)
@@ -358,6 +334,6 @@ def _collect(
         coefficients=family_coefficients(family, rules_all),
         block1_coefficients=family_coefficients(family, by_config(i_block1)),
         rules=to_jax(rules_all),
-        objective=objective[part].reshape(n_configs, flies)[0],
+        objective=objective.reshape(n_configs, flies)[0],
         seconds=seconds,
     )

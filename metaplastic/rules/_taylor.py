@@ -11,6 +11,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 
 from .._errors import MetaplasticError
 from .._types import Key, Post, Pre, Scalar, Weight
+from .._validate import real_array
 from ._abstract import AbstractRule
 from ._expression import (
     FACTORS,
@@ -40,20 +41,6 @@ def powers(v: Array, n: int) -> list[Array]:
     for _ in range(n - 1):
         out.append(out[-1] * v)
     return out
-
-
-def _as_real_array(value: typing.Any, name: str) -> Array:
-    """A JAX array of real numbers (bool and int are allowed), or `MetaplasticError`."""
-    if isinstance(value, jax.core.Tracer):
-        arr = value
-    else:
-        try:
-            arr = np.asarray(value)
-        except (TypeError, ValueError) as err:
-            raise MetaplasticError(f"{name} must be an array of numbers: {err}") from None
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise MetaplasticError(f"{name} must be an array of real numbers, got dtype {arr.dtype}.")
-    return jnp.asarray(arr)
 
 
 class TaylorRule(AbstractRule):
@@ -86,7 +73,9 @@ class TaylorRule(AbstractRule):
         - `trainable`: optional boolean mask of the same shape; `False` freezes a term.
         """
         factors = as_factors(factors)
-        coefficients = _as_real_array(coefficients, "TaylorRule coefficients")
+        coefficients = jnp.asarray(
+            real_array("TaylorRule coefficients", coefficients, allow_traced=True)
+        )
         if not jnp.issubdtype(coefficients.dtype, jnp.floating):
             coefficients = coefficients.astype(jnp.result_type(float))
         shape = coefficients.shape
