@@ -7,6 +7,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -121,14 +122,71 @@ def student_rule(dtype=jnp.float32) -> mp.TaylorRule:
     return mp.TaylorRule((1e-3 * jr.normal(jr.key(1), (3, 3, 3))).astype(dtype), ("x", "y", "w"))
 
 
-def coefficient_loss(**loss_kwargs) -> Callable:
-    """`(coefficients, data) -> activity_mse` of a sigmoid `PlasticDense` layer (η = 1)."""
+def coefficient_layer(coefficients) -> mp.nn.PlasticDense:
+    """A sigmoid `PlasticDense` layer (η = 1) with the 27-term rule `coefficients`."""
+    return mp.nn.PlasticDense(mp.TaylorRule(coefficients, ("x", "y", "w")), eta=1.0)
+
+
+def coefficient_loss(checkpoint: bool | int = False) -> Callable:
+    """`(coefficients, data) -> ActivityMSE` of a sigmoid `PlasticDense` layer (η = 1): the
+    value of the loss alone (the plain simulation scan, checkpointed as `checkpoint` says)."""
 
     def loss(coefficients, data):
-        layer = mp.nn.PlasticDense(mp.TaylorRule(coefficients, ("x", "y", "w")), eta=1.0)
-        return mp.losses.activity_mse(layer, data, **loss_kwargs)
+        return mp.losses.ActivityMSE()(coefficient_layer(coefficients), data, checkpoint=checkpoint)
 
     return loss
+
+
+def coefficient_value_and_grad(
+    differentiation: mp.AbstractDifferentiation | None = None,
+) -> Callable:
+    """`(coefficients, data) -> (ActivityMSE, its gradient with respect to the coefficients)`,
+    taken the way `differentiation` takes it inside `fit` (default `mp.TaylorReverse()`,
+    the library's hand-written reverse pass, which `fit` picks for this loss and a
+    first-order solver; `mp.ReverseMode()` is `jax.grad` through the plain scan)."""
+    if differentiation is None:
+        differentiation = mp.TaylorReverse()
+
+    def value_and_grad(coefficients, data):
+        layer = coefficient_layer(coefficients)
+        params, static = eqx.partition(layer, mp.rule_filter_spec(layer))
+        value, grads = differentiation.value_and_grad(mp.losses.ActivityMSE(), params, static, data)
+        return value, grads.rule.coefficients
+
+    return value_and_grad
+
+
+class CompileTimer:
+    """JAX's own timings of tracing, lowering and XLA compilation (its `jax.monitoring`
+    events), summed while the timer is entered; with `name`, only those of that function
+    (e.g. `run_step`, the one step function `fit` jits)."""
+
+    EVENTS = {
+        "/jax/core/compile/jaxpr_trace_duration": "trace",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+        "/jax/core/compile/backend_compile_duration": "xla",
+    }
+
+    def __init__(self, name: str | None = None):
+        self.names = None if name is None else {name, f"jit({name})"}
+        self.seconds = dict.fromkeys(self.EVENTS.values(), 0.0)
+
+    def _listen(self, event: str, duration: float, **meta) -> None:
+        if event in self.EVENTS and (self.names is None or meta.get("fun_name") in self.names):
+            self.seconds[self.EVENTS[event]] += duration
+
+    def __enter__(self) -> "CompileTimer":
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *_) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+    def take(self) -> dict:
+        """The seconds summed so far, per phase; starts the sums again from zero."""
+        out = dict(self.seconds)
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+        return out
 
 
 def loglog_slope(x, y) -> float:

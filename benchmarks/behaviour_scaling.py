@@ -4,18 +4,21 @@ the trajectories and the size of the plastic layer.
 For each configuration, `x*r` generates choices in the operant task (3 equal blocks; the
 trials given are the total), `--seeds` seeds each fit the 81-term Taylor rule (L1 1e-3) to
 their own `--n-train` trajectories, vmapped, and are scored on `--n-test` held-out ones.
-One JSON line per configuration: `compile_s` (tracing and compiling the fit), `step_s`
-(one Gauss–Newton iteration, or one Adam epoch, after compilation, all seeds together),
-`fit_s` (the whole fit, compilation included), `generate_s`, `evaluate_s`, the median over
-seeds of `r2_weights`, `r2_activity`, `percent_deviance` and `true_percent_deviance`, and
-`peak_rss_mb`.
+One JSON line per configuration: `compile_s` (JAX's own time tracing, lowering and compiling
+the fit's one step program, `run_step`, which the fit then runs `steps` times from the host),
+`step_s` (the median wall time of one solver step after the first, all seeds together:
+one Levenberg–Marquardt step, or one full-batch Adam step), `fit_s` (the whole fit,
+compilation included), `generate_s`, `evaluate_s`, the median over seeds of `r2_weights`,
+`r2_activity`, `percent_deviance` and `true_percent_deviance`, and `peak_rss_mb`.
 
-Gauss–Newton keeps the sensitivities `∂W/∂θ` of every trial (trials × 81 × hidden × n_in per
-trajectory); where that would exceed `--gn-memory-gib` the configuration is fitted with Adam
-(`--adam-epochs` full-batch epochs, lr 3e-3) instead, and its `method` says so.
+Levenberg–Marquardt (damped Gauss–Newton, the default solver of `recover_rule`) keeps the
+sensitivities `∂W/∂θ` of every trial (trials × 81 × hidden × n_in per trajectory); where that
+would exceed `--gn-memory-gib` the configuration is fitted with Adam (`--adam-steps`
+full-batch steps, lr 3e-3) instead, and its `solver` says so.
 
     python -m benchmarks.behaviour_scaling                       # both sweeps
     python -m benchmarks.behaviour_scaling --hidden 10 --trials 30,60
+    python -m benchmarks.behaviour_scaling --trials 30 --hidden 10 --hidden-trials 30 --seeds 1 --steps 2
     python -m benchmarks.behaviour_scaling --markdown benchmarks/BEHAVIOUR_SCALING_TABLE.md
 """
 
@@ -48,17 +51,17 @@ def gn_sensitivity_gib(seeds, n_train, trials, hidden, n_in=2, n_params=81):
 
 def one_configuration(trials, hidden, args):
     import jax.random as jr
-    import numpy as np
+    import optax
 
     import metaplastic as mp
 
-    from ._harness import device_facts, machine_facts, peak_rss_mb
+    from ._harness import CompileTimer, device_facts, machine_facts, peak_rss_mb
 
     if trials % 3:
         raise SystemExit(f"trials must be a multiple of 3 (3 equal blocks), got {trials}")
     task = mp.behaviour.OperantTask(block_lengths=trials // 3)
     memory = gn_sensitivity_gib(args.seeds, args.n_train, trials, hidden)
-    method = "gauss_newton" if memory <= args.gn_memory_gib else "adam"
+    solver = "levenberg_marquardt" if memory <= args.gn_memory_gib else "adam"
     k_data, k_fit = jr.split(jr.key(args.seed))
     data = mp.behaviour.recovery_data(
         mp.rules.reward_modulated(),
@@ -74,31 +77,23 @@ def one_configuration(trials, hidden, args):
     old_level = logger.level
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
+    options = (
+        {"solver": mp.LevenbergMarquardt(), "steps": args.steps}
+        if solver == "levenberg_marquardt"
+        else {"solver": mp.Optax(optax.adam(3e-3)), "steps": args.adam_steps}
+    )
     try:
-        options = (
-            {"iterations": args.iterations}
-            if method == "gauss_newton"
-            else {"epochs": args.adam_epochs, "learning_rate": 3e-3}
-        )
-        res = mp.behaviour.recover_rule(
-            data=data, rule="taylor", method=method, key=k_fit, **options
-        )
+        with CompileTimer("run_step") as timer:
+            res = mp.behaviour.recover_rule(data=data, rule="taylor", key=k_fit, **options)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     fit_s = res.seconds["fit"]
-    if method == "gauss_newton":
-        (compile_s, n_iter, run_s) = next(
-            a for _, m, a in handler.records if m.startswith("Gauss-Newton fit")
-        )
-        step_s = run_s / n_iter
-    else:
-        stamps = [t for t, m, _ in handler.records if m.startswith("fit: epoch")]
-        gaps = np.diff(stamps)
-        step_s = statistics.median(gaps[1:]) if len(gaps) > 1 else float("nan")
-        # The first epoch message comes after compiling and running the first epoch.
-        start = next(t for t, m, _ in handler.records if m.startswith("fit: %d trainable"))
-        compile_s = stamps[0] - start - step_s
+    compile_s = sum(timer.take().values())
+    # `fit` logs each step when it ends; the first one also compiles the step program.
+    stamps = [t for t, m, _ in handler.records if m.startswith("fit: step")]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    step_s = statistics.median(gaps) if gaps else float("nan")
     med = res.median()
     return {
         "name": "behaviour_scaling",
@@ -109,8 +104,8 @@ def one_configuration(trials, hidden, args):
             "seeds": args.seeds,
             "n_train": args.n_train,
             "n_test": args.n_test,
-            "method": method,
-            "iterations": args.iterations if method == "gauss_newton" else args.adam_epochs,
+            "solver": solver,
+            "steps": options["steps"],
             "packed_length": int(data.train.choices.shape[-1]),
         },
         "gn_sensitivity_gib": round(memory, 3),
@@ -132,15 +127,18 @@ def one_configuration(trials, hidden, args):
 
 def markdown(records):
     head = (
-        "| trials | hidden | method | packed length | compile s | step s | fit s (incl. compile) "
+        "| trials | hidden | solver (steps) | packed length | compile s | step s | fit s (incl. compile) "
         "| R² weights | R² activity | % deviance (fit / true) | peak RSS MB | load |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in records:
         c = r["config"]
+        # Records written before the fitting layer counted steps say method and iterations.
+        solver = c["solver"] if "solver" in c else c["method"]
+        steps = c["steps"] if "steps" in c else c["iterations"]
         lines.append(
-            f"| {c['trials']} | {c['hidden']} | {c['method']} ({c['iterations']}) | "
+            f"| {c['trials']} | {c['hidden']} | {solver} ({steps}) | "
             f"{c['packed_length']} | {r['compile_s']:.1f} | {r['step_s']:.3f} | {r['fit_s']:.1f} | "
             f"{r['r2_weights']:.3f} | {r['r2_activity']:.3f} | "
             f"{r['percent_deviance']:.1f} / {r['true_percent_deviance']:.1f} | "
@@ -160,8 +158,16 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--n-train", type=int, default=18)
     p.add_argument("--n-test", type=int, default=7)
-    p.add_argument("--iterations", type=int, default=12, help="Gauss-Newton iterations")
-    p.add_argument("--adam-epochs", type=int, default=150)
+    p.add_argument(
+        "--steps", "--iterations", type=int, default=12, help="Levenberg-Marquardt steps"
+    )
+    p.add_argument(
+        "--adam-steps",
+        "--adam-epochs",
+        type=int,
+        default=150,
+        help="full-batch Adam steps where Levenberg-Marquardt would need too much memory",
+    )
     p.add_argument("--gn-memory-gib", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--markdown", default=None, help="also write the table to this file")

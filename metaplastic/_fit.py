@@ -85,9 +85,8 @@ def rule_filter_spec(model: PyTree) -> PyTree:
     )
 
 
-def _leading_size(data: PyTree, axis: int, *, strict: bool = True) -> int | None:
-    """The number of trajectories (the size of `axis` of every array), or — unless `strict`
-    — `None` when the arrays do not share one (data used whole need no trajectory axis)."""
+def _leading_size(data: PyTree, axis: int) -> int:
+    """The number of trajectories: the size of `axis`, which every array must share."""
     leaves = [leaf for leaf in jax.tree.leaves(data) if eqx.is_array(leaf)]
     if not leaves:
         raise MetaplasticError("The dataset holds no arrays.")
@@ -98,8 +97,6 @@ def _leading_size(data: PyTree, axis: int, *, strict: bool = True) -> int | None
             f"{short[0]} has none."
         )
     sizes = {leaf.shape[axis] for leaf in leaves}
-    if len(sizes) != 1 and not strict:
-        return None
     if len(sizes) != 1:
         raise MetaplasticError(
             f"Dataset arrays disagree on the number of trajectories: {sorted(sizes)}."
@@ -341,9 +338,7 @@ def fit(
     data_axis = data_ensemble_axis if ensemble else None
     members = _check_ensemble(param_leaves, data, data_axis) if ensemble else None
     chunks = getattr(solver, "chunks", 1)
-    # Minibatches and chunks cut the data along a trajectory axis; data used whole need none.
-    axis = 0 if data_axis is None or data_axis != 0 else 1
-    n = _leading_size(data, axis, strict=batch_size is not None or chunks > 1)
+    n = _leading_size(data, 0 if data_axis is None or data_axis != 0 else 1)
     batch = n if batch_size is None else min(batch_size, n)
     whole = batch == n
     if chunks > 1 and batch % chunks:

@@ -92,10 +92,16 @@ def _log_likelihoods(network, rule_params, rule_static, data, masks):
 
 class _Gated(eqx.Module):
     """One member's data and the gate (1 = free, 0 = absent) of every coefficient of the
-    shared `(x, w, r)` rule: this is how the small families share one compiled fit."""
+    shared `(x, w, r)` rule: this is how the small families share one compiled fit. The gate
+    is repeated for each of the member's trajectories (resamples), so that every array has
+    the trajectory axis; all copies are equal."""
 
     data: PackedChoiceDataset
-    gate: Float[Array, "*members n_params"]
+    gate: Float[Array, "*members resamples n_params"]
+
+    @property
+    def member_gate(self) -> Float[Array, " n_params"]:
+        return self.gate[0]
 
 
 def _gated_rule(rule: TaylorRule, gate: Array) -> TaylorRule:
@@ -108,7 +114,7 @@ class _GatedChoices(AbstractGaussNewtonLoss):
     gate."""
 
     def observe(self, model: MushroomBody, batch: _Gated, *, checkpoint: bool | int = False):
-        gated = model.with_rule(_gated_rule(model.rule, batch.gate))
+        gated = model.with_rule(_gated_rule(model.rule, batch.member_gate))
         return ChoiceBCE().observe(gated, batch.data, checkpoint=checkpoint)
 
 
@@ -123,13 +129,13 @@ class _GatedSensitivities(AbstractDifferentiation):
         raise MetaplasticError("the gated family fit takes Jacobians only")
 
     def linearise(self, loss, params, static, batch):
+        gate = batch.member_gate
+        coefficients = params.rule.coefficients
         gated = eqx.tree_at(
-            lambda m: m.rule.coefficients,
-            params,
-            params.rule.coefficients * batch.gate.reshape(params.rule.coefficients.shape),
+            lambda m: m.rule.coefficients, params, coefficients * gate.reshape(coefficients.shape)
         )
         ((obs, jac),) = ChoiceSensitivities().linearise(ChoiceBCE(), gated, static, batch.data)
-        return ((obs, jac * batch.gate),)
+        return ((obs, jac * gate),)
 
 
 def _prepare(data, network, encoding, resamples, fractions, key):
@@ -268,7 +274,7 @@ def fit_families(
             )
             gated = _Gated(
                 jax.tree.map(lambda a, n=len(group): jnp.asarray(np.concatenate([a] * n)), train),
-                jnp.asarray(gates),
+                jnp.asarray(np.repeat(gates[:, None, :], resamples, axis=1)),
             )
             result = fit(
                 network.with_rule(students),
