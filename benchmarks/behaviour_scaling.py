@@ -158,12 +158,9 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--n-train", type=int, default=18)
     p.add_argument("--n-test", type=int, default=7)
-    p.add_argument(
-        "--steps", "--iterations", type=int, default=12, help="Levenberg-Marquardt steps"
-    )
+    p.add_argument("--steps", type=int, default=12, help="Levenberg-Marquardt steps")
     p.add_argument(
         "--adam-steps",
-        "--adam-epochs",
         type=int,
         default=150,
         help="full-batch Adam steps where Levenberg-Marquardt would need too much memory",

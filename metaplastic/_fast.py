@@ -377,7 +377,7 @@ _mse.defvjp(_mse_fwd, _mse_bwd, symbolic_zeros=True)
 
 
 def taylor_activity_mse(layer: PlasticDense, data, *, checkpoint: bool | int = False):
-    """`metaplastic.losses.activity_mse` for a `PlasticDense` layer with a `TaylorRule`, with
+    """`metaplastic.losses.ActivityMSE()` of a `PlasticDense` layer with a `TaylorRule`, with
     the hand-written reverse pass (see the module docstring). Same value as the plain loss;
     the gradient matches `jax.grad` of it up to rounding."""
     c4 = canonical_coefficients(layer.rule)

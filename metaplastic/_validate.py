@@ -25,7 +25,7 @@ def _as_numpy(name: str, value: Any, what: str, allow_traced: bool) -> Any:
         raise MetaplasticError(f"{name} must be {what}: {err}") from None
 
 
-def real_array(name: str, value: Any, *, allow_traced: bool = False) -> np.ndarray:
+def real_array(name: str, value: Any, *, allow_traced: bool = False) -> np.ndarray | jax.Array:
     """`value` as a numpy array of real numbers (bool and int allowed), or `MetaplasticError`
     (for a traced value unless `allow_traced`, an object array or a non-numeric dtype)."""
     arr = _as_numpy(name, value, "an array of numbers", allow_traced)

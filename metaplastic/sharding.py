@@ -133,12 +133,14 @@ def data_parallel(
     The batch is cut into one group of trajectories per device along `axis` (a leading group
     axis, constrained to the mesh so that XLA partitions it), the loss and `weight` are
     vmapped over the groups, and the result is `Σ weight · loss / Σ weight`. With the default
-    weight this is exactly the single-device value of `metaplastic.losses.activity_mse` (a
+    weight this is exactly the single-device value of `metaplastic.losses.ActivityMSE()` (a
     mean over valid entries) and of any loss that is a plain mean over trajectories.
 
     **Arguments:**
 
-    - `loss`: `loss(model, batch) -> scalar`, e.g. `metaplastic.losses.activity_mse`.
+    - `loss`: `loss(model, batch) -> scalar`, e.g. `metaplastic.losses.ActivityMSE()`. The
+      result is a plain function: `fit` differentiates it with `ReverseMode` (the Taylor
+      reverse pass covers the `ActivityMSE` object only) and with a first-order solver.
     - `mesh`, `axis`: as in `shard_batch`; the batch size must be a multiple of the number
       of devices along `axis`.
     - `weight`: `weight(batch) -> scalar`, the number of entries the loss averages.

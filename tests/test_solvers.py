@@ -22,12 +22,20 @@ import metaplastic as mp
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """A model, its data (trajectories on the leading axis) and a loss."""
+    """A model (`wrap(rule(key))`), its data (trajectories on the leading axis) and a loss."""
 
     name: str
-    make: object  # (key) -> model
+    rule: object  # (key) -> the initial rule
+    wrap: object  # (rule) -> the model holding it
     data: object
     loss: object
+
+    def make(self, key):
+        return self.wrap(self.rule(key))
+
+    def ensemble(self, keys):
+        """Models whose rule arrays have a leading member axis (one rule per key)."""
+        return self.wrap(eqx.filter_vmap(self.rule)(keys))
 
 
 def _activity_problem() -> Problem:
@@ -35,20 +43,21 @@ def _activity_problem() -> Problem:
     x = mp.tasks.gaussian_stimuli(4, 12, n_trajectories=6, std=0.5, key=jr.key(0))
     w0 = 0.1 * jr.normal(jr.key(1), (6, 3, 4))
     data, _ = mp.generate_activity(teacher, x, w0, key=jr.key(2))
-    make = lambda k: mp.nn.PlasticDense(mp.TaylorRule.random(("x", "y", "w"), 1, key=k), eta=1.0)
-    return Problem("activity", make, data, mp.losses.ActivityMSE())
+    rule = lambda k: mp.TaylorRule.random(("x", "y", "w"), 1, key=k)
+    wrap = lambda r: mp.nn.PlasticDense(r, eta=1.0)
+    return Problem("activity", rule, wrap, data, mp.losses.ActivityMSE())
 
 
 def _choice_problem() -> Problem:
     bh = mp.behaviour
-    task = bh.OperantTask(n_blocks=1, trials_per_block=12)
+    task = bh.OperantTask(((0.2, 0.8),), 12)
     data = bh.recovery_data(
         mp.rules.reward_modulated(), seeds=1, n_train=6, n_test=1, task=task, key=jr.key(0)
     )
     network = data.teacher
     train = jax.tree.map(lambda a: a[0], data.train)
-    make = lambda k: network.with_rule(mp.TaylorRule.random(("x", "r"), 1, scale=1e-2, key=k))
-    return Problem("choices", make, train, bh.ChoiceBCE())
+    rule = lambda k: mp.TaylorRule.random(("x", "r"), 1, scale=1e-2, key=k)
+    return Problem("choices", rule, network.with_rule, train, bh.ChoiceBCE())
 
 
 PROBLEMS = {"activity": _activity_problem, "choices": _choice_problem}
@@ -127,7 +136,7 @@ def test_history_trace_minibatches_and_result(solver_name, problem_name, problem
 def test_ensemble_members_equal_separate_fits(solver_name, problem_name, problems, x64):
     problem = problems(problem_name, x64=True)
     keys = jr.split(jr.key(11), 2)
-    members = eqx.filter_vmap(problem.make)(keys)
+    members = problem.ensemble(keys)
     kw = dict(steps=3, progress=False, solver=SOLVERS[solver_name]())
     ens = mp.fit(members, problem.data, problem.loss, ensemble=True, data_ensemble_axis=None, **kw)
     assert ens.n_traces == 1 and ens.history.loss.shape == (3, 2)
