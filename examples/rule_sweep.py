@@ -3,7 +3,7 @@
 For every ground-truth rule, the mushroom-body model (2 → 10 tanh plastic layer, fixed
 readout) chooses in the two-odour operant task (3 blocks of 80 trials, baiting, `r = R − E[R]`)
 and only its choices are recorded, exactly as in `examples/reward_rule.py`. The 81-term Taylor
-rule (L1 1e-3, 12 Gauss–Newton iterations) and the MLP rule (16 iterations) are fitted on the
+rule (L1 1e-3, 12 Levenberg–Marquardt steps) and the MLP rule (16 steps) are fitted on the
 training trajectories of each seed, several seeds vmapped, and scored on held-out ones: R² of
 the weight trajectories and of the plastic layer's activity (fitted vs true rule, both
 teacher-forced on the held-out behaviour), and the percent deviance explained by the fitted
@@ -138,8 +138,8 @@ def parse_args(argv=None):
     p.add_argument("--n-train", type=int, default=18, help="training trajectories per seed")
     p.add_argument("--n-test", type=int, default=7, help="held-out trajectories per seed")
     p.add_argument("--trials-per-block", type=int, default=80)
-    p.add_argument("--taylor-iterations", type=int, default=12)
-    p.add_argument("--mlp-iterations", type=int, default=16)
+    p.add_argument("--taylor-steps", type=int, default=12)
+    p.add_argument("--mlp-steps", type=int, default=16)
     p.add_argument("--l1", type=float, default=1e-3, help="L1 penalty on Taylor coefficients")
     p.add_argument("--decay", type=float, default=0.05, help="rate of the grid's decay term")
     p.add_argument("--decay-term", default="w", help="the grid's decay monomial")
@@ -303,7 +303,7 @@ def main(argv=None):
     start = time.perf_counter()
     if args.quick:
         args.seeds, args.n_train, args.n_test, args.trials_per_block = 2, 3, 2, 10
-        args.taylor_iterations, args.mlp_iterations = 2, 2
+        args.taylor_steps, args.mlp_steps = 2, 2
         if args.rules is None:
             args.rules = NAMED_RULES[:2]
     import jax
@@ -336,7 +336,7 @@ def main(argv=None):
     counter = CompileCounter()
     task = mp.behaviour.OperantTask(block_lengths=args.trials_per_block)
     k_data, k_fit = jr.split(jr.key(args.seed))
-    iterations = {"taylor": args.taylor_iterations, "mlp": args.mlp_iterations}
+    steps = {"taylor": args.taylor_steps, "mlp": args.mlp_steps}
 
     todo = [(e, s) for e, s in rules if any((e, f) not in done for f in families)]
     if args.report_only:
@@ -369,7 +369,7 @@ def main(argv=None):
                 res = mp.behaviour.recover_rule(
                     data=data,
                     rule=family,
-                    steps=iterations[family],
+                    steps=steps[family],
                     l1=args.l1,
                     key=jr.fold_in(k_fit, families.index(family)),
                 )
