@@ -15,8 +15,6 @@ from ._errors import CheckpointError as CheckpointError
 from ._errors import FitDivergedError as FitDivergedError
 from ._errors import MetaplasticError as MetaplasticError
 from ._errors import MissingDependencyError as MissingDependencyError
-from ._fit import FitResult as FitResult
-from ._fit import History as History
 from ._fit import fit as fit
 from ._fit import load_checkpoint as load_checkpoint
 from ._fit import rule_filter_spec as rule_filter_spec
@@ -25,6 +23,8 @@ from ._jacobian import Automatic as Automatic
 from ._jacobian import ForwardMode as ForwardMode
 from ._jacobian import ReverseMode as ReverseMode
 from ._jacobian import TaylorReverse as TaylorReverse
+from ._record import FitResult as FitResult
+from ._record import History as History
 from ._simulate import Simulation as Simulation
 from ._simulate import generate_activity as generate_activity
 from ._simulate import simulate as simulate

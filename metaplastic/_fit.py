@@ -21,9 +21,16 @@ from jaxtyping import PyTree
 
 from . import _checkpoint as ckpt
 from ._errors import CheckpointError, FitDivergedError, MetaplasticError
-from ._io import stale_temporaries
 from ._jacobian import AbstractDifferentiation, Automatic
 from ._progress import Progress
+from ._record import (
+    CHECKPOINT_FILE,
+    FitRecord,
+    FitResult,
+    History,
+    checkpoint_config,
+    is_int,
+)
 from ._solver import AbstractSolver, LevenbergMarquardt, Objective, Optax
 from ._types import Key, Scalar
 from .losses import AbstractGaussNewtonLoss, AbstractLoss, AbstractPenalty, as_loss
@@ -31,40 +38,6 @@ from .rules import AbstractRule
 
 
 logger = logging.getLogger("metaplastic")
-
-#: The name of the checkpoint file inside `checkpoint_dir`.
-CHECKPOINT_FILE = "fit.ckpt"
-
-
-class History(eqx.Module):
-    """What happened during a fit, one entry per step.
-
-    - `loss`: the objective (penalties included) on each step's batch, as the solver
-      evaluated it — after the step for `LevenbergMarquardt`, which evaluates its candidate
-      steps, before it for `Optax` — `(steps,)`, or `(steps, members)` for an ensemble.
-    - `params`: the trainable parameters after each step, stacked along a leading step axis
-      (a PyTree shaped like the trainable part of the model).
-    """
-
-    loss: np.ndarray
-    params: PyTree
-
-
-class FitResult(eqx.Module):
-    """The outcome of `fit`.
-
-    - `model`: the fitted model.
-    - `history`: the `History` of the fit.
-    - `state`: the solver's final state (the optax state, or the Levenberg–Marquardt damping).
-    - `n_traces`: how many times the step function was traced (1 for a fit).
-    - `seconds`: the wall time of the fit.
-    """
-
-    model: PyTree
-    history: History
-    state: PyTree
-    n_traces: int
-    seconds: float
 
 
 def rule_filter_spec(model: PyTree) -> PyTree:
@@ -107,10 +80,6 @@ def _leading_size(data: PyTree, axis: int) -> int:
     return n
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_key(key: Any, name: str = "key") -> Key:
     if key is None:
         return jr.key(0)
@@ -125,25 +94,13 @@ def _check_key(key: Any, name: str = "key") -> Key:
     )
 
 
-def _key_data(key: Key) -> np.ndarray:
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return np.asarray(jr.key_data(key))
-    return np.asarray(key)
-
-
-def _key_from_data(data: np.ndarray, like: Key) -> Key:
-    if jax.dtypes.issubdtype(like.dtype, jax.dtypes.prng_key):
-        return jr.wrap_key_data(jnp.asarray(data), impl=jr.key_impl(like))
-    return jnp.asarray(data)
-
-
 def check_scalar_options(**options: Any) -> None:
     """Validate the common numeric options of the fitting functions."""
     for name, value in options.items():
         if name in ("batch_size", "checkpoint_every"):
-            if value is not None and (not _is_int(value) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise MetaplasticError(f"{name} must be a positive integer or None, got {value!r}.")
-        elif not _is_int(value) or value < 1:
+        elif not is_int(value) or value < 1:
             raise MetaplasticError(f"{name} must be a positive integer, got {value!r}.")
 
 
@@ -401,7 +358,7 @@ def fit(
             ensemble=bool(ensemble),
             data_ensemble_axis=data_axis,
         )
-    record = _FitRecord(
+    record = FitRecord(
         params,
         steps,
         expected_shape,
@@ -524,7 +481,7 @@ def _check_ensemble(param_leaves: list, data: PyTree, data_axis: int | None) -> 
         )
     members = sizes.pop()
     if data_axis is not None:
-        if not _is_int(data_axis) or data_axis < 0:
+        if not is_int(data_axis) or data_axis < 0:
             raise MetaplasticError(
                 f"data_ensemble_axis must be a non-negative integer or None, got {data_axis!r}."
             )
@@ -535,186 +492,6 @@ def _check_ensemble(param_leaves: list, data: PyTree, data_axis: int | None) -> 
                     f"members along that axis (one per model); got shape {leaf.shape}."
                 )
     return members
-
-
-class _FitRecord:
-    """What `fit` keeps on the host while they run: the history in
-    preallocated buffers (so saving and resuming are cheap) and the checkpoint file.
-
-    A checkpoint holds `(model arrays, losses, history, key, extra)`, where `extra` is the
-    solver's state (the optax state, or the Levenberg–Marquardt damping)."""
-
-    def __init__(
-        self,
-        params: PyTree,
-        total: int,
-        loss_shape: tuple[int, ...],
-        loss_dtype: Any,
-        checkpoint_dir: str | os.PathLike | None,
-        config: dict[str, Any],
-        header: dict[str, Any],
-    ):
-        self.total = total
-        self.loss_shape = tuple(loss_shape)
-        self.losses = np.zeros((total,) + self.loss_shape, np.dtype(loss_dtype))
-        self.params = jax.tree.map(lambda p: np.zeros((total,) + p.shape, p.dtype), params)
-        self.leaves = jax.tree.leaves(self.params)
-        self.path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
-        self.config = config
-        self.header = header
-
-    def add(self, i: int, loss: Any, params: PyTree) -> None:
-        """Record the loss and the parameters after step `i`."""
-        self.losses[i] = loss
-        for buf, leaf in zip(self.leaves, jax.tree.leaves(params)):
-            buf[i] = np.asarray(leaf)
-
-    def history(self, done: int) -> History:
-        """A copy of the first `done` entries."""
-        return History(
-            loss=self.losses[:done].copy(),
-            params=jax.tree.map(lambda buf: buf[:done].copy(), self.params),
-        )
-
-    def state(self, model: PyTree, key: Key, done: int, extra: PyTree) -> tuple:
-        """The tree a checkpoint holds after `done` steps."""
-        hist = jax.tree.map(lambda buf: buf[:done], self.params)
-        arrays = eqx.filter(model, eqx.is_array)
-        return (arrays, self.losses[:done], hist, _key_data(key), extra)
-
-    def save(
-        self,
-        model: PyTree,
-        key: Key,
-        done: int,
-        extra: PyTree,
-        status: str,
-        more: dict[str, Any] | None = None,
-    ) -> None:
-        """Write the checkpoint (atomically), if the fit has a `checkpoint_dir`."""
-        if self.path is None:
-            return
-        header = {
-            "step": done,
-            "steps": self.total,
-            "status": status,
-            "config": self.config,
-            "loss_shape": list(self.loss_shape),
-            "loss_dtype": str(self.losses.dtype),
-            **self.header,
-            **(more or {}),
-        }
-        ckpt.write_checkpoint(self.path, self.state(model, key, done, extra), header)
-        logger.debug("checkpoint: %d steps saved to %s (%s)", done, self.path, status)
-
-    def resume(
-        self, resume: bool, model: PyTree, key: Key, extra: PyTree
-    ) -> tuple[int, dict[str, Any], PyTree, Key, PyTree] | None:
-        """Load the checkpoint to continue from, if there is one (and `resume`), into the
-        history buffers. `model`, `key` and `extra` are templates of the saved state.
-
-        **Returns:**
-
-        `None` (start afresh) or `(done, header, model arrays, key, extra)`.
-        """
-        opened = open_checkpoint(self.path, resume, self.config, self.total)
-        if opened is None:
-            return None
-        header, payload = opened
-        done = int(header["step"])
-        like = self.state(model, key, done, extra)
-        arrays, losses, hist, key_data, extra = ckpt.load_state(self.path, header, payload, like)
-        self.losses[:done] = losses
-        for buf, saved in zip(self.leaves, jax.tree.leaves(hist)):
-            buf[:done] = saved
-        return done, header, arrays, _key_from_data(key_data, key), extra
-
-
-def checkpoint_config(
-    model: PyTree, data: PyTree, key: Key, trainable: list[str], **options: Any
-) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: digests of the model, data and key, and
-    the options that change the result."""
-    config = {
-        "model_structure": ckpt.structure_digest(model),
-        "initial_model": ckpt.array_digest(model),
-        "trainable": trainable,
-        "data_structure": ckpt.structure_digest(data),
-        "data": ckpt.array_digest(data),
-        "key": ckpt.array_digest(key),
-    }
-    config.update(options)
-    return config
-
-
-def open_checkpoint(
-    path: Path | None, resume: bool, config: dict[str, Any], total: int
-) -> tuple[dict[str, Any], bytes] | None:
-    """The verified header and payload to resume from, or `None` to start afresh."""
-    if path is None:
-        return None
-    for tmp in stale_temporaries(path):
-        tmp.unlink(missing_ok=True)
-    if not path.exists():
-        return None
-    if not resume:
-        raise MetaplasticError(
-            f"A checkpoint already exists at {path}; pass resume=True to continue it, "
-            "or use another checkpoint_dir (it is never overwritten silently)."
-        )
-    header, payload = ckpt.read_checkpoint(path)
-    _check_compatible(path, header, config, total)
-    return header, payload
-
-
-def _check_compatible(path: Path, header: dict, config: dict, steps: int) -> None:
-    saved = header.get("config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"Checkpoint {path} has no fit configuration in its header.")
-    names = {
-        "model_structure": "the model's structure (classes, static fields)",
-        "initial_model": "the initial model's arrays",
-        "trainable": "which arrays train (filter_spec)",
-        "data_structure": "the data's structure",
-        "data": "the data",
-        "key": "the PRNG key",
-        "solver": "the solver",
-    }
-    differ = [k for k in config if saved.get(k) != config[k]]
-    if differ:
-        what = "; ".join(
-            names.get(k, k) + ("" if k in names else f" ({saved.get(k)!r} vs {config[k]!r})")
-            for k in differ
-        )
-        raise CheckpointError(
-            f"Checkpoint {path} was written for another fit and is not used: {what} differ(s). "
-            "Resume with the same model, data, key and options, or use a new checkpoint_dir."
-        )
-    done = header.get("step")
-    if not _is_int(done) or done < 0:
-        raise CheckpointError(f"Checkpoint {path} has an invalid step {done!r}.")
-    if done > steps:
-        raise CheckpointError(
-            f"Checkpoint {path} already holds {done} steps, more than steps={steps}."
-        )
-    ours = ckpt.versions()
-    theirs = header.get("versions", {})
-    for lib in ("metaplastic", "jax", "jaxlib"):
-        if theirs.get(lib) != ours[lib]:
-            logger.warning(
-                "checkpoint %s was written with %s %s, this is %s: the resumed fit may differ "
-                "in the last bits from an uninterrupted one",
-                path,
-                lib,
-                theirs.get(lib),
-                ours[lib],
-            )
-    if header.get("status") == "diverged":
-        logger.warning(
-            "checkpoint %s holds the last finite state of a diverged fit (%s); resuming from it",
-            path,
-            header.get("diverged"),
-        )
 
 
 def _first_nonfinite_quantity(
@@ -769,7 +546,7 @@ def load_checkpoint(
     params = eqx.partition(model, filter_spec)[0]
     done = header.get("step")
     shape = header.get("loss_shape")
-    if not _is_int(done) or done < 0 or not isinstance(shape, list):
+    if not is_int(done) or done < 0 or not isinstance(shape, list):
         raise CheckpointError(f"Checkpoint {path} has an invalid header.")
     try:
         dtype = np.dtype(header.get("loss_dtype"))

@@ -13,7 +13,8 @@ import jax.random as jr
 import numpy as np
 
 from .._errors import MetaplasticError
-from .._fit import FitResult, fit
+from .._fit import fit
+from .._record import FitResult
 from .._solver import AbstractSolver
 from .._types import Key
 from ..losses import L1
