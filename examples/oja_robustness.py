@@ -50,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--n-train", type=int, default=50)
     p.add_argument("--n-test", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=5)
-    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20, help="Levenberg–Marquardt steps per fit")
     p.add_argument("--l2", type=float, default=0.0, help="ridge penalty on the coefficients")
     return p.parse_args(argv)
 
@@ -105,7 +105,7 @@ def main(argv=None):
                 data,
                 mp.losses.ActivityMSE(),
                 solver=mp.LevenbergMarquardt(chunks=args.batch_size),
-                steps=args.iterations,
+                steps=args.steps,
                 batch_size=args.batch_size,
                 ensemble=True,
                 penalty=mp.losses.L2(args.l2),
