@@ -83,10 +83,9 @@ def fit_family(data, family, solver, l1, steps, key_data):
     import jax
     import jax.random as jr
     import numpy as np
+    import optax
 
     import metaplastic as mp
-
-    import optax
 
     if solver == "adam":
         options = {"solver": mp.Optax(optax.adam(3e-3)), "steps": steps or 300}
