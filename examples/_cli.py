@@ -11,7 +11,9 @@ answers at once.
 - `list_of(float)`: the `type=` of every list-valued flag: comma-separated values, as in
   `--fractions 0.5,0.7`. A bad item is a clean argparse error (exit status 2) that names
   the flag and the item.
-- `open_run(args, name)`: the run folder named by `--resume`, or a new one under `--out`.
+- `open_run(args, name)`: the run folder named by `--resume` (refused if its recorded
+  flags differ from these, but for `--out`, `--resume`, `--no-progress` and the script's
+  own `may_differ`), or a new one under `--out`.
 - `print_json(summary)`: the last line of every script, one JSON object.
 """
 
@@ -20,7 +22,6 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 
@@ -114,13 +115,23 @@ def comma(values: Iterable[Any]) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
-def open_run(args: argparse.Namespace, name: str) -> Any:
-    """The run folder of this invocation: the one given by `--resume` (to complete it), or
-    a new one named `name` under `--out`; its configuration is the parsed flags."""
+# Flags that may differ between a run and its resume: where the run folder is created (the
+# resumed folder is given by --resume itself), and whether a progress bar is shown. Every
+# other flag is a setting of the results and must be the recorded one.
+RESUME_MAY_DIFFER = ("out", "resume", "no_progress")
+
+
+def open_run(args: argparse.Namespace, name: str, *, may_differ: Iterable[str] = ()) -> Any:
+    """The run folder of this invocation: a new one named `name` under `--out`, whose
+    configuration is the parsed flags; or, with `--resume`, the given folder, reopened by
+    `metaplastic.runs.open_run`, which refuses (naming the flags and both values) when a
+    flag differs from the recorded configuration, other than those of `RESUME_MAY_DIFFER`
+    and `may_differ`."""
     import metaplastic as mp
 
     if getattr(args, "resume", None):
-        return mp.runs.Run(Path(args.resume), vars(args))
+        ignore = (*RESUME_MAY_DIFFER, *may_differ)
+        return mp.runs.open_run(args.resume, vars(args), ignore=ignore)
     return mp.runs.create_run(args.out, name=name, config=vars(args))
 
 
