@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -121,18 +122,31 @@ def comma(values: Iterable[Any]) -> str:
 RESUME_MAY_DIFFER = ("out", "resume", "no_progress")
 
 
-def open_run(args: argparse.Namespace, name: str, *, may_differ: Iterable[str] = ()) -> Any:
+def open_run(
+    args: argparse.Namespace,
+    name: str,
+    *,
+    config: dict[str, Any] | None = None,
+    may_differ: Iterable[str] = (),
+) -> Any:
     """The run folder of this invocation: a new one named `name` under `--out`, whose
-    configuration is the parsed flags; or, with `--resume`, the given folder, reopened by
-    `metaplastic.runs.open_run`, which refuses (naming the flags and both values) when a
-    flag differs from the recorded configuration, other than those of `RESUME_MAY_DIFFER`
-    and `may_differ`."""
+    configuration is `config` (default: the parsed flags); or, with `--resume`, the given
+    folder, reopened by `metaplastic.runs.open_run`. A resume whose configuration differs
+    from the recorded one, other than in `RESUME_MAY_DIFFER` and `may_differ`, stops the
+    script with an error that names each differing flag and both values (exit status 2)."""
     import metaplastic as mp
 
+    if config is None:
+        config = vars(args)
     if getattr(args, "resume", None):
-        ignore = (*RESUME_MAY_DIFFER, *may_differ)
-        return mp.runs.open_run(args.resume, vars(args), ignore=ignore)
-    return mp.runs.create_run(args.out, name=name, config=vars(args))
+        try:
+            return mp.runs.open_run(
+                args.resume, config, ignore=(*RESUME_MAY_DIFFER, *may_differ)
+            )
+        except mp.MetaplasticError as err:
+            print(f"error: --resume: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+    return mp.runs.create_run(args.out, name=name, config=config)
 
 
 def jsonable(value: Any) -> Any:

@@ -60,12 +60,9 @@ def main(argv=None):
     import metaplastic as mp
 
     config = {name: getattr(args, name) for name in DEFAULTS}
-    if args.resume is not None:
-        # Continue in the same folder, with the same settings: a resume with another flag
-        # would mix two fits, so open_run refuses it, naming the flag.
-        run = mp.runs.open_run(args.resume, config)
-    else:
-        run = mp.runs.create_run(args.out, name="oja", config=config)
+    # With --resume: the same folder, with the same settings (a resume with another flag
+    # would mix two fits, so it is refused, naming the flag).
+    run = _cli.open_run(args, "oja", config=config)
     c = config
     key_data, key_init, key_fit = jr.split(jr.key(c["seed"]), 3)
     k1, k2, k3 = jr.split(key_data, 3)
