@@ -140,9 +140,7 @@ def open_run(
         config = vars(args)
     if getattr(args, "resume", None):
         try:
-            return mp.runs.open_run(
-                args.resume, config, ignore=(*RESUME_MAY_DIFFER, *may_differ)
-            )
+            return mp.runs.open_run(args.resume, config, ignore=(*RESUME_MAY_DIFFER, *may_differ))
         except mp.MetaplasticError as err:
             print(f"error: --resume: {err}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
