@@ -152,9 +152,9 @@ def test_sigkilled_workload_resumes_to_the_uninterrupted_result(tmp_path, worklo
         changed, flag, recorded, given = ["--iterations", "3"], "iterations", "2", "3"
     else:
         script, name, kills = "resumable_fit.py", "metrics.csv", 8
-        args = ["--steps", "60", "--checkpoint-every", "3", "--trajectories", "4"]
+        args = ["--steps", "600", "--checkpoint-every", "10", "--trajectories", "4"]
         args += ["--length", "10", "--n-in", "4", "--n-out", "4"]
-        changed, flag, recorded, given = ["--steps", "61"], "steps", "60", "61"
+        changed, flag, recorded, given = ["--steps", "601"], "steps", "600", "601"
 
     t0 = time.monotonic()
     reference = _run(script, [*args, "--out", str(tmp_path / "reference")], env)
