@@ -11,7 +11,9 @@ answers at once.
 - `list_of(float)`: the `type=` of every list-valued flag: comma-separated values, as in
   `--fractions 0.5,0.7`. A bad item is a clean argparse error (exit status 2) that names
   the flag and the item.
-- `open_run(args, name)`: the run folder named by `--resume`, or a new one under `--out`.
+- `open_run(args, name)`: the run folder named by `--resume` (refused if its recorded
+  flags differ from these, but for `--out`, `--resume`, `--no-progress` and the script's
+  own `may_differ`), or a new one under `--out`.
 - `print_json(summary)`: the last line of every script, one JSON object.
 """
 
@@ -19,8 +21,8 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 
@@ -114,14 +116,35 @@ def comma(values: Iterable[Any]) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
-def open_run(args: argparse.Namespace, name: str) -> Any:
-    """The run folder of this invocation: the one given by `--resume` (to complete it), or
-    a new one named `name` under `--out`; its configuration is the parsed flags."""
+# Flags that may differ between a run and its resume: where the run folder is created (the
+# resumed folder is given by --resume itself), and whether a progress bar is shown. Every
+# other flag is a setting of the results and must be the recorded one.
+RESUME_MAY_DIFFER = ("out", "resume", "no_progress")
+
+
+def open_run(
+    args: argparse.Namespace,
+    name: str,
+    *,
+    config: dict[str, Any] | None = None,
+    may_differ: Iterable[str] = (),
+) -> Any:
+    """The run folder of this invocation: a new one named `name` under `--out`, whose
+    configuration is `config` (default: the parsed flags); or, with `--resume`, the given
+    folder, reopened by `metaplastic.runs.open_run`. A resume whose configuration differs
+    from the recorded one, other than in `RESUME_MAY_DIFFER` and `may_differ`, stops the
+    script with an error that names each differing flag and both values (exit status 2)."""
     import metaplastic as mp
 
+    if config is None:
+        config = vars(args)
     if getattr(args, "resume", None):
-        return mp.runs.Run(Path(args.resume), vars(args))
-    return mp.runs.create_run(args.out, name=name, config=vars(args))
+        try:
+            return mp.runs.open_run(args.resume, config, ignore=(*RESUME_MAY_DIFFER, *may_differ))
+        except mp.MetaplasticError as err:
+            print(f"error: --resume: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+    return mp.runs.create_run(args.out, name=name, config=config)
 
 
 def jsonable(value: Any) -> Any:

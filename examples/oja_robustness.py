@@ -10,6 +10,13 @@ The noise level is relative: a level σ adds Gaussian noise of standard deviatio
     python examples/oja_robustness.py                 # 6 × 6 grid, 3 seeds, 20 → 50 layer
     python examples/oja_robustness.py --quick         # a 2 × 2 corner of the grid
     python examples/oja_robustness.py --noises 0,0.5 --fractions 1,0.7   # a chosen grid
+    python examples/oja_robustness.py --resume out/oja_robustness-...     # finish a grid
+
+Every finished cell is written at once to `oja_robustness.csv` in the run folder;
+`--resume RUN_FOLDER` keeps the cells already there and fits the others. A resume must
+repeat the flags of the run (grid, seeds, sizes, iterations): it stops with an error
+naming any flag that differs, but for `--out` and `--no-progress` (and `--quick`, whose
+grid is compared as such).
 """
 
 import csv
@@ -87,7 +94,7 @@ def main(argv=None):
     held_x = mp.tasks.gaussian_stimuli(n_in, length, n_trajectories=args.n_test, key=jr.key(10_000))
     held_w0 = 0.01 * jr.normal(jr.key(10_001), (args.n_test, n_out, n_in))
     seeds = list(range(args.seeds))
-    run = _cli.open_run(args, "oja_robustness")
+    run = _cli.open_run(args, "oja_robustness", may_differ=("quick",))
     path = str(run.file("oja_robustness.csv"))
     rows = _read_rows(path) if os.path.exists(path) else []
     done = {(r["noise"], r["recorded_fraction"]) for r in rows}

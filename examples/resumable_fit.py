@@ -2,8 +2,9 @@
 
 Writes a run folder under --out with config.json, metrics.csv (one row per step: loss and
 every coefficient), summary.json, figures (coefficient trajectories, weight trajectories) and
-the fit's checkpoint. Kill it at any point and continue with `--resume <run folder>`: the
-result is bitwise the one an uninterrupted run gives (on CPU).
+the fit's checkpoint. Kill it at any point and continue with `--resume <run folder>` and the same flags: the
+result is bitwise the one an uninterrupted run gives (on CPU). A resume whose flags differ
+from the recorded ones (but for `--out` and `--no-progress`) stops with an error naming them.
 
     python examples/resumable_fit.py                      # a new run in out/
     python examples/resumable_fit.py --resume out/oja-... # continue an interrupted one
@@ -11,7 +12,6 @@ result is bitwise the one an uninterrupted run gives (on CPU).
 The last line printed is one JSON object summarising the run.
 """
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -59,14 +59,10 @@ def main(argv=None):
 
     import metaplastic as mp
 
-    if args.resume is not None:
-        # Continue in the same folder with the configuration it was started with.
-        recorded = json.loads((args.resume / "config.json").read_text())
-        config = recorded["config"]
-        run = mp.runs.Run(args.resume, config)
-    else:
-        config = {name: getattr(args, name) for name in DEFAULTS}
-        run = mp.runs.create_run(args.out, name="oja", config=config)
+    config = {name: getattr(args, name) for name in DEFAULTS}
+    # With --resume: the same folder, with the same settings (a resume with another flag
+    # would mix two fits, so it is refused, naming the flag).
+    run = _cli.open_run(args, "oja", config=config)
     c = config
     key_data, key_init, key_fit = jr.split(jr.key(c["seed"]), 3)
     k1, k2, k3 = jr.split(key_data, 3)

@@ -16,7 +16,9 @@ removed: 57 rules. Every rule uses the same key, so the same encoding, initial w
 random draws; only the rule differs.
 
 Each finished (rule, family) pair is written at once as a row of `rule_sweep.csv` in the run
-folder; `--resume RUNFOLDER` skips the rows already there. Rules share one compiled fit: the
+folder; `--resume RUNFOLDER` skips the rows already there. A resume must repeat the
+settings of the run (it stops with an error naming any flag that differs), but may select
+other `--rules` and `--families`. Rules share one compiled fit: the
 training data are padded (masked) to a few fixed sizes and JAX's persistent compilation
 cache (`--compile-cache`) lets every rule after the first of a size reuse the compiled
 program (the `xla_compiles` column counts the compilations each row needed).
@@ -54,6 +56,11 @@ WEIGHT_CHANGE_LOW = 0.05  # RMS change of the true weights below this: almost no
 # and choices no longer tell weight sizes apart.
 WEIGHT_CHANGE_HIGH = 3.0
 FAMILIES = ("taylor", "mlp")
+# Flags a --resume may change besides --out and --no-progress: which rules and families to
+# fit (rows are keyed by rule and family, and each row is the same whatever else is
+# selected), --quick (its settings are compared one by one), where compiled programs are
+# cached, and --report-only. Every other flag changes the rows and must be the recorded one.
+RESUME_MAY_DIFFER = ("rules", "families", "quick", "compile_cache", "report_only")
 
 COLUMNS = (
     "rule",
@@ -328,7 +335,7 @@ def main(argv=None):
     else:
         rules = all_rules
     families = [f for f in FAMILIES if f in args.families]
-    run = _cli.open_run(args, "rule_sweep")
+    run = _cli.open_run(args, "rule_sweep", may_differ=RESUME_MAY_DIFFER)
     csv_path = str(run.file("rule_sweep.csv"))
     rows = _read_rows(csv_path)
     done = {(r["rule"], r["family"]) for r in rows if r["status"] == "ok"}
@@ -417,7 +424,7 @@ def main(argv=None):
         key=lambda r: (order[r["rule"]], families.index(r["family"])),
     )
     table = markdown_table(rows, families)
-    run.file("rule_sweep.md").write_text(table)
+    run.write_text("rule_sweep.md", table)
 
     def f(r, k):
         return float(r[k]) if r.get(k) not in (None, "") else float("nan")

@@ -14,10 +14,16 @@ configuration with the library, JAX and Python versions and the backend), `metri
 row per step), `summary.json` and the figures. Every file is written whole to a
 temporary file and renamed into place: a reader sees the previous version or the new one,
 never a torn file, and nothing is ever appended to a shared file.
+
+`open_run(path, config)` reopens a run folder to complete it (an interrupted sweep, a
+checkpointed fit): it refuses, naming every differing key with both values, when the given
+configuration is not the recorded one, so that one folder never mixes results of different
+settings.
 """
 
 import csv
 import io
+import json
 import math
 import os
 import platform
@@ -39,7 +45,7 @@ from ._io import atomic_open, atomic_write_json, atomic_write_text, to_jsonable
 from ._progress import track as track
 
 
-__all__ = ["Run", "create_run", "history_rows", "read_metrics", "track"]
+__all__ = ["Run", "create_run", "history_rows", "open_run", "read_metrics", "track"]
 
 
 def _environment() -> dict[str, Any]:
@@ -147,6 +153,12 @@ class Run:
         atomic_write_json(path, obj)
         return path
 
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a text file (a report, a table) into the run folder (atomically)."""
+        path = self.file(name)
+        atomic_write_text(path, text)
+        return path
+
     def save_figure(self, figure: Any, name: str, **savefig_kwargs: Any) -> Path:
         """Save a matplotlib figure into the run folder (atomically); the format follows the
         name's suffix (default `.png`)."""
@@ -226,6 +238,79 @@ def create_run(
     record.update(_environment())
     run.write_json("config.json", record)
     return run
+
+
+_ABSENT = object()
+
+
+def _describe(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value, sort_keys=True)
+
+
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+def open_run(
+    path: str | os.PathLike,
+    config: Mapping[str, Any] | None = None,
+    *,
+    ignore: Sequence[str] = (),
+) -> Run:
+    """Reopen an existing run folder, to complete it (resume a sweep or a fit).
+
+    With a `config`, it must be the configuration the folder was created with (compared
+    key by key as JSON values, so a tuple equals the list it was recorded as); otherwise a
+    `MetaplasticError` names every differing key with the recorded and the given value. A
+    run folder thus never holds results of two different settings. Keys in `ignore` are
+    not compared: those that may legitimately change between the first run and its resume
+    (an output folder, a progress-bar switch).
+
+    The returned `Run` has the recorded configuration. Its `rows` start empty: `metrics.csv`
+    is not read back, so a resumed run that logs must log every row again (as a resumed
+    fit does from its restored history), or keep its own table with `write_csv`.
+
+    **Arguments:**
+
+    - `path`: the run folder (as made by `create_run`).
+    - `config`: the configuration of this invocation, or `None` to reopen without checking.
+    - `ignore`: configuration keys that may differ.
+
+    **Returns:**
+
+    A `Run`.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise MetaplasticError(f"There is no run folder at {str(folder)!r}.")
+    try:
+        record = json.loads((folder / "config.json").read_text())
+        recorded = record["config"]
+        if not isinstance(recorded, dict):
+            raise TypeError("config is not a JSON object")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise MetaplasticError(
+            f"{str(folder)!r} is not a run folder: its config.json cannot be read ({err})."
+        ) from None
+    if config is not None:
+        if not isinstance(config, Mapping):
+            raise MetaplasticError(f"config must be a mapping, got {type(config).__name__}.")
+        if isinstance(ignore, str):
+            ignore = (ignore,)
+        # Through JSON, as it was recorded: tuples become lists, NaN becomes null.
+        given = json.loads(json.dumps(to_jsonable(dict(config)), allow_nan=False))
+        skip = {str(k) for k in ignore}
+        differ = [
+            f"{key}: recorded {_describe(recorded.get(key, _ABSENT))}, "
+            f"given {_describe(given.get(key, _ABSENT))}"
+            for key in sorted(set(recorded) | set(given))
+            if key not in skip and recorded.get(key, _ABSENT) != given.get(key, _ABSENT)
+        ]
+        if differ:
+            raise MetaplasticError(
+                f"The run folder {str(folder)!r} was made with a different configuration; "
+                "resume it with the recorded settings or start a new run. Differing: "
+                + "; ".join(differ)
+                + "."
+            )
+    return Run(folder, recorded)
 
 
 def history_rows(history: Any, *, prefix: str = "") -> list[dict[str, Any]]:

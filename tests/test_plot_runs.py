@@ -1,6 +1,9 @@
 import json
+import os
+import subprocess
 import sys
 import threading
+import time
 
 import equinox as eqx
 import jax
@@ -182,6 +185,97 @@ def test_run_writes_tables(tmp_path):
         assert sorted(p.name for p in run.path.iterdir()) == ["config.json", "table.csv"]
         with pytest.raises(mp.MetaplasticError, match="plain file name"):
             run.write_csv("../table.csv", rows)
+
+
+def test_open_run_refuses_another_configuration(tmp_path):
+    config = {"seeds": 3, "grid": (0.0, 0.5), "lr": np.float32(0.25), "out": "a", "tag": None}
+    with runs.create_run(tmp_path, name="grid", config=config) as run:
+        run.write_csv("cells.csv", [{"cell": 1}])
+    reopened = runs.open_run(run.path, config)  # the same settings: tuples equal lists
+    assert reopened.path == run.path and reopened.config["grid"] == [0.0, 0.5]
+    assert runs.open_run(str(run.path)).config == reopened.config  # no config: no check
+    changed = dict(config, seeds=4, grid=(0.0,), extra=True, out="b")
+    del changed["tag"]
+    with pytest.raises(mp.MetaplasticError) as info:
+        runs.open_run(run.path, changed, ignore=("out",))
+    message = str(info.value)
+    assert "different configuration" in message and str(run.path) in message
+    for part in (
+        "seeds: recorded 3, given 4",
+        "grid: recorded [0.0, 0.5], given [0.0]",
+        "extra: recorded (absent), given true",
+        "tag: recorded null, given (absent)",
+    ):
+        assert part in message
+    assert "out:" not in message  # ignored
+    reopened.write_text("report.md", "| a |\n")
+    assert (run.path / "report.md").read_text() == "| a |\n"
+    assert (run.path / "cells.csv").read_text() == "cell\n1\n"  # untouched by reopening
+    with pytest.raises(mp.MetaplasticError, match="no run folder"):
+        runs.open_run(tmp_path / "missing")
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(mp.MetaplasticError, match="not a run folder"):
+        runs.open_run(tmp_path / "bare", {})
+    with pytest.raises(mp.MetaplasticError, match="mapping"):
+        runs.open_run(run.path, [("seeds", 3)])
+
+
+_CREATE_RUNS = """
+import os, random, secrets, sys, time
+import metaplastic as mp
+out, start, worker, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(worker)
+# Few suffixes, so that runs of one second collide and the exclusive mkdir must settle it.
+secrets.token_hex = lambda nbytes: f"{rng.randrange(64):02x}"
+while time.time() < start:
+    time.sleep(0.001)
+for i in range(n):
+    with mp.runs.create_run(out, name="race", config={"worker": worker, "i": i}) as run:
+        run.log(worker=worker, i=i)
+        run.write_csv("table.csv", [{"worker": worker, "i": i}] * 50)
+    print(run.path.name, flush=True)
+"""
+
+
+def test_processes_writing_into_one_out_folder_get_distinct_runs(tmp_path):
+    """Several processes create runs of one name in one folder at the same moment: each
+    gets its own folder, whole files, and no temporary file is left."""
+    workers, n = 4, 12
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    start = time.time() + 6.0  # after every process has imported the library
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CREATE_RUNS, str(tmp_path), str(start), str(w), str(n)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(workers)
+    ]
+    names = []
+    for child in children:
+        stdout, _ = child.communicate(timeout=120)
+        assert child.returncode == 0
+        names += stdout.split()
+    assert len(names) == len(set(names)) == workers * n
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == sorted(names)
+    seen = set()
+    for name in folders:
+        folder = tmp_path / name
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "config.json",
+            "metrics.csv",
+            "summary.json",
+            "table.csv",
+        ]
+        config = json.loads((folder / "config.json").read_text())["config"]
+        key = (config["worker"], config["i"])
+        seen.add(key)
+        assert runs.read_metrics(folder) == [{"worker": str(key[0]), "i": str(key[1])}]
+        assert (folder / "table.csv").read_text() == "worker,i\n" + f"{key[0]},{key[1]}\n" * 50
+        assert json.loads((folder / "summary.json").read_text())["status"] == "finished"
+    assert seen == {(w, i) for w in range(workers) for i in range(n)}
 
 
 def test_sweep_progress(capsys):
