@@ -14,7 +14,7 @@ The noise level is relative: a level σ adds Gaussian noise of standard deviatio
 
 Every finished cell is written at once to `oja_robustness.csv` in the run folder;
 `--resume RUN_FOLDER` keeps the cells already there and fits the others. A resume must
-repeat the flags of the run (grid, seeds, sizes, iterations): it stops with an error
+repeat the flags of the run (grid, seeds, sizes, steps): it stops with an error
 naming any flag that differs, but for `--out` and `--no-progress` (and `--quick`, whose
 grid is compared as such).
 """

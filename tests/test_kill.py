@@ -148,8 +148,8 @@ def test_sigkilled_workload_resumes_to_the_uninterrupted_result(tmp_path, worklo
         script, name, kills = "oja_robustness.py", "oja_robustness.csv", 6
         args = ["--noises", "0,1", "--fractions", "1,0.5", "--seeds", "1", "--n-in", "3"]
         args += ["--n-out", "3", "--length", "8", "--n-train", "4", "--n-test", "2"]
-        args += ["--batch-size", "2", "--iterations", "2"]
-        changed, flag, recorded, given = ["--iterations", "3"], "iterations", "2", "3"
+        args += ["--batch-size", "2", "--steps", "2"]
+        changed, flag, recorded, given = ["--steps", "3"], "steps", "2", "3"
     else:
         script, name, kills = "resumable_fit.py", "metrics.csv", 8
         args = ["--steps", "600", "--checkpoint-every", "10", "--trajectories", "4"]
