@@ -11,6 +11,10 @@ answers at once.
 - `list_of(float)`: the `type=` of every list-valued flag: comma-separated values, as in
   `--fractions 0.5,0.7`. A bad item is a clean argparse error (exit status 2) that names
   the flag and the item.
+- `positive_int`, `positive_float`, `non_negative_float`, `fraction`: the `type=` of
+  counts, rates, penalties and noise levels, and fractions in (0, 1]: an out-of-range value
+  is an argparse error (exit status 2) naming the flag, not a traceback from deep inside a
+  fit.
 - `open_run(args, name)`: the run folder named by `--resume` (refused if its recorded
   flags differ from these, but for `--out`, `--resume`, `--no-progress` and the script's
   own `may_differ`), or a new one under `--out`.
@@ -63,6 +67,38 @@ def parser(
     return p
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1 (a count: seeds, steps, trajectories, sizes)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite float >= 0 (a penalty, a noise level, a rate)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0 (a learning rate, a clipping norm)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A float in (0, 1] (a recorded or held-out fraction)."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text!r}")
+    return value
+
+
 def list_of(
     item: Callable[[str], Any],
     *,
@@ -94,7 +130,7 @@ def list_of(
                 continue
             try:
                 value = item(part)
-            except (TypeError, ValueError) as err:
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
                 raise argparse.ArgumentTypeError(
                     f"bad item {part!r} in {text!r} (comma-separated {name} values expected): {err}"
                 ) from None

@@ -57,10 +57,12 @@ def parse_args(argv=None):
         default="prediction_error",
         help="r = R − E[R] (prediction_error) or r = R (reward)",
     )
-    p.add_argument("--resamples", type=int, default=2, help="encoding re-draws per fly")
+    p.add_argument(
+        "--resamples", type=_cli.positive_int, default=2, help="encoding re-draws per fly"
+    )
     p.add_argument(
         "--fractions",
-        type=_cli.list_of(float, allow_empty=True),
+        type=_cli.list_of(_cli.fraction, allow_empty=True),
         default=FRACTIONS,
         help="comma-separated training fractions of the held-out sweep (covariance and "
         f"forgetting; default: {_cli.comma(FRACTIONS)}; '' for none)",
@@ -71,8 +73,12 @@ def parse_args(argv=None):
         help="run the held-out sweep for taylor and mlp too (slower; default: in sample and "
         "block 1 only for them)",
     )
-    p.add_argument("--steps", type=int, default=8, help="Levenberg–Marquardt steps per fit")
-    p.add_argument("--l1", type=float, default=1e-3, help="L1 penalty of the taylor family")
+    p.add_argument(
+        "--steps", type=_cli.positive_int, default=8, help="Levenberg–Marquardt steps per fit"
+    )
+    p.add_argument(
+        "--l1", type=_cli.non_negative_float, default=1e-3, help="L1 penalty of the taylor family"
+    )
     args = p.parse_args(argv)
     if not os.path.isdir(args.data):
         p.error(

@@ -39,26 +39,30 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--noises",
-        type=_cli.list_of(float),
+        type=_cli.list_of(_cli.non_negative_float),
         default=NOISES,
         help="comma-separated noise levels, × std of the recorded activity "
         f"(default: {_cli.comma(NOISES)})",
     )
     p.add_argument(
         "--fractions",
-        type=_cli.list_of(float),
+        type=_cli.list_of(_cli.fraction),
         default=FRACTIONS,
         help=f"comma-separated recorded fractions (default: {_cli.comma(FRACTIONS)})",
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds per cell (0, 1, ...)")
-    p.add_argument("--n-in", type=int, default=20)
-    p.add_argument("--n-out", type=int, default=50)
-    p.add_argument("--length", type=int, default=50)
-    p.add_argument("--n-train", type=int, default=50)
-    p.add_argument("--n-test", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=5)
-    p.add_argument("--steps", type=int, default=20, help="Levenberg–Marquardt steps per fit")
-    p.add_argument("--l2", type=float, default=0.0, help="ridge penalty on the coefficients")
+    p.add_argument("--seeds", type=_cli.positive_int, default=3, help="seeds per cell (0, 1, ...)")
+    p.add_argument("--n-in", type=_cli.positive_int, default=20)
+    p.add_argument("--n-out", type=_cli.positive_int, default=50)
+    p.add_argument("--length", type=_cli.positive_int, default=50)
+    p.add_argument("--n-train", type=_cli.positive_int, default=50)
+    p.add_argument("--n-test", type=_cli.positive_int, default=10)
+    p.add_argument("--batch-size", type=_cli.positive_int, default=5)
+    p.add_argument(
+        "--steps", type=_cli.positive_int, default=20, help="Levenberg–Marquardt steps per fit"
+    )
+    p.add_argument(
+        "--l2", type=_cli.non_negative_float, default=0.0, help="ridge penalty on the coefficients"
+    )
     return p.parse_args(argv)
 
 

@@ -18,20 +18,28 @@ import _cli
 def parse_args(argv=None):
     p = _cli.parser(__doc__, quick="a smaller network (20 → 50) that runs in seconds")
     p.add_argument("--rule", choices=("taylor", "mlp"), default="taylor", help="rule family to fit")
-    p.add_argument("--noise", type=float, default=0.0, help="std of the measurement noise")
     p.add_argument(
-        "--recorded-fraction", type=float, default=1.0, help="fraction of neurons recorded"
+        "--noise", type=_cli.non_negative_float, default=0.0, help="std of the measurement noise"
     )
     p.add_argument(
-        "--steps", type=int, default=None, help="solver steps (default 30 Taylor, 40 MLP)"
+        "--recorded-fraction", type=_cli.fraction, default=1.0, help="fraction of neurons recorded"
     )
-    p.add_argument("--n-in", type=int, default=None)
-    p.add_argument("--n-out", type=int, default=None)
-    p.add_argument("--length", type=int, default=50, help="time steps per trajectory")
-    p.add_argument("--n-train", type=int, default=50, help="training trajectories")
-    p.add_argument("--n-test", type=int, default=10, help="held-out trajectories")
     p.add_argument(
-        "--batch-size", type=int, default=5, help="trajectories per Gauss–Newton iteration"
+        "--steps",
+        type=_cli.positive_int,
+        default=None,
+        help="solver steps (default 30 Taylor, 40 MLP)",
+    )
+    p.add_argument("--n-in", type=_cli.positive_int, default=None)
+    p.add_argument("--n-out", type=_cli.positive_int, default=None)
+    p.add_argument("--length", type=_cli.positive_int, default=50, help="time steps per trajectory")
+    p.add_argument("--n-train", type=_cli.positive_int, default=50, help="training trajectories")
+    p.add_argument("--n-test", type=_cli.positive_int, default=10, help="held-out trajectories")
+    p.add_argument(
+        "--batch-size",
+        type=_cli.positive_int,
+        default=5,
+        help="trajectories per Gauss–Newton iteration",
     )
     p.add_argument(
         "--float32", action="store_true", help="fit in float32 (default float64: see README)"

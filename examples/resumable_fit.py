@@ -41,7 +41,8 @@ def parse_args(argv=None):
     p.set_defaults(seed=DEFAULTS["seed"])
     for name, value in DEFAULTS.items():
         if name != "seed":  # --seed is one of the common flags
-            p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+            kind = _cli.positive_int if isinstance(value, int) else _cli.positive_float
+            p.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
     args = p.parse_args(argv)
     if args.resume is not None:
         args.resume = Path(args.resume)

@@ -32,12 +32,21 @@ FAMILIES = ("taylor", "mlp")
 
 def parse_args(argv=None):
     p = _cli.parser(__doc__, progress=False)
-    p.add_argument("--seeds", type=int, default=5, help="fits per rule family (vmapped)")
-    p.add_argument("--n-train", type=int, default=18, help="training trajectories per seed")
-    p.add_argument("--n-test", type=int, default=7, help="held-out trajectories per seed")
-    p.add_argument("--trials-per-block", type=int, default=80)
     p.add_argument(
-        "--input-variance", type=float, default=None, help="input noise variance (default 0.005)"
+        "--seeds", type=_cli.positive_int, default=5, help="fits per rule family (vmapped)"
+    )
+    p.add_argument(
+        "--n-train", type=_cli.positive_int, default=18, help="training trajectories per seed"
+    )
+    p.add_argument(
+        "--n-test", type=_cli.positive_int, default=7, help="held-out trajectories per seed"
+    )
+    p.add_argument("--trials-per-block", type=_cli.positive_int, default=80)
+    p.add_argument(
+        "--input-variance",
+        type=_cli.non_negative_float,
+        default=None,
+        help="input noise variance (default 0.005)",
     )
     p.add_argument(
         "--no-resample",
@@ -52,11 +61,13 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--steps",
-        type=int,
+        type=_cli.positive_int,
         default=None,
         help="solver steps (default 12 Taylor, 16 MLP for Levenberg-Marquardt; 300 Adam)",
     )
-    p.add_argument("--l1", type=float, default=1e-3, help="L1 penalty on Taylor coefficients")
+    p.add_argument(
+        "--l1", type=_cli.non_negative_float, default=1e-3, help="L1 penalty on Taylor coefficients"
+    )
     p.add_argument(
         "--families",
         type=_cli.list_of(str, choices=FAMILIES),
@@ -64,7 +75,10 @@ def parse_args(argv=None):
         help="comma-separated rule families (default: taylor,mlp)",
     )
     p.add_argument(
-        "--jobs", type=int, default=2, help="processes: 2 fits the two families side by side"
+        "--jobs",
+        type=_cli.positive_int,
+        default=2,
+        help="processes: 2 fits the two families side by side",
     )
     return p.parse_args(argv)
 

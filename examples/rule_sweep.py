@@ -141,13 +141,21 @@ def parse_args(argv=None):
         default=FAMILIES,
         help="comma-separated rule families (default: taylor,mlp)",
     )
-    p.add_argument("--seeds", type=int, default=3, help="fits per rule family (vmapped)")
-    p.add_argument("--n-train", type=int, default=18, help="training trajectories per seed")
-    p.add_argument("--n-test", type=int, default=7, help="held-out trajectories per seed")
-    p.add_argument("--trials-per-block", type=int, default=80)
-    p.add_argument("--taylor-steps", type=int, default=12)
-    p.add_argument("--mlp-steps", type=int, default=16)
-    p.add_argument("--l1", type=float, default=1e-3, help="L1 penalty on Taylor coefficients")
+    p.add_argument(
+        "--seeds", type=_cli.positive_int, default=3, help="fits per rule family (vmapped)"
+    )
+    p.add_argument(
+        "--n-train", type=_cli.positive_int, default=18, help="training trajectories per seed"
+    )
+    p.add_argument(
+        "--n-test", type=_cli.positive_int, default=7, help="held-out trajectories per seed"
+    )
+    p.add_argument("--trials-per-block", type=_cli.positive_int, default=80)
+    p.add_argument("--taylor-steps", type=_cli.positive_int, default=12)
+    p.add_argument("--mlp-steps", type=_cli.positive_int, default=16)
+    p.add_argument(
+        "--l1", type=_cli.non_negative_float, default=1e-3, help="L1 penalty on Taylor coefficients"
+    )
     p.add_argument("--decay", type=float, default=0.05, help="rate of the grid's decay term")
     p.add_argument("--decay-term", default="w", help="the grid's decay monomial")
     p.add_argument(

@@ -42,13 +42,20 @@ def mask_array(name: str, value: Any) -> np.ndarray:
     return arr
 
 
-def finite_where(name: str, values: np.ndarray, valid: np.ndarray) -> None:
+def finite_where(
+    name: str, values: np.ndarray, valid: np.ndarray, axes: tuple[str, ...] | None = None
+) -> None:
     """Raise `MetaplasticError` if `values` is NaN or infinite anywhere `valid` is true
-    (padding may hold anything)."""
+    (padding may hold anything). With `axes` (one name per axis, e.g. `("trajectory",
+    "step", "neuron")`), the message names the place in those words as well as by index."""
     bad = valid & ~np.isfinite(values)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
+        place = f"index {where}"
+        if axes is not None:
+            place = ", ".join(f"{a} {i}" for a, i in zip(axes, where)) + f" (index {where})"
         raise MetaplasticError(
-            f"{name} holds a non-finite value ({values[where]}) at index {where}, which is "
-            "marked valid; mark it invalid in the mask or remove it."
+            f"{name} holds a non-finite value ({values[where]}) at {place}, which is marked "
+            f"valid ({int(bad.sum())} such value(s) in all); mark it invalid in the mask or "
+            "remove it."
         )

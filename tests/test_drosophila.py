@@ -1,3 +1,4 @@
+import io
 import os
 import sys
 
@@ -291,3 +292,105 @@ def test_real_flies_views(drosophila_dir):
     with_rejections = data.without_accept_only()
     assert len(with_rejections) == 13 and not set(with_rejections.names) & ACCEPT_ONLY
     assert with_rejections.dataset.odours.shape[0] == 13
+
+
+# --- Fuzzing: mutated files --------------------------------------------------------------------
+
+
+def _mutations(rng):
+    """Yield `(kind, variables or raw bytes, expect)` for one random fly; `expect` is "ok"
+    (must load, nothing dropped), "error" (must raise MetaplasticError) or "either" (corrupt
+    bytes: loading is allowed only if what comes back is what scipy reads)."""
+    p = int(rng.integers(1, 12))
+    odours = rng.integers(0, 2, p)
+    y = rng.integers(0, 2, p).astype(float)
+    y[rng.integers(0, p)] = 1.0  # at least one acceptance
+    r = rng.integers(0, 2, int(y.sum())).astype(float)
+    x = _onehot(odours)
+    good = {"X": x, "Y": y[None], "R": r[None]}
+
+    def with_(**v):
+        out = dict(good)
+        out.update(v)
+        return {k: a for k, a in out.items() if a is not None}
+
+    def poke(a, value):
+        a = np.array(a, float)
+        a.reshape(-1)[rng.integers(0, a.size)] = value
+        return a
+
+    name = str(rng.choice(["X", "Y", "R"]))
+    yield "valid", good, "ok"
+    yield "column vectors", with_(Y=y[:, None], R=r[:, None]), "ok"
+    yield "integer and boolean dtypes", with_(X=x.astype(np.uint8), Y=y[None] > 0.5), "ok"
+    yield "extra variable", with_(notes=np.array(["hello"])), "ok"
+    yield f"missing {name}", with_(**{name: None}), "error"
+    yield f"NaN in {name}", with_(**{name: poke(good[name], np.nan)}), "error"
+    yield f"Inf in {name}", with_(**{name: poke(good[name], -np.inf)}), "error"
+    bad_value = float(rng.choice([2.0, -1.0, 0.5, 1e300]))
+    yield f"{bad_value} in {name}", with_(**{name: poke(good[name], bad_value)}), "error"
+    yield f"text {name}", with_(**{name: np.array(["01" * p])}), "error"
+    yield f"complex {name}", with_(**{name: good[name] + 1j}), "error"
+    yield f"cell {name}", with_(**{name: np.array([good[name]], dtype=object)}), "error"
+    yield f"struct {name}", with_(**{name: {"a": good[name]}}), "error"
+    extra = float(rng.integers(0, 2))
+    yield "one reward too many", with_(R=np.append(r, extra)[None]), "error"
+    if len(r) > 1:
+        yield "one reward too few", with_(R=r[None, :-1]), "error"
+    yield "X transposed", with_(X=x.T) if p != 2 else with_(X=x[:, :1]), "error"
+    yield "X with a third column", with_(X=np.concatenate([x, x[:, :1] * 0], 1)), "error"
+    yield "X as a vector", with_(X=odours[None].astype(float)), "error"
+    yield "Y as a matrix", with_(Y=np.tile(y, (2, 1))), "error"
+    yield "R as a 3-d array", with_(R=r[None, None]), "error"
+    yield "X one row short", with_(X=x[:-1] if p > 1 else np.zeros((0, 2))), "error"
+    yield "X row not one-hot", with_(X=poke(x, 1.0) if p > 0 else x), "either"
+    yield "empty", with_(X=np.zeros((0, 2)), Y=np.zeros((1, 0)), R=np.zeros((1, 0))), "error"
+    yield "no acceptance", with_(Y=np.zeros((1, p)), R=np.zeros((1, 0))), "error"
+    buf = io.BytesIO()
+    sio.savemat(buf, good)
+    raw = buf.getvalue()
+    yield "truncated", raw[: int(rng.integers(0, len(raw)))], "either"
+    flipped = bytearray(raw)
+    for i in rng.integers(0, len(raw), int(rng.integers(1, 4))):
+        flipped[i] ^= 1 << int(rng.integers(0, 8))
+    yield "bits flipped", bytes(flipped), "either"
+    yield "random bytes", rng.bytes(int(rng.integers(0, 400))), "either"
+
+
+def _read_back(path):
+    """What the file says, read directly with scipy: odours and choices in order."""
+    mat = sio.loadmat(str(path))
+    return np.argmax(mat["X"], axis=1), np.asarray(mat["Y"], float).reshape(-1)
+
+
+def test_mutated_files_load_whole_or_fail_clearly(tmp_path):
+    """Seeded fuzzing of the loader: 40 random flies x 26-27 mutations each (~1,060 files).
+    Every file either loads with every presentation back in order, or raises a
+    MetaplasticError naming the file; the counts are printed (run with -s) and checked."""
+    rng = np.random.default_rng(2024)
+    counts = {"ok": 0, "error": 0, "either": 0, "loaded": 0, "refused": 0}
+    for fly in range(40):
+        for case, (kind, content, expect) in enumerate(_mutations(rng)):
+            path = tmp_path / f"Fly{fly}_{case}.mat"
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                sio.savemat(str(path), content)
+            counts[expect] += 1
+            try:
+                data = load_drosophila(path)
+            except mp.MetaplasticError as err:
+                assert expect != "ok", f"{kind}: a valid file was refused: {err}"
+                assert str(path) in str(err), f"{kind}: the error does not name the file: {err}"
+                counts["refused"] += 1
+                continue
+            assert expect != "error", f"{kind}: a bad file was loaded without an error"
+            counts["loaded"] += 1
+            odours, choices = _read_back(path)
+            od, ch = _flatten(data.dataset, 0)
+            np.testing.assert_array_equal(od, odours, err_msg=kind)
+            np.testing.assert_array_equal(ch, choices, err_msg=kind)
+            assert data.flies[0].n_presentations == len(choices)
+    print(f"loader fuzz: {sum(counts[k] for k in ('ok', 'error', 'either'))} files, {counts}")
+    assert counts["ok"] == 160 and counts["error"] >= 700 and counts["either"] >= 160
+    assert counts["loaded"] >= counts["ok"] and counts["refused"] >= counts["error"]

@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -154,6 +155,41 @@ def test_bad_list_item_is_a_clean_usage_error(name, flag, value):
     proc = _script(name, flag, value, timeout=30)
     assert proc.returncode == 2
     assert f"argument {flag}: bad item" in proc.stderr and "Traceback" not in proc.stderr
+
+
+BAD_FLAGS = [
+    ("recover_oja.py", "--steps", "-1", "positive integer"),
+    ("recover_oja.py", "--noise", "-0.1", ">= 0"),
+    ("recover_oja.py", "--recorded-fraction", "1.5", r"fraction in \(0, 1\]"),
+    ("recover_oja.py", "--n-train", "0", "positive integer"),
+    ("recover_oja.py", "--rule", "lstm", "invalid choice"),
+    ("oja_robustness.py", "--seeds", "0", "positive integer"),
+    ("oja_robustness.py", "--fractions", "0.5,1.5", "bad item '1.5'"),
+    ("oja_robustness.py", "--noises", "nan", "bad item 'nan'"),
+    ("oja_robustness.py", "--steps", "2.5", "invalid positive_int value"),
+    ("reward_rule.py", "--seeds", "-2", "positive integer"),
+    ("reward_rule.py", "--n-train", "0", "positive integer"),
+    ("reward_rule.py", "--l1", "inf", ">= 0"),
+    ("rule_sweep.py", "--seeds", "0", "positive integer"),
+    ("rule_sweep.py", "--taylor-steps", "0", "positive integer"),
+    ("drosophila.py", "--fractions", "0", "bad item '0'"),
+    ("drosophila.py", "--data", "/nonexistent/flies", "does not exist"),
+    ("drosophila.py", "--resamples", "x", "invalid positive_int value"),
+    ("resumable_fit.py", "--steps", "0", "positive integer"),
+    ("resumable_fit.py", "--learning-rate", "0", "> 0"),
+    ("resumable_fit.py", "--no-such-flag", "1", "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize("name, flag, value, message", BAD_FLAGS)
+def test_bad_flag_is_a_usage_error_naming_it(name, flag, value, message):
+    """Out-of-range counts, fractions and penalties stop at the command line (exit status 2,
+    the flag named) instead of failing with a traceback inside a fit. 20 cases."""
+    proc = _script(name, flag, value, timeout=30)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert flag.split("=")[0] in proc.stderr or "unrecognized" in proc.stderr
+    assert re.search(message, proc.stderr), proc.stderr[-2000:]
 
 
 def run_example(name, *args):

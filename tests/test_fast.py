@@ -105,14 +105,21 @@ def test_gradient_matches_autodiff_and_finite_differences(x64, factors, activati
 def test_padded_steps_contribute_nothing(x64):
     data = padded_data(("x", "y", "w"))
     rule = mp.TaylorRule.random(key=jr.key(2), scale=0.3)
-    # Garbage beyond each trajectory's end must not change the loss or its gradient.
-    garbage = mp.data.ActivityDataset(
-        jnp.where(data.step_mask[:, :, None], data.inputs, 1e3),
-        jnp.where(data.step_mask[:, :, None], data.activity, -7.0),
-        data.initial_weights,
-        step_mask=data.step_mask,
-        neuron_mask=data.neuron_mask,
+    # Garbage beyond each trajectory's end must not change the loss or its gradient. The
+    # constructor zeroes masked entries, so the junk is written behind its back.
+    pad = ~data.step_mask[:, :, None]
+    assert bool(pad.any())
+    garbage = eqx.tree_at(
+        lambda d: (d.inputs, d.activity, d.rewards),
+        data,
+        (
+            jnp.where(pad, 1e3, data.inputs),
+            jnp.where(pad, -7.0, data.activity),
+            jnp.where(pad[:, :, 0], 3.0, data.rewards),
+        ),
     )
+    assert not np.array_equal(garbage.inputs, data.inputs)
+    assert not np.array_equal(garbage.activity, data.activity)
     (va, ga), (vb, gb) = (
         value_and_grad_of_coefficients(mp.TaylorReverse(), rule, d)(rule.coefficients)
         for d in (data, garbage)

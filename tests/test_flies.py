@@ -193,6 +193,14 @@ def test_compare_scores_by_hand():
     # Zero dropped; ranks of |1|, |-1|, 2, 3 are 1.5, 1.5, 3, 4: W+ = 8.5, W- = 1.5.
     assert c.statistic == pytest.approx(1.5)
     assert 0.0 < c.p_value <= 1.0
+    # An exact, tie-free case: differences 1, -2, 3, 4, 5, 6 have ranks 1..6 and W- = 2. Of
+    # the 2^6 equally likely sign patterns under H0, 3 have W- <= 2 (negative ranks {}, {1},
+    # {2}) and, by symmetry, 3 have W+ <= 2: the two-sided p-value is 6 / 64.
+    d = np.array([1.0, -2.0, 3.0, 4.0, 5.0, 6.0])
+    exact = mp.flies.compare_scores(np.zeros(6), d)
+    assert exact.statistic == pytest.approx(2.0)
+    assert exact.p_value == pytest.approx(6 / 64, rel=1e-9)
+    assert mp.flies.compare_scores(d, np.zeros(6)).p_value == pytest.approx(6 / 64, rel=1e-9)
     same = mp.flies.compare_scores(a, a)
     assert same.n_improved == 0 and np.isnan(same.p_value)
     with pytest.raises(mp.MetaplasticError, match="equal-length"):

@@ -2,6 +2,7 @@
 
 import logging
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -43,8 +44,14 @@ def with_value(array, index, value):
         (dict(inputs=RNG.normal(size=(B, T))), r"inputs must have shape"),
         (dict(rewards=np.zeros((B, T + 1))), r"rewards must have shape \(2, 4\)"),
         # NaN or Inf in entries marked valid, reported with their index.
-        (dict(activity=with_value(Y, (1, 2, 3), np.nan)), r"activity .*nan.* index \(1, 2, 3\)"),
-        (dict(inputs=with_value(X, (0, 1, 2), np.inf)), r"inputs .*inf.* index \(0, 1, 2\)"),
+        (
+            dict(activity=with_value(Y, (1, 2, 3), np.nan)),
+            r"activity .*nan.* trajectory 1, step 2, neuron 3 \(index \(1, 2, 3\)\)",
+        ),
+        (
+            dict(inputs=with_value(X, (0, 1, 2), np.inf)),
+            r"inputs .*inf.* trajectory 0, step 1, input 2 \(index \(0, 1, 2\)",
+        ),
         (
             dict(initial_weights=with_value(W0, (1, 0, 0), -np.inf)),
             r"initial_weights .*\(1, 0, 0\)",
@@ -78,6 +85,30 @@ def with_value(array, index, value):
 def test_bad_dataset(changes, match):
     with pytest.raises(mp.MetaplasticError, match=match):
         dataset(**changes)
+
+
+def test_missing_samples_are_masked_not_nan():
+    """A NaN in recorded activity is refused when the dataset is built, naming where it is,
+    instead of surfacing as a fit that diverges at its first step; the same gap marked
+    missing with the masks is accepted, zeroed, and fits."""
+    gappy = with_value(Y, (0, 3, 1), np.nan)
+    gappy[1, :, 4] = np.nan  # neuron 4 of trajectory 1 was never recorded
+    with pytest.raises(mp.MetaplasticError, match=r"trajectory 0, step 3, neuron 1 .*5 such"):
+        dataset(activity=gappy, step_mask=np.ones((B, T), bool))
+    step_mask = np.ones((B, T), bool)
+    step_mask[0, 3] = False
+    neuron_mask = np.ones((B, N_OUT), bool)
+    neuron_mask[1, 4] = False
+    data = dataset(activity=gappy, step_mask=step_mask, neuron_mask=neuron_mask)
+    assert bool(jnp.all(jnp.isfinite(data.activity)))
+    assert float(data.activity[0, 3, 1]) == 0.0 and float(data.activity[1, 0, 4]) == 0.0
+    layer = mp.nn.PlasticDense(TaylorRule.zeros())
+    value, grads = jax.value_and_grad(
+        lambda c: mp.losses.ActivityMSE()(
+            mp.nn.PlasticDense(TaylorRule(c, layer.rule.factors)), data
+        )
+    )(layer.rule.coefficients)
+    assert np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(grads)))
 
 
 def test_invalid_entries_may_hold_anything_and_are_zeroed(caplog):

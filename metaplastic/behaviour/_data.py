@@ -78,9 +78,9 @@ class ChoiceDataset(eqx.Module):
         if not np.issubdtype(od.dtype, np.integer):
             raise MetaplasticError(f"odours must be integers (0 = A, 1 = B), got {od.dtype}.")
         pm = pm & tm[:, :, None]
-        finite_where("choices", ch, pm)
-        finite_where("rewards", rw, tm)
-        finite_where("expected_rewards", er, tm)
+        finite_where("choices", ch, pm, ("trajectory", "trial", "presentation"))
+        finite_where("rewards", rw, tm, ("trajectory", "trial"))
+        finite_where("expected_rewards", er, tm, ("trajectory", "trial"))
         bad = pm & ~np.isin(ch, (0.0, 1.0))
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -107,7 +107,12 @@ class ChoiceDataset(eqx.Module):
                 raise MetaplasticError(
                     f"inputs must have shape ({b}, {t}, {p}, n_in), got {x.shape}."
                 )
-            finite_where("inputs", x, np.broadcast_to(pm[..., None], x.shape))
+            finite_where(
+                "inputs",
+                x,
+                np.broadcast_to(pm[..., None], x.shape),
+                ("trajectory", "trial", "presentation", "input"),
+            )
             inputs = jnp.asarray(np.where(pm[..., None], x, 0.0).astype(x.dtype))
         # Invalid entries are zeroed so that nothing in the padding can reach a loss.
         self.odours = jnp.asarray(np.where(pm, od, 0).astype(np.int32))

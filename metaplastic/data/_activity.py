@@ -62,8 +62,14 @@ class ActivityDataset(eqx.Module):
 
         Raises `MetaplasticError` naming the array and index of any problem: wrong shapes or
         dtypes, an empty dataset or trajectory, a trajectory without a valid step or recorded
-        neuron, or a NaN/Inf in an entry that the masks mark valid. Entries the masks mark
-        invalid are set to zero.
+        neuron, or a NaN/Inf in an entry that the masks mark valid (named by trajectory, step
+        and neuron). Entries the masks mark invalid are set to zero.
+
+        **Missing samples.** A NaN is not read as "missing": it is refused here, so that it
+        cannot surface later as a diverged fit. Mark what is missing with the masks instead:
+        a step where nothing was recorded with `step_mask=False`, a neuron that was not
+        recorded with `neuron_mask=False`; NaN and Inf may stand in masked entries, which are
+        set to zero.
         """
         inputs_np = real_array("inputs", inputs)
         activity_np = real_array("activity", activity)
@@ -121,10 +127,25 @@ class ActivityDataset(eqx.Module):
         )
         if rw.shape != (b, t):
             raise MetaplasticError(f"rewards must have shape ({b}, {t}), got {rw.shape}.")
-        finite_where("inputs", inputs_np, np.broadcast_to(sm[:, :, None], inputs_np.shape))
-        finite_where("activity", activity_np, sm[:, :, None] & nm[:, None, :])
-        finite_where("initial_weights", w0, np.ones(w0.shape, bool))
-        finite_where("rewards", rw, sm)
+        # A NaN is refused, not taken as a missing sample: the masks say what is missing,
+        # per step (`step_mask`) or per neuron (`neuron_mask`), and a NaN they mark valid
+        # would otherwise only surface as a diverged fit.
+        finite_where(
+            "inputs",
+            inputs_np,
+            np.broadcast_to(sm[:, :, None], inputs_np.shape),
+            ("trajectory", "step", "input"),
+        )
+        finite_where(
+            "activity",
+            activity_np,
+            sm[:, :, None] & nm[:, None, :],
+            ("trajectory", "step", "neuron"),
+        )
+        finite_where(
+            "initial_weights", w0, np.ones(w0.shape, bool), ("trajectory", "neuron", "input")
+        )
+        finite_where("rewards", rw, sm, ("trajectory", "step"))
         single = np.flatnonzero(sm.sum(axis=1) == 1)
         if len(single):
             logger.warning(

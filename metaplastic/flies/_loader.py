@@ -27,6 +27,8 @@ import math
 import os
 import pathlib
 import re
+import struct
+import zlib
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -79,12 +81,106 @@ def _binary(path: pathlib.Path, name: str, value: np.ndarray) -> np.ndarray:
     return value.astype(np.int64)
 
 
+# MAT 5 data types: their item sizes (bytes); 14 = miMATRIX, 15 = miCOMPRESSED.
+_MAT5_ITEMSIZE = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8, 16: 1, 17: 2, 18: 4}
+_MAT5_NUMERIC_CLASSES = range(6, 16)  # double, single, int8 ... uint64 (logical is uint8)
+
+
+def _mat5_elements(path: pathlib.Path, buf: bytes, endian: str, what: str):
+    """Yield `(type, payload)` for the data elements packed in `buf`, or raise naming `path`
+    if an element runs past the end of `buf`."""
+    pos = 0
+    while pos < len(buf):
+        if len(buf) - pos < 8:
+            raise MetaplasticError(f"{path}: is not a readable MAT file ({what} is truncated).")
+        first, second = struct.unpack_from(endian + "II", buf, pos)
+        if first >> 16:  # the small data element format: type, size and data in 8 bytes
+            kind, size = first & 0xFFFF, first >> 16
+            if size > 4:
+                raise MetaplasticError(f"{path}: is not a readable MAT file ({what} is corrupt).")
+            yield kind, buf[pos + 4 : pos + 4 + size]
+            pos += 8
+            continue
+        start, end = pos + 8, pos + 8 + second
+        if end > len(buf):
+            raise MetaplasticError(
+                f"{path}: is not a readable MAT file ({what} is truncated: an element of "
+                f"{second} bytes at byte {pos} runs past the end)."
+            )
+        yield first, buf[start:end]
+        pos = end if first == 15 else start + 8 * math.ceil(second / 8)
+
+
+def _check_mat5(path: pathlib.Path, names: tuple[str, ...]) -> list[str] | None:
+    """Check the structure of a MAT 5 file before scipy reads it, and return the names of its
+    variables (`None` for other versions, which scipy checks).
+
+    scipy trusts the array dimensions written in a file: a corrupted dimension (one flipped
+    bit) can crash the Python process instead of raising. Here each of the variables `names`
+    must be a numeric array whose stored data has exactly as many items as its dimensions
+    say; anything else is a `MetaplasticError` naming the file and the variable."""
+    raw = path.read_bytes()
+    if len(raw) < 128 or raw[126:128] not in (b"IM", b"MI") or 0 in raw[:4]:
+        return None
+    endian = "<" if raw[126:128] == b"IM" else ">"
+    if struct.unpack_from(endian + "H", raw, 124)[0] != 0x0100:
+        return None  # version 7.3 (HDF5): scipy refuses it with a clear message
+    found = []
+    for kind, payload in _mat5_elements(path, raw[128:], endian, "the file"):
+        if kind == 15:
+            try:
+                payload = zlib.decompress(payload)
+            except zlib.error as e:
+                raise MetaplasticError(
+                    f"{path}: is not a readable MAT file (a compressed variable is corrupt: {e})."
+                ) from None
+            elements = list(_mat5_elements(path, payload, endian, "a compressed variable"))
+            if len(elements) != 1:
+                raise MetaplasticError(
+                    f"{path}: is not a readable MAT file (a compressed variable is corrupt)."
+                )
+            kind, payload = elements[0]
+        if kind != 14:
+            continue
+        parts = list(_mat5_elements(path, payload, endian, "a variable"))
+        if len(parts) < 3 or len(parts[0][1]) < 4 or parts[1][0] != 5 or parts[2][0] != 1:
+            raise MetaplasticError(f"{path}: is not a readable MAT file (a variable is corrupt).")
+        flags = struct.unpack_from(endian + "I", parts[0][1])[0]
+        dims = struct.unpack(
+            f"{endian}{len(parts[1][1]) // 4}i", parts[1][1][: len(parts[1][1]) // 4 * 4]
+        )
+        name = parts[2][1].decode("latin-1")
+        found.append(name)
+        if name not in names:
+            continue
+        if flags & 0xFF not in _MAT5_NUMERIC_CLASSES:
+            raise MetaplasticError(
+                f"{path}: variable {name!r} must be numeric, got MATLAB class number "
+                f"{flags & 0xFF} (cell, struct, char or sparse)."
+            )
+        n_parts = 5 if flags & 0x800 else 4  # flags, dims, name, real (and imaginary) part
+        if len(dims) < 2 or min(dims) < 0 or len(parts) != n_parts:
+            raise MetaplasticError(
+                f"{path}: is not a readable MAT file (variable {name!r} is corrupt: dimensions "
+                f"{dims}, {len(parts)} parts)."
+            )
+        for kind, data in parts[3:]:
+            if kind not in _MAT5_ITEMSIZE or len(data) != math.prod(dims) * _MAT5_ITEMSIZE[kind]:
+                raise MetaplasticError(
+                    f"{path}: is not a readable MAT file (variable {name!r} is corrupt: its "
+                    f"dimensions {dims} do not match the {len(data)} bytes of data stored)."
+                )
+    return found
+
+
 def _read_fly(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read and check one file; returns the odour (0/1) and choice (0/1) of each presentation
     and the reward of each acceptance."""
     sio = _scipy_io()
+    present = _check_mat5(path, ("X", "Y", "R"))
     try:
-        mat = sio.loadmat(str(path))
+        # Only the three variables are read: nothing else in the file can stop the loader.
+        mat = sio.loadmat(str(path), variable_names=("X", "Y", "R"))
     except NotImplementedError as e:
         # scipy reads MAT versions 4 to 7.2; 7.3 files are HDF5.
         raise MetaplasticError(
@@ -97,7 +193,9 @@ def _read_fly(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     values = {}
     for name in ("X", "Y", "R"):
         if name not in mat:
-            present = sorted(k for k in mat if not k.startswith("__"))
+            if present is None:
+                present = [k for k in mat if not k.startswith("__")]
+            present = sorted(set(present))
             raise MetaplasticError(
                 f"{path}: missing variable {name!r} (the file holds {present}); expected X "
                 "(presentations x 2), Y (1 x presentations) and R (1 x trials)."
