@@ -23,6 +23,7 @@ from jaxtyping import PyTree
 
 from ._errors import CheckpointError
 from ._io import atomic_write_bytes
+from ._multihost import host_array, read_on_main_process
 
 
 FORMAT = "metaplastic-checkpoint"
@@ -79,14 +80,15 @@ def structure_digest(tree: PyTree) -> str:
 
 
 def array_digest(tree: PyTree) -> str:
-    """A digest of the paths, shapes, dtypes and bytes of every array leaf."""
+    """A digest of the paths, shapes, dtypes and bytes of every array leaf (the whole array,
+    gathered from the other processes where it is split over several)."""
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if not eqx.is_array(leaf):
             continue
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        a = np.ascontiguousarray(np.asarray(leaf))
+        a = np.ascontiguousarray(host_array(leaf))
         h.update(f"{jax.tree_util.keystr(path)}|{a.shape}|{a.dtype}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()[:32]
@@ -132,7 +134,8 @@ def write_checkpoint(path: str | os.PathLike, state: PyTree, header: dict[str, A
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
-    """Read and verify a checkpoint file: its magic, header, length and checksum.
+    """Read and verify a checkpoint file: its magic, header, length and checksum. With
+    several processes, process 0 reads it and hands the bytes to the others.
 
     **Returns:**
 
@@ -140,11 +143,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     """
     path = Path(path)
     try:
-        blob = path.read_bytes()
+        blob = read_on_main_process(path)
     except FileNotFoundError:
         raise CheckpointError(f"No checkpoint at {path}.") from None
     except OSError as err:
         raise CheckpointError(f"Cannot read checkpoint {path}: {err}.") from err
+    return parse_checkpoint(path, blob)
+
+
+def parse_checkpoint(path: str | os.PathLike, blob: bytes) -> tuple[dict[str, Any], bytes]:
+    """Verify the bytes `blob` of the checkpoint file `path` (as `read_checkpoint`)."""
     if not blob.startswith(MAGIC):
         raise CheckpointError(f"{path} is not a metaplastic checkpoint (wrong magic bytes).")
     rest = blob[len(MAGIC) :]

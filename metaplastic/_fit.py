@@ -22,6 +22,7 @@ from jaxtyping import PyTree
 from . import _checkpoint as ckpt
 from ._errors import CheckpointError, FitDivergedError, MetaplasticError
 from ._jacobian import AbstractDifferentiation, Automatic
+from ._multihost import host_array, is_main_process, put
 from ._progress import Progress
 from ._record import (
     CHECKPOINT_FILE,
@@ -143,7 +144,7 @@ def preflight(
 
 
 def _first_nonfinite(name: str, value: Any) -> str:
-    arr = np.asarray(value)
+    arr = host_array(value)
     bad = np.argwhere(~np.isfinite(arr))
     if arr.ndim == 0 or len(bad) == 0:
         return f"{name} = {arr.item() if arr.ndim == 0 else 'non-finite'}"
@@ -162,8 +163,21 @@ def _place_like(state: PyTree, params: PyTree) -> PyTree:
     if not isinstance(sharding, jax.sharding.NamedSharding):
         return state
     whole = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    place = lambda a: jax.device_put(a, sharding if a.ndim >= len(sharding.spec) else whole)
+    place = lambda a: put(a, sharding if a.ndim >= len(sharding.spec) else whole)
     return jax.tree.map(lambda a: place(a) if eqx.is_array(a) else a, state)
+
+
+def _place_as(loaded: PyTree, like: PyTree) -> PyTree:
+    """Put arrays read from a checkpoint where the arrays of `like` were placed on a device
+    mesh (which may span several processes), so that a resumed fit runs with the layout of
+    the fresh one; arrays of `like` that were not on a mesh leave theirs as loaded."""
+
+    def one(a, ref):
+        if isinstance(ref, jax.Array) and isinstance(ref.sharding, jax.sharding.NamedSharding):
+            return put(np.asarray(a), ref.sharding)
+        return a
+
+    return jax.tree.map(one, loaded, like)
 
 
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
@@ -374,7 +388,7 @@ def fit(
     resumed = record.resume(resume, as_model(params), key, state)
     if resumed is not None:
         done, header, m_arr, key, state = resumed
-        params = eqx.partition(eqx.combine(m_arr, model), filter_spec)[0]
+        params = _place_as(eqx.partition(eqx.combine(m_arr, model), filter_spec)[0], params)
         state = _place_like(jax.tree.map(jnp.asarray, state), params)
         logger.info(
             "fit: resuming from %s at step %d of %d (saved as %s)",
@@ -403,15 +417,17 @@ def fit(
         record.save(as_model(p), k, k_done, s, status, more)
 
     name = type(solver).__name__
-    bar = Progress(steps, desc=f"fit ({name})", unit="step", enabled=progress, initial=done)
+    # With several processes, one progress bar (process 0's).
+    enabled = progress and is_main_process()
+    bar = Progress(steps, desc=f"fit ({name})", unit="step", enabled=enabled, initial=done)
     try:
         while done < steps:
             i = done
             new_params, new_state, value, finite, new_key = run_step(
                 params, state, objective, data, key
             )
-            value_np = np.asarray(value)
-            finite_np = np.asarray(finite).reshape(expected_shape + (len(param_leaves),))
+            value_np = host_array(value)
+            finite_np = host_array(finite).reshape(expected_shape + (len(param_leaves),))
             if not (np.all(np.isfinite(value_np)) and np.all(finite_np)):
                 quantity, member, shown = _first_nonfinite_quantity(
                     value_np, finite_np, new_params, param_names, ensemble
@@ -511,7 +527,7 @@ def _first_nonfinite_quantity(
     flat = finite_np.reshape(-1, finite_np.shape[-1])
     row = int(np.argmin(flat.all(axis=1)))
     leaf_i = int(np.argmin(flat[row]))
-    leaf = np.asarray(jax.tree.leaves(new_params)[leaf_i])
+    leaf = host_array(jax.tree.leaves(new_params)[leaf_i])
     member = None
     if ensemble:
         member, leaf = row, leaf[row]

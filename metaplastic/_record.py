@@ -17,6 +17,7 @@ from jaxtyping import PyTree
 from . import _checkpoint as ckpt
 from ._errors import CheckpointError, MetaplasticError
 from ._io import stale_temporaries
+from ._multihost import gather, host_array, is_main_process, read_on_main_process
 from ._types import Key
 
 
@@ -65,8 +66,8 @@ def is_int(value: Any) -> bool:
 def key_data(key: Key) -> np.ndarray:
     """The raw data of a PRNG key, to store it."""
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return np.asarray(jr.key_data(key))
-    return np.asarray(key)
+        return host_array(jr.key_data(key))
+    return host_array(key)
 
 
 def key_from_data(data: np.ndarray, like: Key) -> Key:
@@ -77,8 +78,12 @@ def key_from_data(data: np.ndarray, like: Key) -> Key:
 
 
 class FitRecord:
-    """What `fit` keeps on the host while they run: the history in
+    """What `fit` keeps on the host while it runs: the history in
     preallocated buffers (so saving and resuming are cheap) and the checkpoint file.
+
+    With several processes (`jax.distributed`) every process keeps the whole history
+    (arrays split over processes are gathered) and process 0 alone writes the checkpoint; a
+    resumed fit reads it through process 0.
 
     A checkpoint holds `(model arrays, losses, history, key, extra)`, where `extra` is the
     solver's state (the optax state, or the Levenberg–Marquardt damping)."""
@@ -106,7 +111,7 @@ class FitRecord:
         """Record the loss and the parameters after step `i`."""
         self.losses[i] = loss
         for buf, leaf in zip(self.leaves, jax.tree.leaves(params)):
-            buf[i] = np.asarray(leaf)
+            buf[i] = host_array(leaf)
 
     def history(self, done: int) -> History:
         """A copy of the first `done` entries."""
@@ -130,8 +135,12 @@ class FitRecord:
         status: str,
         more: dict[str, Any] | None = None,
     ) -> None:
-        """Write the checkpoint (atomically), if the fit has a `checkpoint_dir`."""
+        """Write the checkpoint (atomically), if the fit has a `checkpoint_dir`. Every process
+        calls it (it gathers what is split over processes); process 0 writes the file."""
         if self.path is None:
+            return
+        state = gather(self.state(model, key, done, extra))
+        if not is_main_process():
             return
         header = {
             "step": done,
@@ -143,7 +152,7 @@ class FitRecord:
             **self.header,
             **(more or {}),
         }
-        ckpt.write_checkpoint(self.path, self.state(model, key, done, extra), header)
+        ckpt.write_checkpoint(self.path, state, header)
         logger.debug("checkpoint: %d steps saved to %s (%s)", done, self.path, status)
 
     def resume(
@@ -192,16 +201,21 @@ def open_checkpoint(
     """The verified header and payload to resume from, or `None` to start afresh."""
     if path is None:
         return None
-    for tmp in stale_temporaries(path):
-        tmp.unlink(missing_ok=True)
-    if not path.exists():
+    if is_main_process():
+        for tmp in stale_temporaries(path):
+            tmp.unlink(missing_ok=True)
+    try:
+        blob = read_on_main_process(path)
+    except FileNotFoundError:
         return None
+    except OSError as err:
+        raise CheckpointError(f"Cannot read checkpoint {path}: {err}.") from err
     if not resume:
         raise MetaplasticError(
             f"A checkpoint already exists at {path}; pass resume=True to continue it, "
             "or use another checkpoint_dir (it is never overwritten silently)."
         )
-    header, payload = ckpt.read_checkpoint(path)
+    header, payload = ckpt.parse_checkpoint(path, blob)
     _check_compatible(path, header, config, total)
     return header, payload
 

@@ -19,6 +19,11 @@ never a torn file, and nothing is ever appended to a shared file.
 checkpointed fit): it refuses, naming every differing key with both values, when the given
 configuration is not the recorded one, so that one folder never mixes results of different
 settings.
+
+
+With several processes (`jax.distributed`), every process calls the same functions with the
+same arguments: process 0 creates the folder and writes every file, and the other processes
+get a `Run` with the same path that writes nothing.
 """
 
 import csv
@@ -42,6 +47,7 @@ import numpy as np
 from ._checkpoint import versions
 from ._errors import MetaplasticError
 from ._io import atomic_open, atomic_write_json, atomic_write_text, to_jsonable
+from ._multihost import broadcast_bytes, is_main_process
 from ._progress import track as track
 
 
@@ -58,6 +64,7 @@ def _environment() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": devices,
         "x64": bool(jax.config.jax_enable_x64),
+        "processes": jax.process_count(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "argv": list(sys.argv),
@@ -83,10 +90,12 @@ def _format(value: Any) -> str:
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 class Run:
     """One run's folder. Make it with `create_run`; use it as a context manager so that a
-    failure is recorded in `summary.json` too."""
+    failure is recorded in `summary.json` too. With several processes only process 0's `Run`
+    writes files (`run.writes`); the others return the same paths."""
 
     def __init__(self, path: Path, config: Mapping[str, Any]):
         self.path = Path(path)
+        self.writes = is_main_process()
         self.config = dict(config)
         self.rows: list[dict[str, Any]] = []
         self._columns: list[str] = []
@@ -137,7 +146,8 @@ class Run:
         for row in rows:
             writer.writerow([_format(row.get(c)) for c in columns])
         path = self.file(name)
-        atomic_write_text(path, buf.getvalue())
+        if self.writes:
+            atomic_write_text(path, buf.getvalue())
         return path
 
     # ------------------------------------------------------------------ files
@@ -150,7 +160,8 @@ class Run:
     def write_json(self, name: str, obj: Any) -> Path:
         """Write a JSON file into the run folder (atomically)."""
         path = self.file(name)
-        atomic_write_json(path, obj)
+        if self.writes:
+            atomic_write_json(path, obj)
         return path
 
     def write_text(self, name: str, text: str) -> Path:
@@ -165,8 +176,9 @@ class Run:
         path = self.file(name if Path(name).suffix else name + ".png")
         savefig_kwargs.setdefault("dpi", 150)
         savefig_kwargs.setdefault("bbox_inches", "tight")
-        with atomic_open(path, "wb") as f:
-            figure.savefig(f, format=path.suffix[1:], **savefig_kwargs)
+        if self.writes:
+            with atomic_open(path, "wb") as f:
+                figure.savefig(f, format=path.suffix[1:], **savefig_kwargs)
         return path
 
     def finish(self, summary: Mapping[str, Any] | None = None, *, status: str = "finished") -> Path:
@@ -198,7 +210,8 @@ class Run:
 def create_run(
     out_dir: str | os.PathLike = "out", name: str = "run", config: Mapping[str, Any] | None = None
 ) -> Run:
-    """Create a new, unique run folder under `out_dir` and write its `config.json`.
+    """Create a new, unique run folder under `out_dir` and write its `config.json`. With
+    several processes, process 0 creates it and every process gets its path.
 
     **Arguments:**
 
@@ -218,18 +231,19 @@ def create_run(
     if config is not None and not isinstance(config, Mapping):
         raise MetaplasticError(f"config must be a mapping, got {type(config).__name__}.")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for _ in range(100):
-        path = out / f"{name}-{stamp}-{secrets.token_hex(3)}"
+    folder, failure = None, None
+    if is_main_process():
         try:
-            path.mkdir()  # exclusive: fails if another run took this name
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - 100 collisions of a 24-bit random suffix
-        raise MetaplasticError(f"Could not create a unique run folder in {out}.")
-    run = Run(path, config or {})
+            folder = _make_folder(out, name)
+        except (OSError, MetaplasticError) as err:
+            failure = err
+    # Every process learns the folder process 0 made (or that it could not make one).
+    shared = broadcast_bytes(None if folder is None else folder.encode())
+    if failure is not None:
+        raise failure
+    if isinstance(shared, int):
+        raise MetaplasticError(f"Process 0 could not create a run folder in {out}.")
+    run = Run(out / shared.decode(), config or {})
     record = {
         "name": name,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -311,6 +325,21 @@ def open_run(
                 + "."
             )
     return Run(folder, recorded)
+
+
+def _make_folder(out: Path, name: str) -> str:
+    """Create a new, uniquely named folder in `out`; returns its name."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for _ in range(100):
+        folder = f"{name}-{stamp}-{secrets.token_hex(3)}"
+        try:
+            (out / folder).mkdir()  # exclusive: fails if another run took this name
+            return folder
+        except FileExistsError:
+            continue
+    # pragma: no cover - 100 collisions of a 24-bit random suffix
+    raise MetaplasticError(f"Could not create a unique run folder in {out}.")
 
 
 def history_rows(history: Any, *, prefix: str = "") -> list[dict[str, Any]]:

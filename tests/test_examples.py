@@ -31,9 +31,10 @@ def _load_cli():
 cli = _load_cli()
 
 
-def test_there_are_six_scripts():
+def test_there_are_seven_scripts():
     assert SCRIPTS == [
         "drosophila.py",
+        "multihost_fit.py",
         "oja_robustness.py",
         "recover_oja.py",
         "resumable_fit.py",
