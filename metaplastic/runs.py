@@ -167,7 +167,8 @@ class Run:
     def write_text(self, name: str, text: str) -> Path:
         """Write a text file (a report, a table) into the run folder (atomically)."""
         path = self.file(name)
-        atomic_write_text(path, text)
+        if self.writes:
+            atomic_write_text(path, text)
         return path
 
     def save_figure(self, figure: Any, name: str, **savefig_kwargs: Any) -> Path:
