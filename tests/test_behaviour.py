@@ -302,6 +302,36 @@ def test_null_model_deviance():
     )
 
 
+def test_choice_log_likelihood_by_hand_away_from_one_half():
+    # Large initial weights put p(accept) far from 1/2, where a swapped label or a flipped
+    # logit changes the likelihood.
+    data = hand_dataset()
+    net = network(mp.rules.reward_modulated(), init_std=1.0)
+    w0 = np.asarray(net.initial_weights, np.float64)
+    x = np.asarray(data.inputs, np.float64)
+    choices, pmask = np.asarray(data.choices), np.asarray(data.presentation_mask)
+    signal = np.asarray(data.rewards) - np.asarray(data.expected_rewards)
+    ll, flipped, probabilities = np.zeros(2), np.zeros(2), []
+    for b in range(2):
+        w = w0.copy()
+        for t in range(3):
+            for p in np.flatnonzero(pmask[b, t]):
+                logit = (5.0 / 10) * np.tanh(w @ x[b, t, p]).sum()
+                prob = 1 / (1 + np.exp(-logit))
+                probabilities.append(prob)
+                c = choices[b, t, p]
+                ll[b] += c * np.log(prob) + (1 - c) * np.log(1 - prob)
+                flipped[b] += (1 - c) * np.log(prob) + c * np.log(1 - prob)
+                if c == 1:  # x*r, with eta = 1 / n_in, at the accepted presentation
+                    w = w + 0.5 * signal[b, t] * x[b, t, p][None, :]
+    assert max(abs(p - 0.5) for p in probabilities) > 0.3
+    assert np.all(np.abs(ll - flipped) > 0.5)
+    for d in (data, mp.behaviour.PackedChoiceDataset.from_choices(data)):
+        np.testing.assert_allclose(mp.behaviour.choice_log_likelihood(net, d), ll, rtol=1e-5)
+    n = int(pmask.sum())
+    np.testing.assert_allclose(mp.behaviour.ChoiceBCE()(net, data), -ll.sum() / n, rtol=1e-5)
+
+
 def test_encode_odours_fills_inputs_with_fresh_noise():
     data = hand_dataset(inputs=False)
     enc = mp.behaviour.OdourEncoding(2, key=jr.key(0))
