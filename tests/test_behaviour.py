@@ -409,6 +409,27 @@ def test_closed_loop_equals_teacher_forcing_on_the_generating_inputs(generated):
     np.testing.assert_array_equal(kept.data.inputs, g.generating_inputs)
 
 
+@pytest.mark.parametrize("p_accept", [0.9, 0.1])
+def test_acceptance_frequency_matches_the_readout(p_accept):
+    # Zero weights and no plasticity: the logit of accepting is the readout bias alone, so
+    # every presentation is accepted with probability p_accept; a flipped comparison of the
+    # uniform draw would accept with probability 1 - p_accept.
+    task = mp.behaviour.OperantTask(((0.5, 0.5),), 50, max_presentations=4)
+    enc = mp.behaviour.OdourEncoding(2, key=jr.key(0))
+    net = mp.behaviour.MushroomBody(mp.TaylorRule.zeros(FACTORS), init_std=0.0, key=jr.key(1))
+    bias = jnp.full_like(net.readout.bias, math.log(p_accept / (1 - p_accept)))
+    net = eqx.tree_at(lambda m: m.readout.bias, net, bias)
+    d = mp.behaviour.generate_behaviour(net, task, enc, 40, key=jr.key(2)).data
+    first = np.asarray(d.choices[:, :, 0])  # 2000 first presentations, each Bernoulli(p)
+    assert first.mean() == pytest.approx(p_accept, abs=0.03)
+    # Every presentation shown is a Bernoulli(p) draw until the first acceptance or the cap.
+    shown = np.asarray(d.presentation_mask)
+    assert np.asarray(d.choices)[shown].mean() == pytest.approx(p_accept, abs=0.03)
+    # The replayed model gives the same probability everywhere.
+    logits = mp.behaviour.replay(net, d).logits
+    np.testing.assert_allclose(jax.nn.sigmoid(logits)[shown], p_accept, rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_neural_readout_loss(generated):
     task, enc, net, _ = generated
