@@ -345,6 +345,32 @@ def test_encode_odours_fills_inputs_with_fresh_noise():
     np.testing.assert_array_equal(a.odours, data.odours)
 
 
+def test_encode_odours_centres_each_odour_on_its_own_mean():
+    # Many presentations of both odours, six units split at random between them: the inputs
+    # of odour k are centred on means[k], with the encoding's noise around it.
+    rng = np.random.default_rng(0)
+    odours = rng.integers(0, 2, (4, 100, 3))
+    pmask = np.ones(odours.shape, bool)
+    choices = np.zeros(odours.shape)
+    choices[:, :, -1] = 1.0
+    rewards = np.zeros((4, 100))
+    data = mp.behaviour.ChoiceDataset(
+        odours, choices, pmask, np.ones((4, 100), bool), rewards, rewards
+    )
+    enc = mp.behaviour.OdourEncoding(6, mean=0.8, variance=0.01, key=jr.key(3))
+    means = np.asarray(enc.means)
+    assert not np.array_equal(means[0], np.repeat([0.8, 0.0], 3))  # not the unshuffled split
+    x = np.asarray(mp.behaviour.encode_odours(data, enc, key=jr.key(4)).inputs)
+    for k in (0, 1):
+        of_k = x[odours == k]
+        np.testing.assert_allclose(of_k.mean(0), means[k], atol=0.01)
+        np.testing.assert_allclose(of_k.std(0), 0.1, rtol=0.1)
+    # Without noise every presentation is exactly its odour's mean.
+    exact = mp.behaviour.OdourEncoding(6, mean=0.8, variance=0.0, key=jr.key(3))
+    x = np.asarray(mp.behaviour.encode_odours(data, exact, key=jr.key(4)).inputs)
+    np.testing.assert_array_equal(x, means[odours])
+
+
 # ---------------------------------------------------------------------------------- generation
 @pytest.fixture(scope="module")
 def generated():
