@@ -248,6 +248,30 @@ def test_readout_records_subset_with_fixed_noise():
         mp.nn.ActivityReadout(recorded_fraction=1.0, noise_std=-1.0)
 
 
+def test_readout_noise_has_its_scale_and_zero_noise_is_clean():
+    clean = jnp.linspace(-1.0, 1.0, 300 * 40).reshape(300, 40)
+    noisy, mask = mp.nn.ActivityReadout(1.0, 0.3).observe(clean, key=jr.key(0))
+    assert bool(jnp.all(mask))
+    residual = np.asarray(noisy - clean)
+    assert residual.std() == pytest.approx(0.3, rel=0.03)
+    assert abs(residual.mean()) < 0.01
+    assert abs(np.corrcoef(residual.ravel(), np.asarray(clean).ravel())[0, 1]) < 0.03
+    exact, _ = mp.nn.ActivityReadout(1.0, 0.0).observe(clean, key=jr.key(0))
+    np.testing.assert_array_equal(exact, clean)
+    # Through generate_activity: the recording is the simulated activity plus noise of the
+    # readout's scale on the recorded neurons.
+    for std in (0.0, 0.05):
+        readout = mp.nn.ActivityReadout(recorded_fraction=0.5, noise_std=std)
+        data, _ = oja_data(readout=readout)
+        sim = eqx.filter_jit(mp.simulate_dataset)(mp.nn.PlasticDense(mp.rules.oja()), data)
+        recorded = np.asarray(data.neuron_mask[0])
+        residual = np.asarray(data.activity - sim.activity)[:, :, recorded]
+        if std == 0.0:
+            np.testing.assert_allclose(residual, 0.0, atol=1e-6)
+        else:
+            assert residual.std() == pytest.approx(std, rel=0.1)
+
+
 def test_r2_score():
     ref = jnp.arange(10.0)
     assert float(mp.metrics.r2_score(ref, ref)) == 1.0
