@@ -524,6 +524,95 @@ def test_compare_ensemble_matches_members():
     )
 
 
+def _numpy_log_likelihood(theta, data, w0, readout_weight=5.0):
+    """`Σ log p(choice)` of the mushroom body with the rule `Δw_ij = θ_x x_j + θ_xr x_j r`,
+    teacher-forced, written out in numpy (batched over flies)."""
+    x = np.asarray(data.inputs, np.float64)
+    choices, pmask = np.asarray(data.choices), np.asarray(data.presentation_mask)
+    accepted = (choices > 0.5) & pmask
+    signal = np.asarray(data.rewards) - np.asarray(data.expected_rewards)
+    batch, trials = choices.shape[:2]
+    hidden, n_in = w0.shape
+    w = np.broadcast_to(w0, (batch, hidden, n_in)).astype(np.float64)
+    ll = 0.0
+    for t in range(trials):
+        logits = readout_weight / hidden * np.tanh(np.einsum("bhi,bpi->bph", w, x[:, t])).sum(-1)
+        c = choices[:, t]
+        ll += np.sum(
+            np.where(
+                pmask[:, t], c * -np.logaddexp(0, -logits) - (1 - c) * np.logaddexp(0, logits), 0.0
+            )
+        )
+        x_acc = np.einsum("bp,bpi->bi", accepted[:, t], x[:, t])
+        delta = (theta[0] + theta[1] * signal[:, t])[:, None] * x_acc  # (batch, n_in)
+        w = w + (1.0 / n_in) * delta[:, None, :]
+    return ll
+
+
+def _newton_maximum(f, theta, h=1e-5, iterations=30):
+    """Maximise `f` by Newton's method with central finite-difference derivatives; returns
+    the maximum and the gradient and Hessian there."""
+    eye = np.eye(theta.size) * h
+
+    def derivatives(theta):
+        grad = np.array([(f(theta + e) - f(theta - e)) / (2 * h) for e in eye])
+        hess = np.array(
+            [
+                [
+                    (f(theta + a + b) - f(theta + a - b) - f(theta - a + b) + f(theta - a - b))
+                    / (4 * h * h)
+                    for b in eye
+                ]
+                for a in eye
+            ]
+        )
+        return grad, hess
+
+    for _ in range(iterations):
+        grad, hess = derivatives(theta)
+        step = -np.linalg.solve(hess, grad)
+        while f(theta + step) < f(theta):  # halve steps that do not climb
+            step = step / 2
+        theta = theta + step
+        if np.max(np.abs(step)) < 1e-9:
+            break
+    return (theta, *derivatives(theta))
+
+
+def test_choice_fit_matches_a_numpy_newton_maximum_likelihood(x64):
+    # Flies learning by Δw = 2·x·r; the student frees the terms x and x*r and starts at zero.
+    factors = ("x", "w", "r")
+    truth = mp.TaylorRule.from_expression("2*x*r", factors=factors, order=1)
+    teacher = mp.behaviour.MushroomBody(truth, key=jr.key(0))
+    task = mp.behaviour.OperantTask(((0.8, 0.2), (0.2, 0.8)), 30, max_presentations=3)
+    enc = mp.behaviour.OdourEncoding(2, key=jr.key(1))
+    data = mp.behaviour.generate_behaviour(teacher, task, enc, 4, key=jr.key(2)).data
+    zero = mp.TaylorRule.zeros(factors, order=1)
+    student = teacher.with_rule(
+        mp.TaylorRule(zero.coefficients, factors, trainable=zero.mask(["x", "x*r"]))
+    )
+    result = mp.fit(
+        student,
+        data,
+        mp.behaviour.ChoiceBCE(),
+        solver=mp.LevenbergMarquardt(),
+        steps=15,
+        progress=False,
+    )
+    fitted = np.array([result.model.rule.coefficient(t) for t in ("x", "x*r")])
+
+    w0 = np.asarray(student.initial_weights, np.float64)
+    f = lambda theta: _numpy_log_likelihood(theta, data, w0)
+    # The numpy model is the library's model: the same likelihood at the fitted rule.
+    np.testing.assert_allclose(
+        mp.behaviour.choice_log_likelihood(result.model, data).sum(), f(fitted), rtol=1e-10
+    )
+    reference, grad, hess = _newton_maximum(f, np.zeros(2))
+    assert np.max(np.abs(grad)) < 1e-5 and np.all(np.linalg.eigvalsh(hess) < 0)
+    np.testing.assert_allclose(fitted, reference, rtol=1e-5, atol=1e-7)
+    assert reference[1] > 0.5  # learning from reward has the generating sign
+
+
 @pytest.mark.slow
 def test_recovers_x_times_r():
     # The issue's targets, on the median over 5 seeds.
