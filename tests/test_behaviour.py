@@ -302,6 +302,36 @@ def test_null_model_deviance():
     )
 
 
+def test_choice_log_likelihood_by_hand_away_from_one_half():
+    # Large initial weights put p(accept) far from 1/2, where a swapped label or a flipped
+    # logit changes the likelihood.
+    data = hand_dataset()
+    net = network(mp.rules.reward_modulated(), init_std=1.0)
+    w0 = np.asarray(net.initial_weights, np.float64)
+    x = np.asarray(data.inputs, np.float64)
+    choices, pmask = np.asarray(data.choices), np.asarray(data.presentation_mask)
+    signal = np.asarray(data.rewards) - np.asarray(data.expected_rewards)
+    ll, flipped, probabilities = np.zeros(2), np.zeros(2), []
+    for b in range(2):
+        w = w0.copy()
+        for t in range(3):
+            for p in np.flatnonzero(pmask[b, t]):
+                logit = (5.0 / 10) * np.tanh(w @ x[b, t, p]).sum()
+                prob = 1 / (1 + np.exp(-logit))
+                probabilities.append(prob)
+                c = choices[b, t, p]
+                ll[b] += c * np.log(prob) + (1 - c) * np.log(1 - prob)
+                flipped[b] += (1 - c) * np.log(prob) + c * np.log(1 - prob)
+                if c == 1:  # x*r, with eta = 1 / n_in, at the accepted presentation
+                    w = w + 0.5 * signal[b, t] * x[b, t, p][None, :]
+    assert max(abs(p - 0.5) for p in probabilities) > 0.3
+    assert np.all(np.abs(ll - flipped) > 0.5)
+    for d in (data, mp.behaviour.PackedChoiceDataset.from_choices(data)):
+        np.testing.assert_allclose(mp.behaviour.choice_log_likelihood(net, d), ll, rtol=1e-5)
+    n = int(pmask.sum())
+    np.testing.assert_allclose(mp.behaviour.ChoiceBCE()(net, data), -ll.sum() / n, rtol=1e-5)
+
+
 def test_encode_odours_fills_inputs_with_fresh_noise():
     data = hand_dataset(inputs=False)
     enc = mp.behaviour.OdourEncoding(2, key=jr.key(0))
@@ -313,6 +343,32 @@ def test_encode_odours_fills_inputs_with_fresh_noise():
     assert not np.allclose(a.inputs, b.inputs)
     assert bool(jnp.all(a.inputs[~data.presentation_mask] == 0))
     np.testing.assert_array_equal(a.odours, data.odours)
+
+
+def test_encode_odours_centres_each_odour_on_its_own_mean():
+    # Many presentations of both odours, six units split at random between them: the inputs
+    # of odour k are centred on means[k], with the encoding's noise around it.
+    rng = np.random.default_rng(0)
+    odours = rng.integers(0, 2, (4, 100, 3))
+    pmask = np.ones(odours.shape, bool)
+    choices = np.zeros(odours.shape)
+    choices[:, :, -1] = 1.0
+    rewards = np.zeros((4, 100))
+    data = mp.behaviour.ChoiceDataset(
+        odours, choices, pmask, np.ones((4, 100), bool), rewards, rewards
+    )
+    enc = mp.behaviour.OdourEncoding(6, mean=0.8, variance=0.01, key=jr.key(3))
+    means = np.asarray(enc.means)
+    assert not np.array_equal(means[0], np.repeat([0.8, 0.0], 3))  # not the unshuffled split
+    x = np.asarray(mp.behaviour.encode_odours(data, enc, key=jr.key(4)).inputs)
+    for k in (0, 1):
+        of_k = x[odours == k]
+        np.testing.assert_allclose(of_k.mean(0), means[k], atol=0.01)
+        np.testing.assert_allclose(of_k.std(0), 0.1, rtol=0.1)
+    # Without noise every presentation is exactly its odour's mean.
+    exact = mp.behaviour.OdourEncoding(6, mean=0.8, variance=0.0, key=jr.key(3))
+    x = np.asarray(mp.behaviour.encode_odours(data, exact, key=jr.key(4)).inputs)
+    np.testing.assert_array_equal(x, means[odours])
 
 
 # ---------------------------------------------------------------------------------- generation
@@ -377,6 +433,27 @@ def test_closed_loop_equals_teacher_forcing_on_the_generating_inputs(generated):
     assert not np.allclose(g.data.inputs, g.generating_inputs)
     kept = mp.behaviour.generate_behaviour(net, task, enc, 4, key=jr.key(2), resample_inputs=False)
     np.testing.assert_array_equal(kept.data.inputs, g.generating_inputs)
+
+
+@pytest.mark.parametrize("p_accept", [0.9, 0.1])
+def test_acceptance_frequency_matches_the_readout(p_accept):
+    # Zero weights and no plasticity: the logit of accepting is the readout bias alone, so
+    # every presentation is accepted with probability p_accept; a flipped comparison of the
+    # uniform draw would accept with probability 1 - p_accept.
+    task = mp.behaviour.OperantTask(((0.5, 0.5),), 50, max_presentations=4)
+    enc = mp.behaviour.OdourEncoding(2, key=jr.key(0))
+    net = mp.behaviour.MushroomBody(mp.TaylorRule.zeros(FACTORS), init_std=0.0, key=jr.key(1))
+    bias = jnp.full_like(net.readout.bias, math.log(p_accept / (1 - p_accept)))
+    net = eqx.tree_at(lambda m: m.readout.bias, net, bias)
+    d = mp.behaviour.generate_behaviour(net, task, enc, 40, key=jr.key(2)).data
+    first = np.asarray(d.choices[:, :, 0])  # 2000 first presentations, each Bernoulli(p)
+    assert first.mean() == pytest.approx(p_accept, abs=0.03)
+    # Every presentation shown is a Bernoulli(p) draw until the first acceptance or the cap.
+    shown = np.asarray(d.presentation_mask)
+    assert np.asarray(d.choices)[shown].mean() == pytest.approx(p_accept, abs=0.03)
+    # The replayed model gives the same probability everywhere.
+    logits = mp.behaviour.replay(net, d).logits
+    np.testing.assert_allclose(jax.nn.sigmoid(logits)[shown], p_accept, rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -445,6 +522,95 @@ def test_compare_ensemble_matches_members():
     np.testing.assert_allclose(
         self_scores["percent_deviance"], self_scores["true_percent_deviance"]
     )
+
+
+def _numpy_log_likelihood(theta, data, w0, readout_weight=5.0):
+    """`Σ log p(choice)` of the mushroom body with the rule `Δw_ij = θ_x x_j + θ_xr x_j r`,
+    teacher-forced, written out in numpy (batched over flies)."""
+    x = np.asarray(data.inputs, np.float64)
+    choices, pmask = np.asarray(data.choices), np.asarray(data.presentation_mask)
+    accepted = (choices > 0.5) & pmask
+    signal = np.asarray(data.rewards) - np.asarray(data.expected_rewards)
+    batch, trials = choices.shape[:2]
+    hidden, n_in = w0.shape
+    w = np.broadcast_to(w0, (batch, hidden, n_in)).astype(np.float64)
+    ll = 0.0
+    for t in range(trials):
+        logits = readout_weight / hidden * np.tanh(np.einsum("bhi,bpi->bph", w, x[:, t])).sum(-1)
+        c = choices[:, t]
+        ll += np.sum(
+            np.where(
+                pmask[:, t], c * -np.logaddexp(0, -logits) - (1 - c) * np.logaddexp(0, logits), 0.0
+            )
+        )
+        x_acc = np.einsum("bp,bpi->bi", accepted[:, t], x[:, t])
+        delta = (theta[0] + theta[1] * signal[:, t])[:, None] * x_acc  # (batch, n_in)
+        w = w + (1.0 / n_in) * delta[:, None, :]
+    return ll
+
+
+def _newton_maximum(f, theta, h=1e-5, iterations=30):
+    """Maximise `f` by Newton's method with central finite-difference derivatives; returns
+    the maximum and the gradient and Hessian there."""
+    eye = np.eye(theta.size) * h
+
+    def derivatives(theta):
+        grad = np.array([(f(theta + e) - f(theta - e)) / (2 * h) for e in eye])
+        hess = np.array(
+            [
+                [
+                    (f(theta + a + b) - f(theta + a - b) - f(theta - a + b) + f(theta - a - b))
+                    / (4 * h * h)
+                    for b in eye
+                ]
+                for a in eye
+            ]
+        )
+        return grad, hess
+
+    for _ in range(iterations):
+        grad, hess = derivatives(theta)
+        step = -np.linalg.solve(hess, grad)
+        while f(theta + step) < f(theta):  # halve steps that do not climb
+            step = step / 2
+        theta = theta + step
+        if np.max(np.abs(step)) < 1e-9:
+            break
+    return (theta, *derivatives(theta))
+
+
+def test_choice_fit_matches_a_numpy_newton_maximum_likelihood(x64):
+    # Flies learning by Δw = 2·x·r; the student frees the terms x and x*r and starts at zero.
+    factors = ("x", "w", "r")
+    truth = mp.TaylorRule.from_expression("2*x*r", factors=factors, order=1)
+    teacher = mp.behaviour.MushroomBody(truth, key=jr.key(0))
+    task = mp.behaviour.OperantTask(((0.8, 0.2), (0.2, 0.8)), 30, max_presentations=3)
+    enc = mp.behaviour.OdourEncoding(2, key=jr.key(1))
+    data = mp.behaviour.generate_behaviour(teacher, task, enc, 4, key=jr.key(2)).data
+    zero = mp.TaylorRule.zeros(factors, order=1)
+    student = teacher.with_rule(
+        mp.TaylorRule(zero.coefficients, factors, trainable=zero.mask(["x", "x*r"]))
+    )
+    result = mp.fit(
+        student,
+        data,
+        mp.behaviour.ChoiceBCE(),
+        solver=mp.LevenbergMarquardt(),
+        steps=15,
+        progress=False,
+    )
+    fitted = np.array([result.model.rule.coefficient(t) for t in ("x", "x*r")])
+
+    w0 = np.asarray(student.initial_weights, np.float64)
+    f = lambda theta: _numpy_log_likelihood(theta, data, w0)
+    # The numpy model is the library's model: the same likelihood at the fitted rule.
+    np.testing.assert_allclose(
+        mp.behaviour.choice_log_likelihood(result.model, data).sum(), f(fitted), rtol=1e-10
+    )
+    reference, grad, hess = _newton_maximum(f, np.zeros(2))
+    assert np.max(np.abs(grad)) < 1e-5 and np.all(np.linalg.eigvalsh(hess) < 0)
+    np.testing.assert_allclose(fitted, reference, rtol=1e-5, atol=1e-7)
+    assert reference[1] > 0.5  # learning from reward has the generating sign
 
 
 @pytest.mark.slow

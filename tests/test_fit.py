@@ -53,6 +53,94 @@ def test_simulate_shapes_and_padding_is_inert():
     )
 
 
+def hand_simulation(coefficients, factors, eta, activation, w0, inputs, rewards, step_mask):
+    """The forward pass written out in numpy, one synapse at a time: `y = f(W x)`, then
+    `W ← W + η Σ θ[e] Π_k factor_k^{e_k}` on valid steps, nothing on padded ones."""
+    f = {"sigmoid": lambda u: 1 / (1 + np.exp(-u)), "tanh": np.tanh, "identity": lambda u: u}
+    w = np.array(w0, np.float64)
+    activity, weights = [], []
+    for x, r, valid in zip(inputs, rewards, step_mask):
+        y = f[activation](w @ x)
+        delta = np.zeros_like(w)
+        for i, j in np.ndindex(*w.shape):
+            local = {"x": x[j], "y": y[i], "w": w[i, j], "r": r}
+            for e in np.ndindex(*coefficients.shape):
+                delta[i, j] += coefficients[e] * np.prod(
+                    [local[k] ** p for k, p in zip(factors, e)]
+                )
+        if valid:
+            w = w + eta * delta
+        activity.append(y)
+        weights.append(w)
+    return np.array(activity), np.array(weights)
+
+
+@pytest.mark.parametrize("factors", [("x", "y", "w", "r"), ("r", "w", "y", "x")])
+def test_simulation_matches_a_hand_written_loop(x64, factors):
+    rng = np.random.default_rng(0)
+    batch, length, n_out, n_in = 2, 9, 3, 4
+    coefficients = 0.3 * rng.standard_normal((3,) * len(factors))
+    layer = mp.nn.PlasticDense(mp.TaylorRule(coefficients, factors), eta=0.7, activation="tanh")
+    inputs = rng.uniform(-1, 1, (batch, length, n_in))
+    rewards = rng.uniform(-1, 1, (batch, length))
+    w0 = 0.5 * rng.standard_normal((batch, n_out, n_in))
+    # Padded steps in the middle and at the end, with junk behind them that a step that
+    # ignored the mask would pick up.
+    mask = np.ones((batch, length), bool)
+    mask[0, [3, 7, 8]] = False
+    mask[1, 5:] = False
+    inputs[~mask] = 5.0
+    rewards[~mask] = -3.0
+    want = [
+        hand_simulation(coefficients, factors, 0.7, "tanh", w0[b], inputs[b], rewards[b], mask[b])
+        for b in range(batch)
+    ]
+    activity, weights = (np.stack(a) for a in zip(*want))
+    # The reference itself: the rewards and the padded steps matter.
+    no_reward = hand_simulation(
+        coefficients, factors, 0.7, "tanh", w0[0], inputs[0], 0 * rewards[0], mask[0]
+    )
+    assert not np.allclose(no_reward[1][-1], weights[0, -1], atol=1e-3)
+    unmasked = hand_simulation(
+        coefficients, factors, 0.7, "tanh", w0[0], inputs[0], rewards[0], np.ones(length, bool)
+    )
+    assert not np.allclose(unmasked[1][-1], weights[0, -1], atol=1e-3)
+    np.testing.assert_array_equal(weights[0, 3], weights[0, 2])  # a padded step: unchanged
+
+    one = [jnp.asarray(a[0]) for a in (w0, inputs, rewards, mask)]
+    for kwargs in ({}, {"checkpoint": True}, {"checkpoint": 4}):
+        sim = mp.simulate(layer, *one, return_weights=True, **kwargs)
+        np.testing.assert_allclose(sim.activity, activity[0], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(sim.weights, weights[0], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(sim.final_weights, weights[0, -1], rtol=1e-10, atol=1e-12)
+    # The hand-written reverse pass has its own forward loop.
+    fast = mp.simulate(layer, *one, fast_gradient=True)
+    np.testing.assert_allclose(fast.activity, activity[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fast.final_weights, weights[0, -1], rtol=1e-10, atol=1e-12)
+    # A dataset, with the junk written behind the mask after the constructor (which zeroes
+    # padded entries).
+    data = mp.data.ActivityDataset(
+        np.where(mask[..., None], inputs, 0.0),
+        np.zeros((batch, length, n_out)),
+        w0,
+        step_mask=mask,
+        rewards=np.where(mask, rewards, 0.0),
+    )
+    data = eqx.tree_at(
+        lambda d: (d.inputs, d.rewards), data, (jnp.asarray(inputs), jnp.asarray(rewards))
+    )
+    np.testing.assert_array_equal(data.inputs, inputs)
+    for fast_gradient in (False, True):
+        sim = mp.simulate_dataset(layer, data, fast_gradient=fast_gradient)
+        valid = mask[..., None]
+        np.testing.assert_allclose(
+            np.where(valid, sim.activity, 0), np.where(valid, activity, 0), rtol=1e-10, atol=1e-12
+        )
+        np.testing.assert_allclose(sim.final_weights, weights[:, -1], rtol=1e-10, atol=1e-12)
+    sim = mp.simulate_dataset(layer, data, return_weights=True)
+    np.testing.assert_allclose(sim.weights, weights, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("strategy", [mp.ReverseMode, mp.TaylorReverse])
 @pytest.mark.parametrize("checkpoint", [False, True, 7])
 def test_trajectory_gradient_matches_finite_differences(x64, checkpoint, strategy):
@@ -158,6 +246,30 @@ def test_readout_records_subset_with_fixed_noise():
         mp.nn.ActivityReadout(recorded_fraction=0.0, noise_std=0.1)
     with pytest.raises(mp.MetaplasticError, match="noise_std"):
         mp.nn.ActivityReadout(recorded_fraction=1.0, noise_std=-1.0)
+
+
+def test_readout_noise_has_its_scale_and_zero_noise_is_clean():
+    clean = jnp.linspace(-1.0, 1.0, 300 * 40).reshape(300, 40)
+    noisy, mask = mp.nn.ActivityReadout(1.0, 0.3).observe(clean, key=jr.key(0))
+    assert bool(jnp.all(mask))
+    residual = np.asarray(noisy - clean)
+    assert residual.std() == pytest.approx(0.3, rel=0.03)
+    assert abs(residual.mean()) < 0.01
+    assert abs(np.corrcoef(residual.ravel(), np.asarray(clean).ravel())[0, 1]) < 0.03
+    exact, _ = mp.nn.ActivityReadout(1.0, 0.0).observe(clean, key=jr.key(0))
+    np.testing.assert_array_equal(exact, clean)
+    # Through generate_activity: the recording is the simulated activity plus noise of the
+    # readout's scale on the recorded neurons.
+    for std in (0.0, 0.05):
+        readout = mp.nn.ActivityReadout(recorded_fraction=0.5, noise_std=std)
+        data, _ = oja_data(readout=readout)
+        sim = eqx.filter_jit(mp.simulate_dataset)(mp.nn.PlasticDense(mp.rules.oja()), data)
+        recorded = np.asarray(data.neuron_mask[0])
+        residual = np.asarray(data.activity - sim.activity)[:, :, recorded]
+        if std == 0.0:
+            np.testing.assert_allclose(residual, 0.0, atol=1e-6)
+        else:
+            assert residual.std() == pytest.approx(std, rel=0.1)
 
 
 def test_r2_score():

@@ -107,6 +107,33 @@ def test_covariance_family_explains_a_covariance_fly(fitted):
     assert rows[0]["fly"] == "Fly1" and rows[0]["coef_x*r"] == pytest.approx(float(xr[0]))
 
 
+@pytest.fixture(scope="module")
+def opposite(tmp_path_factory):
+    """Two simulated flies: Fly1 learns by Δw = 2·x·r, Fly2 by Δw = -2·x·r (it learns to
+    avoid what rewarded it), three blocks of 20 trials of at most 20 presentations."""
+    folder = tmp_path_factory.mktemp("opposite")
+    task = mp.behaviour.OperantTask(((0.8, 0.2), (0.2, 0.8), (0.8, 0.2)), 20, max_presentations=20)
+    encoding = mp.behaviour.OdourEncoding(2, key=jr.key(2))
+    for fly, expression in ((1, "2*x*r"), (2, "-2*x*r")):
+        truth = mp.TaylorRule.from_expression(expression, factors=("x", "w", "r"), order=1)
+        teacher = mp.behaviour.MushroomBody(truth, key=jr.key(1))
+        generated = mp.behaviour.generate_behaviour(teacher, task, encoding, 1, key=jr.key(fly))
+        _write_flies(generated, folder, fly)
+    return mp.flies.load_drosophila(folder, block_size=20)
+
+
+def test_per_fly_fit_finds_each_fly_s_sign_of_learning(opposite):
+    fits = mp.flies.fit_families(
+        opposite, ("covariance",), resamples=1, fractions=(), steps=6, key=KEY
+    )["covariance"]
+    assert fits.names == ("Fly1", "Fly2")
+    # Both flies learn from reward, so the fitted rule beats no plasticity in sample...
+    assert np.all(fits.in_sample > 30)
+    # ...and the reward term has each fly's own generating sign.
+    xr = fits.coefficients["x*r"]
+    assert xr[0] > 0.5 and xr[1] < -0.5
+
+
 def test_trial_splits_split_trials_and_masks_presentations(small):
     simulated = small
     names, fit_on, score_on = trial_splits(simulated, (0.5, 0.8))
