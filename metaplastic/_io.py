@@ -72,6 +72,14 @@ def stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.*.tmp"))
 
 
+def stale_temporaries_in(folder: str | os.PathLike) -> list[Path]:
+    """Every temporary file that interrupted `atomic_open` calls left directly in `folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob(".*.tmp") if p.is_file())
+
+
 def to_jsonable(value: Any) -> Any:
     """Plain JSON values from numpy/JAX scalars and arrays, tuples, paths; non-finite floats
     become `None` (strict JSON has no NaN)."""

@@ -46,7 +46,13 @@ import numpy as np
 
 from ._checkpoint import versions
 from ._errors import MetaplasticError
-from ._io import atomic_open, atomic_write_json, atomic_write_text, to_jsonable
+from ._io import (
+    atomic_open,
+    atomic_write_json,
+    atomic_write_text,
+    stale_temporaries_in,
+    to_jsonable,
+)
 from ._multihost import broadcast_bytes, is_main_process
 from ._progress import track as track
 
@@ -278,7 +284,8 @@ def open_run(
     not compared: those that may legitimately change between the first run and its resume
     (an output folder, a progress-bar switch).
 
-    The returned `Run` has the recorded configuration. Its `rows` start empty: `metrics.csv`
+    Temporary files that a process killed while writing into the folder left behind are
+    removed. The returned `Run` has the recorded configuration. Its `rows` start empty: `metrics.csv`
     is not read back, so a resumed run that logs must log every row again (as a resumed
     fit does from its restored history), or keep its own table with `write_csv`.
 
@@ -325,6 +332,10 @@ def open_run(
                 + "; ".join(differ)
                 + "."
             )
+    if is_main_process():
+        # A process killed while writing a file of this run left its temporary behind.
+        for tmp in stale_temporaries_in(folder):
+            tmp.unlink(missing_ok=True)
     return Run(folder, recorded)
 
 

@@ -283,3 +283,22 @@ def test_sweep_progress(capsys):
     assert "sweep" in capsys.readouterr().err
     assert list(runs.track(iter("ab"), progress=False)) == ["a", "b"]
     assert capsys.readouterr() == ("", "")
+
+
+def test_open_run_removes_the_temporaries_of_a_killed_writer(tmp_path):
+    with runs.create_run(tmp_path, name="fit", config={"steps": 3}) as run:
+        run.write_csv("cells.csv", [{"cell": 1}])
+    # What a process killed inside `atomic_open` leaves: a hidden temporary beside the file.
+    stale = run.path / ".weights.png.abc123.tmp"
+    stale.write_bytes(b"half a figure")
+    (run.path / "checkpoint").mkdir()
+    keep = run.path / "checkpoint" / "fit.ckpt"  # files in sub-folders belong to others
+    keep.write_bytes(b"x")
+    runs.open_run(run.path, {"steps": 3})
+    assert not stale.exists() and keep.exists()
+    assert sorted(p.name for p in run.path.iterdir()) == [
+        "cells.csv",
+        "checkpoint",
+        "config.json",
+        "summary.json",
+    ]
