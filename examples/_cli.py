@@ -18,6 +18,7 @@ answers at once.
 - `open_run(args, name)`: the run folder named by `--resume` (refused if its recorded
   flags differ from these, but for `--out`, `--resume`, `--no-progress` and the script's
   own `may_differ`), or a new one under `--out`.
+- `recovery_options(p, seeds=...)`: the flags of a simulated rule-recovery experiment.
 - `print_json(summary)`: the last line of every script, one JSON object.
 """
 
@@ -145,6 +146,19 @@ def list_of(
 
     parse.__name__ = f"list of {name}"
     return parse
+
+
+def recovery_options(p: argparse.ArgumentParser, *, seeds: int) -> None:
+    """The flags of a simulated rule-recovery experiment, shared by `reward_rule.py` and
+    `rule_sweep.py`: `--seeds`, `--n-train`, `--n-test`, `--trials-per-block`."""
+    p.add_argument(
+        "--seeds", type=positive_int, default=seeds, help="fits per rule family (vmapped)"
+    )
+    p.add_argument(
+        "--n-train", type=positive_int, default=18, help="training trajectories per seed"
+    )
+    p.add_argument("--n-test", type=positive_int, default=7, help="held-out trajectories per seed")
+    p.add_argument("--trials-per-block", type=positive_int, default=80)
 
 
 def comma(values: Iterable[Any]) -> str:

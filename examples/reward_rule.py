@@ -32,16 +32,7 @@ FAMILIES = ("taylor", "mlp")
 
 def parse_args(argv=None):
     p = _cli.parser(__doc__, progress=False)
-    p.add_argument(
-        "--seeds", type=_cli.positive_int, default=5, help="fits per rule family (vmapped)"
-    )
-    p.add_argument(
-        "--n-train", type=_cli.positive_int, default=18, help="training trajectories per seed"
-    )
-    p.add_argument(
-        "--n-test", type=_cli.positive_int, default=7, help="held-out trajectories per seed"
-    )
-    p.add_argument("--trials-per-block", type=_cli.positive_int, default=80)
+    _cli.recovery_options(p, seeds=5)
     p.add_argument(
         "--input-variance",
         type=_cli.non_negative_float,

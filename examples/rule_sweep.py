@@ -141,16 +141,7 @@ def parse_args(argv=None):
         default=FAMILIES,
         help="comma-separated rule families (default: taylor,mlp)",
     )
-    p.add_argument(
-        "--seeds", type=_cli.positive_int, default=3, help="fits per rule family (vmapped)"
-    )
-    p.add_argument(
-        "--n-train", type=_cli.positive_int, default=18, help="training trajectories per seed"
-    )
-    p.add_argument(
-        "--n-test", type=_cli.positive_int, default=7, help="held-out trajectories per seed"
-    )
-    p.add_argument("--trials-per-block", type=_cli.positive_int, default=80)
+    _cli.recovery_options(p, seeds=3)
     p.add_argument("--taylor-steps", type=_cli.positive_int, default=12)
     p.add_argument("--mlp-steps", type=_cli.positive_int, default=16)
     p.add_argument(
