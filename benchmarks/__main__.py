@@ -2,6 +2,10 @@
 
 Every configuration prints one JSON object. The full suite runs each benchmark in its own
 process (so that `peak_rss_mb` is that benchmark's own peak) and writes `benchmarks/RESULTS.md`.
+
+JAX's persistent compilation cache is on by default, in the user cache folder
+(`metaplastic.runs.enable_compile_cache`): a second run loads the compiled programs, so its
+compile times are those of loading them. `--no-compile-cache` measures cold compilation.
 """
 
 import argparse
@@ -28,7 +32,32 @@ ORDER = (
 )
 
 
-def run_one(name: str, as_json: bool) -> None:
+CACHE_HELP = (
+    "JAX persistent compilation cache folder (default: $METAPLASTIC_CACHE_DIR, else "
+    "$JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/metaplastic/jax, else "
+    "~/.cache/metaplastic/jax)"
+)
+
+
+def compile_cache(folder: str | None, off: bool) -> str | None:
+    """Turn JAX's persistent compilation cache on in `folder` (default: the user cache folder)
+    or off; returns the folder in use, or None."""
+    import metaplastic as mp
+
+    if off:
+        mp.runs.disable_compile_cache()
+        return None
+    return str(mp.runs.enable_compile_cache(folder))
+
+
+def cache_flags(folder: str | None, off: bool) -> list[str]:
+    """The flags that give a child process the same cache setting."""
+    if off:
+        return ["--no-compile-cache"]
+    return [] if folder is None else ["--compile-cache", folder]
+
+
+def run_one(name: str, as_json: bool, cache: str | None = None) -> None:
     if name == "devices" and "device_count" not in os.environ.get("XLA_FLAGS", ""):
         # Without accelerators JAX sees the CPU as one device; split it into 4 virtual devices
         # (before JAX starts) to show the sharded layout. Other platforms are unaffected.
@@ -40,7 +69,7 @@ def run_one(name: str, as_json: bool) -> None:
     if name not in BENCHMARKS:
         raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
     if not as_json:
-        print(f"# {name}: {json.dumps(machine_facts())}", flush=True)
+        print(f"# {name}: {json.dumps(machine_facts() | {'compile_cache': cache})}", flush=True)
     for rec in BENCHMARKS[name]():
         print(json.dumps(rec), flush=True)
 
@@ -51,17 +80,18 @@ def child_env() -> dict:
     return env
 
 
-def run_all(names, as_json: bool, results: str | None, command: str) -> int:
+def run_all(names, as_json: bool, results: str | None, command: str, flags: list[str] = ()) -> int:
     from ._harness import machine_facts
     from ._report import write_results
 
     started = datetime.datetime.now(datetime.timezone.utc)
     machine = machine_facts()
+    machine["compile_cache"] = "off" if "--no-compile-cache" in flags else "on"
     records, failures = [], []
     t0 = time.perf_counter()
     for name in names:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks", "--only", name, "--json"],
+            [sys.executable, "-m", "benchmarks", "--only", name, "--json", *flags],
             cwd=ROOT,
             env=child_env(),
             stdout=subprocess.PIPE,
@@ -123,14 +153,22 @@ def main(argv=None) -> int:
         help="where the full suite writes its table (default benchmarks/RESULTS.md)",
     )
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--compile-cache", metavar="DIR", default=None, help=CACHE_HELP)
+    parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="compile every program afresh (cold compile times): use no compilation cache",
+    )
     args = parser.parse_args(argv)
     command = "python -m benchmarks" + (" " + shlex.join(argv or sys.argv[1:])).rstrip()
     if args.only and "," not in args.only:
-        run_one(args.only, args.json)
+        cache = compile_cache(args.compile_cache, args.no_compile_cache)
+        run_one(args.only, args.json, cache)
         return 0
     names = args.only.split(",") if args.only else list(ORDER)
     results = None if (args.no_results or args.only) else args.results
-    return run_all(names, args.json, results, command)
+    flags = cache_flags(args.compile_cache, args.no_compile_cache)
+    return run_all(names, args.json, results, command, flags)
 
 
 if __name__ == "__main__":

@@ -434,6 +434,11 @@ def write_results(
             f"- load average (1 min) at start / end: {machine.get('load_avg_1min')} / "
             f"{machine.get('load_avg_1min_end')}; suite wall time {machine.get('suite_wall_s')} s"
         )
+    if machine.get("compile_cache"):
+        lines.append(
+            f"- JAX persistent compilation cache: {machine['compile_cache']} (with it on, "
+            "`compile_s` of a program compiled by an earlier run is the time to load it)"
+        )
     lines += [
         "",
         note,

@@ -7,7 +7,11 @@ answers at once.
 
 - `parser(__doc__, ...)`: an `argparse.ArgumentParser` whose description is the script's
   docstring, with `--out` (the folder in which the run folder is created, default `out`),
-  `--seed`, `--no-progress`, and opt-in `--resume RUN_FOLDER` and `--quick`.
+  `--seed`, `--no-progress`, `--compile-cache DIR` and `--no-compile-cache`, and opt-in
+  `--resume RUN_FOLDER` and `--quick`.
+- `compile_cache(args)`: turn on JAX's persistent compilation cache as the flags say (by
+  default in the user cache folder, through `metaplastic.runs.enable_compile_cache`), so
+  that a second run of a script loads its compiled programs instead of compiling them.
 - `list_of(float)`: the `type=` of every list-valued flag: comma-separated values, as in
   `--fractions 0.5,0.7`. A bad item is a clean argparse error (exit status 2) that names
   the flag and the item.
@@ -61,11 +65,46 @@ def parser(
         p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     if progress:
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        default=None,
+        help=f"JAX persistent compilation cache folder (default: {CACHE_FOLDER})",
+    )
+    p.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="compile every program afresh: read and write no compilation cache",
+    )
     if resume is not None:
         p.add_argument("--resume", metavar="RUN_FOLDER", default=None, help=resume)
     if quick is not None:
         p.add_argument("--quick", action="store_true", help=quick)
     return p
+
+
+# Where compiled programs are cached by default, as `metaplastic.runs.default_compile_cache_dir`
+# finds it (named here without importing JAX, so that `--help` answers at once).
+CACHE_FOLDER = (
+    "$METAPLASTIC_CACHE_DIR, else $JAX_COMPILATION_CACHE_DIR, else "
+    "$XDG_CACHE_HOME/metaplastic/jax, else ~/.cache/metaplastic/jax"
+)
+
+
+def compile_cache(args: argparse.Namespace) -> str | None:
+    """Turn on JAX's persistent compilation cache in the folder of `--compile-cache` (default:
+    the user cache folder), or turn it off with `--no-compile-cache` (or `--compile-cache
+    none`). Call it before anything is compiled.
+
+    **Returns:** the absolute cache folder, or `None` when the cache is off.
+    """
+    import metaplastic as mp
+
+    folder = getattr(args, "compile_cache", None)
+    if getattr(args, "no_compile_cache", False) or folder == "none":
+        mp.runs.disable_compile_cache()
+        return None
+    return str(mp.runs.enable_compile_cache(folder))
 
 
 def positive_int(text: str) -> int:
@@ -167,9 +206,10 @@ def comma(values: Iterable[Any]) -> str:
 
 
 # Flags that may differ between a run and its resume: where the run folder is created (the
-# resumed folder is given by --resume itself), and whether a progress bar is shown. Every
-# other flag is a setting of the results and must be the recorded one.
-RESUME_MAY_DIFFER = ("out", "resume", "no_progress")
+# resumed folder is given by --resume itself), whether a progress bar is shown, and where
+# compiled programs are cached. Every other flag is a setting of the results and must be the
+# recorded one.
+RESUME_MAY_DIFFER = ("out", "resume", "no_progress", "compile_cache", "no_compile_cache")
 
 
 def open_run(

@@ -91,6 +91,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
+    _cli.compile_cache(args)
     import jax.random as jr
     import numpy as np
 

@@ -159,6 +159,10 @@ def launch(args) -> None:
     port = str(free_port())
     flags = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in DEFAULTS]
     flags += [f"--processes={args.processes}", f"--seed={args.seed}", f"--out={args.out}"]
+    if args.no_compile_cache:
+        flags.append("--no-compile-cache")
+    elif args.compile_cache:
+        flags.append(f"--compile-cache={args.compile_cache}")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)  # one CPU device per process
     procs = [
@@ -211,6 +215,7 @@ def launch(args) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    _cli.compile_cache(args)
     if args.process_id is None:
         launch(args)
     else:

@@ -69,6 +69,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
+    _cli.compile_cache(args)
     import jax
 
     jax.config.update("jax_enable_x64", True)

@@ -52,6 +52,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
+    _cli.compile_cache(args)
     # Imported here, not at the top, so that --help answers without loading JAX.
     import jax
     import jax.random as jr

@@ -74,6 +74,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _use_cache(folder):
+    """In a worker process: the parent's compilation cache folder, or none (`None`)."""
+    import metaplastic as mp
+
+    if folder is None:
+        mp.runs.disable_compile_cache()
+    else:
+        mp.runs.enable_compile_cache(folder)
+
+
 def _key_data(keys, family):
     import jax.random as jr
     import numpy as np
@@ -125,6 +135,7 @@ def fit_family(data, family, solver, l1, steps, key_data):
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
+    cache = _cli.compile_cache(args)
     import jax.random as jr
     import numpy as np
 
@@ -159,7 +170,13 @@ def main(argv=None):
         # process while this one fits the Taylor rule.
         import multiprocessing
 
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # The spawned process starts a fresh JAX: give it the same compilation cache.
+        with ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_use_cache,
+            initargs=(cache,),
+        ) as pool:
             other = pool.submit(
                 fit_family, data, families[1], *settings, _key_data(keys, families[1])
             )

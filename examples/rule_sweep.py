@@ -20,7 +20,8 @@ folder; `--resume RUNFOLDER` skips the rows already there. A resume must repeat 
 settings of the run (it stops with an error naming any flag that differs), but may select
 other `--rules` and `--families`. Rules share one compiled fit: the
 training data are padded (masked) to a few fixed sizes and JAX's persistent compilation
-cache (`--compile-cache`) lets every rule after the first of a size reuse the compiled
+cache (on by default, in the user cache folder; `--compile-cache DIR` to choose another,
+`--no-compile-cache` to turn it off) lets every rule after the first of a size reuse the compiled
 program (the `xla_compiles` column counts the compilations each row needed).
 
     python examples/rule_sweep.py                        # all 57 rules, Taylor and MLP, 3 seeds
@@ -58,9 +59,10 @@ WEIGHT_CHANGE_HIGH = 3.0
 FAMILIES = ("taylor", "mlp")
 # Flags a --resume may change besides --out and --no-progress: which rules and families to
 # fit (rows are keyed by rule and family, and each row is the same whatever else is
-# selected), --quick (its settings are compared one by one), where compiled programs are
-# cached, and --report-only. Every other flag changes the rows and must be the recorded one.
-RESUME_MAY_DIFFER = ("rules", "families", "quick", "compile_cache", "report_only")
+# selected), --quick (its settings are compared one by one) and --report-only (and, as in
+# every script, where compiled programs are cached: see _cli.RESUME_MAY_DIFFER). Every other
+# flag changes the rows and must be the recorded one.
+RESUME_MAY_DIFFER = ("rules", "families", "quick", "report_only")
 
 COLUMNS = (
     "rule",
@@ -149,11 +151,6 @@ def parse_args(argv=None):
     )
     p.add_argument("--decay", type=float, default=0.05, help="rate of the grid's decay term")
     p.add_argument("--decay-term", default="w", help="the grid's decay monomial")
-    p.add_argument(
-        "--compile-cache",
-        default=None,
-        help="JAX persistent compilation cache folder (default OUT/.jax_cache; 'none' to disable)",
-    )
     p.add_argument(
         "--report-only",
         action="store_true",
@@ -307,18 +304,12 @@ def markdown_table(rows, families):
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
+    _cli.compile_cache(args)
     if args.quick:
         args.seeds, args.n_train, args.n_test, args.trials_per_block = 2, 3, 2, 10
         args.taylor_steps, args.mlp_steps = 2, 2
         if args.rules is None:
             args.rules = NAMED_RULES[:2]
-    import jax
-
-    cache = args.compile_cache or os.path.join(args.out, ".jax_cache")
-    if cache != "none":
-        jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     import jax.random as jr
     import numpy as np
 

@@ -20,6 +20,12 @@ checkpointed fit): it refuses, naming every differing key with both values, when
 configuration is not the recorded one, so that one folder never mixes results of different
 settings.
 
+`enable_compile_cache()` turns on JAX's persistent compilation cache in a user cache folder
+(`$METAPLASTIC_CACHE_DIR`, else `$XDG_CACHE_HOME/metaplastic/jax`, else
+`~/.cache/metaplastic/jax`), so that a second run of the same script loads its compiled
+programs from disk instead of compiling them again; `disable_compile_cache()` turns it off.
+The example scripts and `python -m benchmarks` call it unless given `--no-compile-cache`.
+
 
 With several processes (`jax.distributed`), every process calls the same functions with the
 same arguments: process 0 creates the folder and writes every file, and the other processes
@@ -57,7 +63,66 @@ from ._multihost import broadcast_bytes, is_main_process
 from ._progress import track as track
 
 
-__all__ = ["Run", "create_run", "history_rows", "open_run", "read_metrics", "track"]
+__all__ = [
+    "Run",
+    "create_run",
+    "default_compile_cache_dir",
+    "disable_compile_cache",
+    "enable_compile_cache",
+    "history_rows",
+    "open_run",
+    "read_metrics",
+    "track",
+]
+
+
+def default_compile_cache_dir() -> Path:
+    """The folder of JAX's persistent compilation cache when none is given:
+    `$METAPLASTIC_CACHE_DIR` if set, else the folder JAX was already told to use
+    (`$JAX_COMPILATION_CACHE_DIR` or `jax.config`), else `$XDG_CACHE_HOME/metaplastic/jax`,
+    else `~/.cache/metaplastic/jax`."""
+    folder = os.environ.get("METAPLASTIC_CACHE_DIR") or jax.config.jax_compilation_cache_dir
+    if folder:
+        return Path(folder).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base).expanduser() / "metaplastic" / "jax"
+
+
+def enable_compile_cache(path: str | os.PathLike | None = None) -> Path:
+    """Turn on JAX's persistent compilation cache in `path` (default
+    `default_compile_cache_dir()`), for every program however quick to compile or small.
+
+    Compiled programs are then written to the folder and loaded from it by later processes
+    that compile the same program (same code, shapes, dtypes, JAX version and machine), which
+    removes most of a script's start-up time on its second run. Call it before the first
+    compilation; a later call with another folder switches to it. The folder is created.
+
+    **Arguments:**
+
+    - `path`: the cache folder; `None` for `default_compile_cache_dir()`.
+
+    **Returns:** the absolute path of the folder in use.
+    """
+    folder = Path(path).expanduser() if path is not None else default_compile_cache_dir()
+    folder = folder.absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    # JAX's defaults skip programs compiled in under 1 s; cache them all.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    if previous and os.path.abspath(previous) != str(folder):
+        from jax.experimental.compilation_cache import compilation_cache
+
+        compilation_cache.reset_cache()  # the cache object of the old folder is built once
+    return folder
+
+
+def disable_compile_cache() -> None:
+    """Turn JAX's persistent compilation cache off for this process (nothing is read from or
+    written to any cache folder, even one set by `$JAX_COMPILATION_CACHE_DIR`)."""
+    jax.config.update("jax_enable_compilation_cache", False)
 
 
 def _environment() -> dict[str, Any]:

@@ -1,8 +1,19 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import jax
 import pytest
+
+
+# The example scripts and the benchmark CLI cache compiled programs in the user's cache folder
+# by default; the tests' runs of them (subprocesses inherit this variable) use a folder of
+# their own, removed at the end, and never write into the user's home.
+_CACHE = tempfile.mkdtemp(prefix="metaplastic-test-jax-cache-")
+os.environ["METAPLASTIC_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,9 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -85,11 +87,13 @@ def test_parser_common_flags():
         "out": "out",
         "seed": 0,
         "no_progress": False,
+        "compile_cache": None,
+        "no_compile_cache": False,
         "resume": None,
         "quick": False,
     }
     args = cli.parser("doc", seed=False, progress=False).parse_args(["--out", "o"])
-    assert vars(args) == {"out": "o"}
+    assert vars(args) == {"out": "o", "compile_cache": None, "no_compile_cache": False}
     with pytest.raises(SystemExit):
         cli.parser("doc", seed=False).parse_args(["--seed", "1"])
     assert cli.comma((0.5, 1.0, 2)) == "0.5,1,2"
@@ -138,6 +142,69 @@ def test_help_answers_quickly(name):
     proc = _script(name, "--help", timeout=20)
     assert proc.returncode == 0, proc.stderr
     assert "--out" in proc.stdout and "usage:" in proc.stdout
+    # The compilation cache's switch and its default folder.
+    assert "--no-compile-cache" in proc.stdout and "metaplastic/jax" in proc.stdout
+
+
+def test_default_compile_cache_folder(monkeypatch, tmp_path):
+    import metaplastic as mp
+
+    if jax.config.jax_compilation_cache_dir:
+        pytest.skip("JAX's own cache folder is set, and is the default then")
+    monkeypatch.delenv("METAPLASTIC_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert mp.runs.default_compile_cache_dir() == tmp_path / "metaplastic" / "jax"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    home = mp.runs.default_compile_cache_dir()
+    assert home == Path("~/.cache/metaplastic/jax").expanduser()
+    monkeypatch.setenv("METAPLASTIC_CACHE_DIR", str(tmp_path / "mine"))
+    assert mp.runs.default_compile_cache_dir() == tmp_path / "mine"
+
+
+def test_benchmark_help_names_the_cache_folder():
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--no-compile-cache" in proc.stdout and "metaplastic/jax" in proc.stdout
+
+
+def _cache_entries(folder):
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+def test_compile_cache_flag_and_environment_variable(tmp_path):
+    """By default a script caches its compiled programs in $METAPLASTIC_CACHE_DIR (or the
+    folder of --compile-cache); with --no-compile-cache it writes no cache at all."""
+    args = ["--steps", "2", "--checkpoint-every", "1", "--trajectories", "2", "--length", "5"]
+    args += ["--n-in", "2", "--n-out", "2", "--no-progress"]
+    env_cache, flag_cache = tmp_path / "env_cache", tmp_path / "flag_cache"
+
+    def run(*extra, folder):
+        env = dict(os.environ, PYTHONPATH=ROOT, METAPLASTIC_CACHE_DIR=str(env_cache))
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        proc = subprocess.run(
+            [sys.executable, os.path.join(EXAMPLES, "resumable_fit.py"), *args, *extra],
+            env=env | {"XDG_CACHE_HOME": str(tmp_path / "xdg")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return _cache_entries(folder)
+
+    assert run("--out", str(tmp_path / "a"), folder=env_cache)
+    assert run("--out", str(tmp_path / "b"), "--compile-cache", str(flag_cache), folder=flag_cache)
+    n_env, n_flag = len(_cache_entries(env_cache)), len(_cache_entries(flag_cache))
+    assert not run(
+        "--out", str(tmp_path / "c"), "--no-compile-cache", folder=tmp_path / "xdg" / "metaplastic"
+    )
+    assert len(_cache_entries(env_cache)) == n_env
+    assert len(_cache_entries(flag_cache)) == n_flag
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ def _env(cache):
     return dict(
         os.environ,
         PYTHONPATH=str(ROOT),
+        METAPLASTIC_CACHE_DIR=str(cache),  # the scripts' own cache setting
         JAX_COMPILATION_CACHE_DIR=str(cache),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
