@@ -23,6 +23,11 @@ from ._jacobian import Automatic as Automatic
 from ._jacobian import ForwardMode as ForwardMode
 from ._jacobian import ReverseMode as ReverseMode
 from ._jacobian import TaylorReverse as TaylorReverse
+from ._laplace import Identifiability as Identifiability
+from ._laplace import Posterior as Posterior
+from ._laplace import Profile as Profile
+from ._laplace import laplace as laplace
+from ._laplace import profile as profile
 from ._record import FitResult as FitResult
 from ._record import History as History
 from ._simulate import Simulation as Simulation

@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Bool, Float, PyTree
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from .._jacobian import AbstractDifferentiation
 from .._types import Scalar
@@ -47,20 +47,19 @@ class Objective(eqx.Module):
         grads = jax.tree.map(lambda a, b: a + b.astype(a.dtype), grads, pen_grads)
         return value + pen, grads
 
-    def gauss_newton(
+    def gauss_newton_groups(
         self, params: PyTree, batch: PyTree, chunks: int = 1
-    ) -> tuple[Scalar, Float[Array, " n"], Float[Array, "n n"], Bool[Array, ""]]:
-        """The objective, its gradient `g` and its Gauss–Newton matrix `H` with respect to
-        the flat parameters, over `batch` cut into `chunks` equal groups of trajectories
-        whose Jacobians are taken one after another (memory does not grow with the batch).
-        Also whether the Jacobian was finite.
-
-        For a loss `Σ_k w_k Σ_i ℓ(f_ki)/n_k`: `g = Σ_k w_k J_kᵀ ℓ'_k / n_k` and
-        `H = Σ_k w_k J_kᵀ diag(ℓ''_k) J_k / n_k`; the penalties add their exact gradient and
-        Hessian."""
+    ) -> list[tuple[float, Scalar, Int[Array, ""], Float[Array, " n"], Float[Array, "n n"]]]:
+        """The sums, over `batch` cut into `chunks` equal groups of trajectories whose
+        Jacobians are taken one after another, that the Gauss–Newton matrix is made of: for
+        each group `k` of the loss's `Observations`, `(w_k, Σ ℓ, n_k, J_kᵀ ℓ'_k,
+        J_kᵀ diag(ℓ''_k) J_k)` — its weight, the sum of its per-observation losses (the
+        residual sum of squares for squared error), its number of valid observations, and
+        the unnormalised gradient and Gauss–Newton matrix with respect to the flat
+        parameters. Penalties are not included."""
         if not isinstance(self.loss, AbstractGaussNewtonLoss):
             raise TypeError("gauss_newton needs a loss with Gauss-Newton structure")
-        theta, unravel = ravel_pytree(params)
+        theta, _ = ravel_pytree(params)
         n = theta.size
         weights = []  # the groups' (static) weights, noted while tracing
 
@@ -88,14 +87,33 @@ class Objective(eqx.Module):
             split = lambda a: a.reshape((chunks, a.shape[0] // chunks) + a.shape[1:])
             grouped = jax.tree.map(lambda a: split(a) if eqx.is_array(a) else a, batch)
             parts = jax.lax.map(sums, grouped)
+        return [
+            (w, jnp.sum(v), jnp.sum(count), jnp.sum(g, 0), jnp.sum(h, 0))
+            for w, (v, count, g, h) in zip(weights, parts)
+        ]
+
+    def gauss_newton(
+        self, params: PyTree, batch: PyTree, chunks: int = 1
+    ) -> tuple[Scalar, Float[Array, " n"], Float[Array, "n n"], Bool[Array, ""]]:
+        """The objective, its gradient `g` and its Gauss–Newton matrix `H` with respect to
+        the flat parameters, over `batch` cut into `chunks` equal groups of trajectories
+        whose Jacobians are taken one after another (memory does not grow with the batch).
+        Also whether the Jacobian was finite.
+
+        For a loss `Σ_k w_k Σ_i ℓ(f_ki)/n_k`: `g = Σ_k w_k J_kᵀ ℓ'_k / n_k` and
+        `H = Σ_k w_k J_kᵀ diag(ℓ''_k) J_k / n_k`; the penalties add their exact gradient and
+        Hessian."""
+        theta, unravel = ravel_pytree(params)
+        n = theta.size
+        groups = self.gauss_newton_groups(params, batch, chunks)
         value = jnp.zeros((), theta.dtype)
         grad = jnp.zeros(n, theta.dtype)
         hess = jnp.zeros((n, n), theta.dtype)
-        for w, (v, count, g, h) in zip(weights, parts):
-            count = jnp.maximum(jnp.sum(count), 1)
-            value = value + w * jnp.sum(v) / count
-            grad = grad + w * jnp.sum(g, 0) / count
-            hess = hess + w * jnp.sum(h, 0) / count
+        for w, v, count, g, h in groups:
+            count = jnp.maximum(count, 1)
+            value = value + w * v / count
+            grad = grad + w * g / count
+            hess = hess + w * h / count
         finite = jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(hess))
         flat_penalty = lambda t: self.penalty(unravel(t))
         if self.penalties:

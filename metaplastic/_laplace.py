@@ -1,0 +1,530 @@
+"""How sure is the fitted rule? The Laplace approximation of the posterior of the trainable
+parameters around a fit, the identifiability of the rule's terms, and the profile likelihood
+of one term.
+
+The Gauss–Newton matrix a Levenberg–Marquardt step already forms is the curvature of the
+negative log-likelihood: `JᵀJ / σ²` for activity with Gaussian noise of variance `σ²`, the
+Fisher information `Jᵀ diag(p(1 − p)) J` for choices. Its inverse is the covariance of the
+parameters to first order.
+"""
+
+import math
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, PyTree
+
+from ._errors import MetaplasticError
+from ._fit import fit, rule_filter_spec
+from ._jacobian import AbstractDifferentiation, Automatic
+from ._solver import LevenbergMarquardt, Objective
+from .losses import AbstractGaussNewtonLoss, AbstractLoss, AbstractPenalty, total_penalty
+from .rules import TaylorRule, format_monomial
+
+
+def _norm_ppf(level: float) -> float:
+    """The two-sided normal quantile of `level`, e.g. 1.96 for 0.95."""
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise MetaplasticError(f"level must be a number between 0 and 1, got {level!r}.")
+    return float(jax.scipy.stats.norm.ppf(0.5 + 0.5 * level))
+
+
+def _is_taylor(node: Any) -> bool:
+    return isinstance(node, TaylorRule)
+
+
+def _labels(model: PyTree, params: PyTree, ensemble: bool) -> tuple[list[str], np.ndarray]:
+    """The name of every flat trainable parameter (`ravel_pytree` order) and whether it is
+    free (False: a term frozen by a `TaylorRule.trainable` mask)."""
+    rules = {
+        path: node
+        for path, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_taylor)[0]
+        if _is_taylor(node)
+    }
+    prefix_rules = len(rules) > 1
+    names: list[str] = []
+    free: list[np.ndarray] = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        shape = leaf.shape[1:] if ensemble else leaf.shape
+        rule = rules.get(path[:-1])
+        if rule is not None and path[-1] == jax.tree_util.GetAttrKey("coefficients"):
+            prefix = jax.tree_util.keystr(path[:-1]) + ":" if prefix_rules else ""
+            names += [prefix + format_monomial(e, rule.factors) for e in np.ndindex(*shape)]
+            mask = np.ones(shape, bool)
+            if rule.trainable is not None:
+                mask = np.asarray(rule.trainable)
+                if mask.ndim > len(shape):  # a mask with a member axis: one for all members
+                    if not np.all(mask == mask[:1]):
+                        raise MetaplasticError(
+                            "laplace needs the same trainable mask for every ensemble member."
+                        )
+                    mask = mask[0]
+            free.append(mask.reshape(-1))
+        else:
+            key = jax.tree_util.keystr(path)
+            size = math.prod(shape)
+            names += [key] if size == 1 else [f"{key}{list(i)}" for i in np.ndindex(*shape)]
+            free.append(np.ones(size, bool))
+    return names, np.concatenate(free) if free else np.zeros(0, bool)
+
+
+class Posterior(eqx.Module):
+    """The Laplace approximation `N(mean, covariance)` of the posterior of the trainable
+    parameters of a fitted model (see `metaplastic.laplace`).
+
+    - `mean`: the fitted trainable parameters, a PyTree like them (with a leading member
+      axis for an ensemble).
+    - `covariance`, `precision`: `(n, n)` (or `(members, n, n)`) over the flat parameters in
+      `jax.flatten_util.ravel_pytree` order; frozen terms have zero rows and columns.
+    - `names`: the name of each flat parameter: the monomial (`"x*r"`) for the terms of a
+      Taylor rule, else the path in the model.
+    - `free`: `False` for frozen terms (fixed, zero variance).
+    - `noise_scale`: the noise standard deviation `σ` estimated from the residuals of each
+      squared-error group (a scalar, per member, or `(..., groups)` for several groups);
+      `None` when the loss has none.
+    - `rank`: the number of free directions whose precision is above the cutoff; the
+      others are undetermined by the data and left out of the covariance (pseudo-inverse).
+    """
+
+    mean: PyTree
+    covariance: Float[Array, "*members n n"]
+    precision: Float[Array, "*members n n"]
+    noise_scale: Float[Array, "..."] | None
+    rank: Array
+    names: tuple[str, ...] = eqx.field(static=True)
+    free: tuple[bool, ...] = eqx.field(static=True)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.covariance.ndim == 3
+
+    def _unravel(self, flat: Array) -> PyTree:
+        if not self.is_ensemble:
+            return ravel_pytree(self.mean)[1](flat)
+        template = jax.tree.map(lambda a: a[0], self.mean)
+        return jax.vmap(ravel_pytree(template)[1])(flat)
+
+    def _flat_mean(self) -> Array:
+        if not self.is_ensemble:
+            return ravel_pytree(self.mean)[0]
+        return jax.vmap(lambda m: ravel_pytree(m)[0])(self.mean)
+
+    def _flat_std(self) -> Array:
+        var = jnp.diagonal(self.covariance, axis1=-2, axis2=-1)
+        return jnp.sqrt(jnp.maximum(var, 0.0))
+
+    def member(self, i: int) -> "Posterior":
+        """The posterior of ensemble member `i`."""
+        if not self.is_ensemble:
+            raise MetaplasticError("member() needs the posterior of an ensemble.")
+        return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, self)
+
+    def std(self) -> PyTree:
+        """The posterior standard deviation of each parameter, a PyTree like `mean`."""
+        return self._unravel(self._flat_std())
+
+    def interval(self, level: float = 0.95) -> tuple[PyTree, PyTree]:
+        """`(low, high)`: the central `level` interval of each parameter, `mean ∓ z·std`
+        with `z` the normal quantile (1.96 for 0.95); PyTrees like `mean`."""
+        z = _norm_ppf(level)
+        mean, std = self._flat_mean(), self._flat_std()
+        return self._unravel(mean - z * std), self._unravel(mean + z * std)
+
+    def correlation(self) -> Float[Array, "*members n n"]:
+        """The correlation matrix of the flat parameters (0 for fixed parameters)."""
+        std = self._flat_std()
+        outer = std[..., :, None] * std[..., None, :]
+        return jnp.where(outer > 0, self.covariance / jnp.where(outer > 0, outer, 1.0), 0.0)
+
+    def table(self, level: float = 0.95) -> list[dict[str, Any]]:
+        """One row per parameter: `term`, `estimate`, `std`, `low`, `high` (the `level`
+        interval), `excludes_zero` (whether the interval excludes 0) and `fixed` (a frozen
+        term)."""
+        if self.is_ensemble:
+            raise MetaplasticError("table() is per model: use posterior.member(i).table().")
+        z = _norm_ppf(level)
+        mean, std = np.asarray(self._flat_mean()), np.asarray(self._flat_std())
+        rows = []
+        for name, m, s, free in zip(self.names, mean, std, self.free):
+            low, high = float(m - z * s), float(m + z * s)
+            rows.append(
+                {
+                    "term": name,
+                    "estimate": float(m),
+                    "std": float(s),
+                    "low": low,
+                    "high": high,
+                    "excludes_zero": bool(low > 0 or high < 0),
+                    "fixed": not free,
+                }
+            )
+        return rows
+
+    def format(self, level: float = 0.95, *, tol: float = 0.0) -> str:
+        """The table as text, one line per parameter whose estimate or std exceeds `tol`;
+        `*` marks an interval that excludes 0."""
+        rows = [r for r in self.table(level) if max(abs(r["estimate"]), r["std"]) > tol]
+        width = max([len("term")] + [len(r["term"]) for r in rows])
+        pct = f"{100 * level:g}%"
+        lines = [f"{'term':<{width}}  {'estimate':>11}  {'std':>10}  {pct + ' interval':>25}"]
+        for r in rows:
+            if r["fixed"]:
+                tail = f"{'fixed':>10}"
+            else:
+                interval = f"[{r['low']:.4g}, {r['high']:.4g}]"
+                tail = f"{r['std']:>10.3g}  {interval:>25}{' *' if r['excludes_zero'] else ''}"
+            lines.append(f"{r['term']:<{width}}  {r['estimate']:>11.4g}  {tail}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        if self.is_ensemble:
+            return (
+                f"Posterior of {self.covariance.shape[0]} members over {len(self.names)} parameters"
+            )
+        return self.format()
+
+    def identifiability(self, *, cutoff: float | None = None) -> "Identifiability":
+        """The eigen-spectrum of the precision over the free parameters (see
+        `Identifiability`); `cutoff` as in `metaplastic.laplace`."""
+        if self.is_ensemble:
+            raise MetaplasticError(
+                "identifiability() is per model: use posterior.member(i).identifiability()."
+            )
+        free = np.asarray(self.free)
+        prec = np.asarray(self.precision)[np.ix_(free, free)]
+        values, vectors = np.linalg.eigh(prec)
+        names = tuple(n for n, f in zip(self.names, self.free) if f)
+        top = float(values[-1]) if values.size else 0.0
+        if cutoff is None:
+            cutoff = _default_cutoff(len(names), prec.dtype)
+        return Identifiability(values, vectors, names, top * cutoff)
+
+
+class Identifiability(eqx.Module):
+    """The eigen-spectrum of the precision (the curvature of the negative log-posterior) in
+    the space of the free parameters: a direction `v` (unit length) with eigenvalue `λ` is
+    determined to `±1/√λ` (one standard deviation of `v·θ`).
+
+    - `eigenvalues`: ascending; `eigenvectors`: the matching columns, over `names`.
+    - `threshold`: eigenvalues at or below it count as undetermined.
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    names: tuple[str, ...] = eqx.field(static=True)
+    threshold: float = eqx.field(static=True)
+
+    @property
+    def condition_number(self) -> float:
+        """The largest over the smallest eigenvalue (`inf` for a singular precision)."""
+        lo, hi = float(self.eigenvalues[0]), float(self.eigenvalues[-1])
+        return math.inf if lo <= self.threshold or lo <= 0 else hi / lo
+
+    def directions(self, n: int = 3, *, terms: int = 3, tol: float = 0.05) -> list[str]:
+        """The `n` worst-determined directions as combinations of the parameters, e.g.
+        `"x*y - 0.98·x*y^2 is determined to ±3.1"`: each scaled so that its largest loading is
+        1, with at most `terms` loadings of relative size above `tol`."""
+        out = []
+        for k in range(min(n, len(self.eigenvalues))):
+            v = np.asarray(self.eigenvectors[:, k], dtype=np.float64)
+            big = int(np.argmax(np.abs(v)))
+            u = v / v[big]
+            order = [i for i in np.argsort(-np.abs(u))[:terms] if abs(u[i]) > tol]
+            text = ""
+            for i in order:
+                c = float(u[i])
+                sign = "-" if c < 0 else "+"
+                coef = "" if abs(abs(c) - 1) < 5e-3 else f"{abs(c):.2g}·"
+                text += (f" {sign} " if text else ("-" if c < 0 else "")) + coef + self.names[i]
+            lam = float(self.eigenvalues[k])
+            if lam <= self.threshold:
+                out.append(f"{text} is not determined by the data (precision {lam:.3g})")
+            else:
+                spread = 1 / (abs(v[big]) * math.sqrt(lam))
+                out.append(f"{text} is determined to ±{spread:.3g}")
+        return out
+
+    def __str__(self) -> str:
+        lines = [
+            f"precision eigenvalues: {self.eigenvalues[0]:.3g} .. {self.eigenvalues[-1]:.3g}",
+            f"condition number: {self.condition_number:.3g}",
+            "poorly determined directions:",
+        ]
+        return "\n".join(lines + ["  " + d for d in self.directions()])
+
+
+def _default_cutoff(n: int, dtype: Any) -> float:
+    return max(n, 1) * float(jnp.finfo(dtype).eps) * 10
+
+
+def _check_gn_loss(loss: Any) -> AbstractGaussNewtonLoss:
+    if not isinstance(loss, AbstractGaussNewtonLoss):
+        raise MetaplasticError(
+            "laplace needs a loss with Gauss-Newton structure (an AbstractGaussNewtonLoss such "
+            f"as metaplastic.losses.ActivityMSE()), got {type(loss).__name__}."
+        )
+    return loss
+
+
+def _penalties(penalty: Any) -> tuple[AbstractPenalty, ...]:
+    penalties = (penalty,) if isinstance(penalty, AbstractPenalty) else tuple(penalty)
+    if not all(isinstance(p, AbstractPenalty) for p in penalties):
+        raise MetaplasticError(f"penalty must be a penalty or a sequence of them, got {penalty!r}.")
+    return penalties
+
+
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+def laplace(
+    model: PyTree,
+    data: PyTree,
+    loss: AbstractGaussNewtonLoss,
+    *,
+    filter_spec: PyTree | None = None,
+    penalty: AbstractPenalty | Sequence[AbstractPenalty] = (),
+    differentiation: AbstractDifferentiation | None = None,
+    chunks: int = 1,
+    ensemble: bool = False,
+    data_ensemble_axis: int | None = 0,
+    cutoff: float | None = None,
+) -> Posterior:
+    """The Laplace approximation of the posterior of the trainable parameters of a fitted
+    `model`: a Gaussian at the fitted parameters whose precision is the Gauss–Newton
+    curvature of the negative log-likelihood (summed over observations, not averaged).
+
+    - Squared-error groups (activity): Gaussian noise of variance `σ²` estimated from the
+      residuals, `σ² = RSS / (n_obs − p)` with `p` the number of free parameters (shared
+      among several groups in proportion to their observations); precision `JᵀJ / σ²`.
+    - Bernoulli groups (choices): the Fisher information `Jᵀ diag(p(1 − p)) J`.
+    - Penalties are a log-prior with the weight they have in the fit objective: the fit
+      minimises `Σ_k w_k mean ℓ_k + P`, the log-likelihood is `Σ_k s_k · mean ℓ_k` with
+      `s_k = n_k/(2σ_k²)` (squared error) or `n_k` (Bernoulli), and the penalty enters as
+      `s · P` with `s = Σ_k s_k / Σ_k w_k` (`n/(2σ²) · P` for one group of `n`
+      observations), so that the posterior mode is the fitted optimum. The exact Hessian of
+      the penalty is added (the smoothed L1 has a large curvature near zero).
+
+    Frozen Taylor terms (`TaylorRule.trainable` masks) are fixed: zero variance, left out of
+    the inverse. The rest is inverted by eigen-decomposition: directions whose precision is
+    at or below `cutoff · λ_max` are undetermined and left out (a pseudo-inverse; `rank`
+    counts the others, `Posterior.identifiability()` names them).
+
+    **Arguments:**
+
+    - `model`, `data`, `loss`, `filter_spec`, `penalty`, `differentiation`, `ensemble`,
+      `data_ensemble_axis`: as for `metaplastic.fit` (pass the fitted model).
+    - `chunks`: the number of groups the trajectories are cut into for the Jacobian.
+    - `cutoff`: relative eigenvalue cutoff (default `10 · p · eps` of the dtype).
+
+    **Returns:**
+
+    A `Posterior`.
+    """
+    loss = _check_gn_loss(loss)
+    penalties = _penalties(penalty)
+    if differentiation is None:
+        differentiation = Automatic()
+    if not isinstance(differentiation, AbstractDifferentiation):
+        raise MetaplasticError(
+            f"differentiation must be a differentiation strategy, got {differentiation!r}."
+        )
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+        raise MetaplasticError(f"chunks must be a positive integer, got {chunks!r}.")
+    if filter_spec is None:
+        filter_spec = rule_filter_spec(model)
+    params, static = eqx.partition(model, filter_spec)
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise MetaplasticError("filter_spec selects no trainable array in the model.")
+    names, free = _labels(model, params, ensemble)
+    n_free = int(free.sum())
+    objective = Objective(loss, penalties, static, differentiation)
+    dtype = jnp.result_type(*leaves)
+    rel = _default_cutoff(n_free, dtype) if cutoff is None else float(cutoff)
+    free_idx = np.flatnonzero(free)
+
+    def one(p, d):
+        theta, unravel = ravel_pytree(p)
+        groups = objective.gauss_newton_groups(p, d, chunks)
+        n_total = sum(jnp.asarray(c, theta.dtype) for _, _, c, _, _ in groups)
+        prec = jnp.zeros((theta.size, theta.size), theta.dtype)
+        scale_sum = jnp.zeros((), theta.dtype)
+        noise = []
+        for (_, value, count, _, hess), obs_kind in zip(groups, kinds):
+            count = jnp.asarray(count, theta.dtype)
+            if obs_kind == "squared_error":
+                dof = jnp.maximum(count - n_free * count / jnp.maximum(n_total, 1), 1.0)
+                var = value / dof
+                noise.append(jnp.sqrt(var))
+                c = 1 / (2 * var)
+            else:
+                c = jnp.ones((), theta.dtype)
+            prec = prec + c * hess
+            scale_sum = scale_sum + c * count
+        weight_sum = sum(w for w, *_ in groups)
+        if penalties:
+            flat_penalty = lambda t: objective.penalty(unravel(t))
+            prec = prec + scale_sum / weight_sum * jax.hessian(flat_penalty)(theta)
+        sub = prec[np.ix_(free_idx, free_idx)]
+        sub = 0.5 * (sub + sub.T)
+        values, vectors = jnp.linalg.eigh(sub)
+        keep = values > rel * jnp.maximum(values[-1], 0.0)
+        inv = jnp.where(keep, 1 / jnp.where(keep, values, 1.0), 0.0)
+        cov_sub = (vectors * inv) @ vectors.T
+        cov = jnp.zeros_like(prec).at[np.ix_(free_idx, free_idx)].set(cov_sub)
+        fixed = ~jnp.asarray(free)
+        prec = jnp.where(fixed[:, None] | fixed[None, :], 0.0, prec)
+        if not noise:
+            sigma = None
+        elif len(noise) == 1:
+            sigma = noise[0]
+        else:
+            sigma = jnp.stack(noise)
+        return cov, prec, sigma, jnp.sum(keep)
+
+    # The likelihood of each group is static: read it once from the shapes.
+    probe = jax.tree.map(lambda a: a[0], params) if ensemble else params
+    probe_data = data
+    if ensemble and data_ensemble_axis is not None:
+        probe_data = jax.tree.map(
+            lambda a: jnp.take(a, 0, axis=data_ensemble_axis) if eqx.is_array(a) else a, data
+        )
+    observed = eqx.filter_eval_shape(
+        lambda p, d: loss.observe(eqx.combine(p, static), d), probe, probe_data
+    )
+    kinds = [obs.likelihood for obs in observed]
+    fn = eqx.filter_vmap(one, in_axes=(0, data_ensemble_axis)) if ensemble else one
+    cov, prec, sigma, rank = eqx.filter_jit(fn)(params, data)
+    return Posterior(params, cov, prec, sigma, rank, tuple(names), tuple(bool(f) for f in free))
+
+
+class Profile(eqx.Module):
+    """The profile of the fit objective along one Taylor term: the term fixed at each of
+    `values`, the other trainable parameters refitted.
+
+    - `term`: the monomial; `values`: `(k,)`; `objective`: `(k,)` the fit objective (loss
+      plus penalties, penalties on every term, the fixed one included) after the refit.
+    - `model`: the refitted models, an ensemble with a leading axis of `k`.
+    """
+
+    term: str = eqx.field(static=True)
+    values: Float[Array, " k"]
+    objective: Float[Array, " k"]
+    model: PyTree
+
+    @property
+    def argmin(self) -> float:
+        """The value of the term with the lowest objective."""
+        return float(self.values[int(jnp.argmin(self.objective))])
+
+
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+def profile(
+    model: PyTree,
+    data: PyTree,
+    loss: AbstractLoss,
+    term: str,
+    values: Float[Array, " k"] | Sequence[float],
+    *,
+    where: Callable[[PyTree], TaylorRule] | None = None,
+    filter_spec: PyTree | None = None,
+    penalty: AbstractPenalty | Sequence[AbstractPenalty] = (),
+    solver: Any = None,
+    steps: int = 20,
+    differentiation: AbstractDifferentiation | None = None,
+) -> Profile:
+    """The profile likelihood of one Taylor term: for each of `values`, the term is fixed
+    (frozen with a `trainable` mask) and every other trainable parameter refitted from
+    `model` (one vmapped `metaplastic.fit` over the values, Levenberg–Marquardt by default),
+    and the fit objective recorded. A flat profile is a term the data do not determine.
+
+    **Arguments:**
+
+    - `model`: the fitted model to start each refit from.
+    - `data`, `loss`, `filter_spec`, `penalty`, `differentiation`: as for `fit`.
+    - `term`: the monomial, e.g. `"x*y"` (`"1"` for the constant).
+    - `values`: the values to fix it at.
+    - `where`: `where(model)` is the `TaylorRule` (default: the only one in the model).
+    - `solver`, `steps`: of the refits (default `LevenbergMarquardt()`, 20 steps).
+
+    **Returns:**
+
+    A `Profile`.
+    """
+    if where is None:
+        rules = [n for n in jax.tree.leaves(model, is_leaf=_is_taylor) if _is_taylor(n)]
+        if len(rules) != 1:
+            raise MetaplasticError(
+                f"The model holds {len(rules)} Taylor rules; pass where= to choose one."
+            )
+        path = next(
+            p
+            for p, n in jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_taylor)[0]
+            if _is_taylor(n)
+        )
+
+        def where(m):
+            for key in path:
+                m = (
+                    getattr(m, key.name)
+                    if isinstance(key, jax.tree_util.GetAttrKey)
+                    else m[key.key if isinstance(key, jax.tree_util.DictKey) else key.idx]
+                )
+            return m
+
+    rule = where(model)
+    if not isinstance(rule, TaylorRule):
+        raise MetaplasticError(f"profile needs a TaylorRule, got {type(rule).__name__}.")
+    if not isinstance(term, str):
+        raise MetaplasticError(f"term must be a monomial such as 'x*y', got {term!r}.")
+    idx = (0,) * len(rule.factors) if term.strip() == "1" else rule.monomial(term)
+    values = jnp.asarray(values, rule.coefficients.dtype)
+    if values.ndim != 1 or values.size == 0:
+        raise MetaplasticError(f"values must be a non-empty 1-d list, got shape {values.shape}.")
+    k = values.size
+    penalties = _penalties(penalty)
+    loss_obj = _check_gn_loss(loss) if solver is None else loss
+    if filter_spec is None:
+        filter_spec = rule_filter_spec(model)
+    mask = np.ones(rule.coefficients.shape, bool) if rule.trainable is None else rule.trainable
+    mask = np.array(mask, bool)
+    mask[idx] = False
+    frozen = eqx.tree_at(where, model, rule.with_trainable(mask))
+    # The spec of the frozen model: the rule's new mask is a leaf that does not train.
+    frozen_spec = eqx.tree_at(
+        lambda s: where(s).trainable, filter_spec, False, is_leaf=lambda x: x is None
+    )
+    params, static = eqx.partition(frozen, frozen_spec)
+    params = jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), params)
+    start = eqx.combine(params, static)
+    coefficients = where(start).coefficients.at[(slice(None),) + idx].set(values)
+    start = eqx.tree_at(lambda m: where(m).coefficients, start, coefficients)
+    result = fit(
+        start,
+        data,
+        loss_obj,
+        solver=LevenbergMarquardt() if solver is None else solver,
+        steps=steps,
+        filter_spec=frozen_spec,
+        penalty=penalties,
+        differentiation=differentiation,
+        ensemble=True,
+        data_ensemble_axis=None,
+        progress=False,
+    )
+    # Score with the original mask, so that a penalty counts the fixed term too.
+    fitted = eqx.tree_at(
+        lambda m: where(m).trainable, result.model, rule.trainable, is_leaf=lambda x: x is None
+    )
+    fitted_params, fitted_static = eqx.partition(fitted, filter_spec)
+
+    def objective(p):
+        m = eqx.combine(p, fitted_static)
+        return loss_obj(m, data) + total_penalty(penalties, m)
+
+    values_out = eqx.filter_jit(jax.vmap(objective))(fitted_params)
+    return Profile(term, values, values_out, result.model)

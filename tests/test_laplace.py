@@ -1,0 +1,178 @@
+"""The Laplace posterior, identifiability and profile likelihood of fitted rules."""
+
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+import metaplastic as mp
+from metaplastic.losses import Observations
+
+
+class LinearLoss(mp.losses.AbstractGaussNewtonLoss):
+    """Predictions linear in the Taylor coefficients: `X @ θ` (squared error) or the logits
+    `X @ θ` of Bernoulli choices."""
+
+    likelihood: str = eqx.field(static=True, default="squared_error")
+
+    def observe(self, model, batch, *, checkpoint=False):
+        theta = model["rule"].effective_coefficients.reshape(-1)
+        pred = batch["X"] @ theta
+        return (Observations(pred, batch["y"], batch["mask"], self.likelihood),)
+
+
+def linear_problem(seed=0, n_traj=6, steps=7, bernoulli=False):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_traj, steps, 4))
+    theta = np.array([0.5, -1.0, 2.0, 0.3])
+    mask = rng.random((n_traj, steps)) > 0.15
+    if bernoulli:
+        y = (rng.random((n_traj, steps)) < 1 / (1 + np.exp(-X @ theta))).astype(float)
+    else:
+        y = X @ theta + 0.7 * rng.normal(size=(n_traj, steps))
+    return {"X": jnp.asarray(X), "y": jnp.asarray(y), "mask": jnp.asarray(mask)}
+
+
+def model_at(coefficients, trainable=None):
+    c = jnp.asarray(coefficients).reshape(2, 2)
+    return {"rule": mp.TaylorRule(c, ("x", "r"), trainable=trainable)}
+
+
+def ols(data, l2=0.0):
+    m = np.asarray(data["mask"]).reshape(-1)
+    X = np.asarray(data["X"]).reshape(-1, 4)[m]
+    y = np.asarray(data["y"]).reshape(-1)[m]
+    n, p = X.shape
+    beta = np.linalg.solve(X.T @ X + n * l2 * np.eye(p), X.T @ y)
+    sigma2 = np.sum((y - X @ beta) ** 2) / (n - p)
+    cov = sigma2 * np.linalg.inv(X.T @ X + n * l2 * np.eye(p))
+    return beta, sigma2, cov
+
+
+def test_linear_gaussian_is_ordinary_least_squares(x64):
+    data = linear_problem()
+    beta, sigma2, cov = ols(data)
+    post = mp.laplace(model_at(beta), data, LinearLoss())
+    np.testing.assert_allclose(np.asarray(post.covariance), cov, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(float(post.noise_scale) ** 2, sigma2, rtol=1e-10)
+    std = post.std()["rule"].coefficients.reshape(-1)
+    np.testing.assert_allclose(np.asarray(std), np.sqrt(np.diag(cov)), rtol=1e-10)
+    low, high = post.interval(0.95)
+    np.testing.assert_allclose(
+        np.asarray(high["rule"].coefficients).reshape(-1),
+        beta + 1.959964 * np.sqrt(np.diag(cov)),
+        rtol=1e-6,
+    )
+    corr = np.asarray(post.correlation())
+    np.testing.assert_allclose(corr, cov / np.outer(np.sqrt(np.diag(cov)), np.sqrt(np.diag(cov))))
+    rows = post.table()
+    assert [r["term"] for r in rows] == ["1", "r", "x", "x*r"]
+    assert rows[2]["excludes_zero"] and rows[2]["low"] > 0
+    text = str(post)
+    assert "x*r" in text and "interval" in text
+    assert int(post.rank) == 4
+
+    # A fit with Levenberg-Marquardt lands on the same posterior.
+    fitted = mp.fit(model_at(np.zeros(4)), data, LinearLoss(), steps=10, progress=False).model
+    post2 = mp.laplace(fitted, data, LinearLoss())
+    np.testing.assert_allclose(np.asarray(post2.covariance), cov, rtol=1e-6)
+
+
+def test_l2_penalty_is_a_log_prior_with_the_fit_weight(x64):
+    data = linear_problem(1)
+    beta, sigma2, cov = ols(data, l2=0.3)
+    post = mp.laplace(model_at(beta), data, LinearLoss(), penalty=mp.losses.L2(0.3))
+    np.testing.assert_allclose(np.asarray(post.covariance), cov, rtol=1e-10)
+    np.testing.assert_allclose(float(post.noise_scale) ** 2, sigma2, rtol=1e-10)
+
+
+def test_bernoulli_is_inverse_fisher_information(x64):
+    data = linear_problem(2, n_traj=20, steps=10, bernoulli=True)
+    loss = LinearLoss("bernoulli")
+    fitted = mp.fit(model_at(np.zeros(4)), data, loss, steps=15, progress=False).model
+    post = mp.laplace(fitted, data, loss)
+    assert post.noise_scale is None
+    theta = np.asarray(fitted["rule"].coefficients).reshape(-1)
+    m = np.asarray(data["mask"]).reshape(-1)
+    X = np.asarray(data["X"]).reshape(-1, 4)[m]
+    p = 1 / (1 + np.exp(-X @ theta))
+    fisher = (X * (p * (1 - p))[:, None]).T @ X
+    np.testing.assert_allclose(np.asarray(post.precision), fisher, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(post.covariance), np.linalg.inv(fisher), rtol=1e-8)
+
+
+def test_frozen_terms_are_fixed(x64):
+    data = linear_problem(3)
+    trainable = np.array([[True, False], [True, True]])  # freeze "r"
+    frozen_value = -1.0
+    m = np.asarray(data["mask"]).reshape(-1)
+    X = np.asarray(data["X"]).reshape(-1, 4)[m]
+    y = np.asarray(data["y"]).reshape(-1)[m] - frozen_value * X[:, 1]
+    Xf = X[:, [0, 2, 3]]
+    beta = np.linalg.solve(Xf.T @ Xf, Xf.T @ y)
+    sigma2 = np.sum((y - Xf @ beta) ** 2) / (len(y) - 3)
+    coefficients = np.array([beta[0], frozen_value, beta[1], beta[2]])
+    post = mp.laplace(model_at(coefficients, trainable), data, LinearLoss())
+    assert post.free == (True, False, True, True)
+    cov = np.asarray(post.covariance)
+    assert np.all(cov[1] == 0) and np.all(cov[:, 1] == 0)
+    expected = sigma2 * np.linalg.inv(Xf.T @ Xf)
+    np.testing.assert_allclose(cov[np.ix_([0, 2, 3], [0, 2, 3])], expected, rtol=1e-10)
+    assert float(post.std()["rule"].coefficients[0, 1]) == 0.0
+    row = post.table()[1]
+    assert row["fixed"] and row["term"] == "r"
+    assert "fixed" in post.format()
+    assert np.isfinite(post.identifiability().condition_number)
+
+
+def test_ensemble_equals_members(x64):
+    members = [linear_problem(s) for s in range(3)]
+    data = jax.tree.map(lambda *a: jnp.stack(a), *members)
+    betas = [ols(d)[0] for d in members]
+    ensemble = {"rule": eqx.filter_vmap(lambda c: model_at(c)["rule"])(jnp.asarray(betas))}
+    post = mp.laplace(ensemble, data, LinearLoss(), ensemble=True)
+    assert post.covariance.shape == (3, 4, 4)
+    for i, (b, d) in enumerate(zip(betas, members)):
+        one = mp.laplace(model_at(b), d, LinearLoss())
+        np.testing.assert_allclose(post.covariance[i], one.covariance, rtol=1e-10)
+        np.testing.assert_allclose(post.noise_scale[i], one.noise_scale, rtol=1e-10)
+        np.testing.assert_allclose(
+            post.std()["rule"].coefficients[i], one.std()["rule"].coefficients, rtol=1e-10
+        )
+        assert post.member(i).table() == one.table()
+
+
+def test_profile_minimum_is_the_fit(x64):
+    data = linear_problem(4)
+    beta = ols(data)[0]
+    values = beta[3] + np.linspace(-0.3, 0.3, 7)
+    prof = mp.profile(model_at(beta), data, LinearLoss(), "x*r", values, steps=5)
+    assert prof.objective.shape == (7,)
+    assert abs(prof.argmin - beta[3]) < 1e-12
+    # Quadratic in the fixed value, and the other terms were refitted (not left at beta).
+    assert np.all(np.diff(np.asarray(prof.objective)[:4]) < 0)
+    assert not np.allclose(prof.model["rule"].coefficients[0], beta.reshape(2, 2))
+
+
+def test_identifiability_of_oja_names_collinear_monomials(x64):
+    start = time.perf_counter()
+    teacher = mp.nn.PlasticDense(mp.rules.oja(), eta=1.0, activation="sigmoid")
+    x = mp.tasks.gaussian_stimuli(8, 20, n_trajectories=4, std=0.1, key=jr.key(0))
+    w0 = 0.01 * jr.normal(jr.key(1), (4, 20, 8))
+    data, _ = mp.generate_activity(teacher, x, w0, key=jr.key(2))
+    student = mp.nn.PlasticDense(mp.TaylorRule.random(("x", "y", "w"), key=jr.key(3)), eta=1.0)
+    fitted = mp.fit(student, data, mp.losses.ActivityMSE(), steps=15, progress=False).model
+    post = mp.laplace(fitted, data, mp.losses.ActivityMSE())
+    ident = post.identifiability()
+    assert ident.condition_number > 1e6
+    worst = ident.directions(1)[0]
+    # The worst direction mixes monomials that differ only by a power of y (y ≈ 0.5).
+    base = [
+        n.replace("*y^2", "*y").replace("y^2*", "y*") for n in worst.split() if "x" in n or "w" in n
+    ]
+    assert len(base) != len(set(base)) or "not determined" in worst, worst
+    assert "condition number" in str(ident)
+    assert time.perf_counter() - start < 60
