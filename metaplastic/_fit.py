@@ -21,7 +21,7 @@ from jaxtyping import PyTree
 
 from . import _checkpoint as ckpt
 from ._errors import CheckpointError, FitDivergedError, MetaplasticError
-from ._jacobian import AbstractDifferentiation, Automatic
+from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._multihost import host_array, is_main_process, put
 from ._progress import Progress
 from ._record import (
@@ -34,7 +34,7 @@ from ._record import (
 )
 from ._solver import AbstractSolver, LevenbergMarquardt, Objective, Optax
 from ._types import Key, Scalar
-from .losses import AbstractGaussNewtonLoss, AbstractLoss, AbstractPenalty, as_loss
+from .losses import AbstractGaussNewtonLoss, AbstractLoss, AbstractPenalty, as_loss, as_penalties
 from .rules import AbstractRule
 
 
@@ -278,17 +278,8 @@ def fit(
             "AbstractGaussNewtonLoss such as metaplastic.losses.ActivityMSE()); a plain "
             "function loss needs a first-order solver such as metaplastic.Optax(...)."
         )
-    if differentiation is None:
-        differentiation = Automatic()
-    if not isinstance(differentiation, AbstractDifferentiation):
-        raise MetaplasticError(
-            f"differentiation must be a differentiation strategy, got {differentiation!r}."
-        )
-    penalties = (penalty,) if isinstance(penalty, AbstractPenalty) else tuple(penalty)
-    if not all(isinstance(p, AbstractPenalty) for p in penalties):
-        raise MetaplasticError(
-            f"penalty must be a penalty such as metaplastic.losses.L1(1e-3), got {penalty!r}."
-        )
+    differentiation = as_differentiation(differentiation)
+    penalties = as_penalties(penalty)
     if steps is None:
         steps = solver.default_steps
     check_scalar_options(steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every)

@@ -11,6 +11,7 @@ can be passed as `fit(..., differentiation=...)`.
 """
 
 import abc
+import typing
 
 import equinox as eqx
 import jax
@@ -25,11 +26,6 @@ from .losses import AbstractGaussNewtonLoss, AbstractLoss, ActivityMSE, Observat
 
 
 Linearised = tuple[tuple[Observations, Float[Array, "... n_params"]], ...]
-
-
-def _flat(params: PyTree):
-    theta, unravel = ravel_pytree(params)
-    return theta, unravel
 
 
 def _basis(theta: Array) -> Array:
@@ -82,12 +78,12 @@ class ForwardMode(AbstractDifferentiation):
         return not jacobian or isinstance(loss, AbstractGaussNewtonLoss)
 
     def value_and_grad(self, loss, params, static, batch):
-        theta, unravel = _flat(params)
+        theta, unravel = ravel_pytree(params)
         value, jvp = jax.linearize(lambda t: loss(eqx.combine(unravel(t), static), batch), theta)
         return value, unravel(jax.vmap(jvp)(_basis(theta)))
 
     def linearise(self, loss, params, static, batch):
-        theta, unravel = _flat(params)
+        theta, unravel = ravel_pytree(params)
         _, jvp, obs = jax.linearize(_observe_fn(loss, static, unravel, batch), theta, has_aux=True)
         jacs = jax.vmap(jvp, out_axes=-1)(_basis(theta))
         return tuple(zip(obs, jacs))
@@ -108,7 +104,7 @@ class ReverseMode(AbstractDifferentiation):
         return jax.value_and_grad(fn)(params)
 
     def linearise(self, loss, params, static, batch):
-        theta, unravel = _flat(params)
+        theta, unravel = ravel_pytree(params)
         fn = _observe_fn(loss, static, unravel, batch, self.checkpoint)
         _, vjp, obs = jax.vjp(fn, theta, has_aux=True)
         out = []
@@ -189,3 +185,14 @@ class Automatic(AbstractDifferentiation):
     def linearise(self, loss, params, static, batch):
         model = eqx.combine(params, static)
         return self.choose(loss, model, batch, jacobian=True).linearise(loss, params, static, batch)
+
+
+def as_differentiation(differentiation: typing.Any) -> AbstractDifferentiation:
+    """`differentiation` itself, `Automatic()` for `None`, or `MetaplasticError`."""
+    if differentiation is None:
+        return Automatic()
+    if not isinstance(differentiation, AbstractDifferentiation):
+        raise MetaplasticError(
+            f"differentiation must be a differentiation strategy, got {differentiation!r}."
+        )
+    return differentiation

@@ -22,9 +22,15 @@ from jaxtyping import Array, Float, PyTree
 
 from ._errors import MetaplasticError
 from ._fit import fit, rule_filter_spec
-from ._jacobian import AbstractDifferentiation, Automatic
+from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._solver import LevenbergMarquardt, Objective
-from .losses import AbstractGaussNewtonLoss, AbstractLoss, AbstractPenalty, total_penalty
+from .losses import (
+    AbstractGaussNewtonLoss,
+    AbstractLoss,
+    AbstractPenalty,
+    as_penalties,
+    total_penalty,
+)
 from .rules import TaylorRule, format_monomial
 
 
@@ -272,13 +278,6 @@ def _check_gn_loss(loss: Any) -> AbstractGaussNewtonLoss:
     return loss
 
 
-def _penalties(penalty: Any) -> tuple[AbstractPenalty, ...]:
-    penalties = (penalty,) if isinstance(penalty, AbstractPenalty) else tuple(penalty)
-    if not all(isinstance(p, AbstractPenalty) for p in penalties):
-        raise MetaplasticError(f"penalty must be a penalty or a sequence of them, got {penalty!r}.")
-    return penalties
-
-
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def laplace(
     model: PyTree,
@@ -325,13 +324,8 @@ def laplace(
     A `Posterior`.
     """
     loss = _check_gn_loss(loss)
-    penalties = _penalties(penalty)
-    if differentiation is None:
-        differentiation = Automatic()
-    if not isinstance(differentiation, AbstractDifferentiation):
-        raise MetaplasticError(
-            f"differentiation must be a differentiation strategy, got {differentiation!r}."
-        )
+    penalties = as_penalties(penalty)
+    differentiation = as_differentiation(differentiation)
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise MetaplasticError(f"chunks must be a positive integer, got {chunks!r}.")
     if filter_spec is None:
@@ -486,7 +480,7 @@ def profile(
     if values.ndim != 1 or values.size == 0:
         raise MetaplasticError(f"values must be a non-empty 1-d list, got shape {values.shape}.")
     k = values.size
-    penalties = _penalties(penalty)
+    penalties = as_penalties(penalty)
     loss_obj = _check_gn_loss(loss) if solver is None else loss
     if filter_spec is None:
         filter_spec = rule_filter_spec(model)

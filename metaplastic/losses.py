@@ -233,6 +233,19 @@ class L2(AbstractPenalty):
         return self.weight * total
 
 
+def as_penalties(penalty: typing.Any) -> tuple[AbstractPenalty, ...]:
+    """One penalty or a sequence of them, as a tuple; `MetaplasticError` for anything else."""
+    try:
+        penalties = (penalty,) if isinstance(penalty, AbstractPenalty) else tuple(penalty)
+    except TypeError:
+        penalties = (penalty,)
+    if not all(isinstance(p, AbstractPenalty) for p in penalties):
+        raise MetaplasticError(
+            f"penalty must be a penalty such as metaplastic.losses.L1(1e-3), got {penalty!r}."
+        )
+    return penalties
+
+
 def total_penalty(penalties: tuple[AbstractPenalty, ...], model: PyTree) -> Scalar:
     """The sum of `penalties` on `model` (0 without any)."""
     total = jnp.zeros(())
