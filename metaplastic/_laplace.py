@@ -344,11 +344,11 @@ def laplace(
     def one(p, d):
         theta, unravel = ravel_pytree(p)
         groups = objective.gauss_newton_groups(p, d, chunks)
-        n_total = sum(jnp.asarray(c, theta.dtype) for _, _, c, _, _ in groups)
+        n_total = sum(jnp.asarray(c, theta.dtype) for _, _, _, c, _, _ in groups)
         prec = jnp.zeros((theta.size, theta.size), theta.dtype)
         scale_sum = jnp.zeros((), theta.dtype)
         noise = []
-        for (_, value, count, _, hess), obs_kind in zip(groups, kinds):
+        for _, obs_kind, value, count, _, hess in groups:
             count = jnp.asarray(count, theta.dtype)
             if obs_kind == "squared_error":
                 dof = jnp.maximum(count - n_free * count / jnp.maximum(n_total, 1), 1.0)
@@ -380,17 +380,6 @@ def laplace(
             sigma = jnp.stack(noise)
         return cov, prec, sigma, jnp.sum(keep)
 
-    # The likelihood of each group is static: read it once from the shapes.
-    probe = jax.tree.map(lambda a: a[0], params) if ensemble else params
-    probe_data = data
-    if ensemble and data_ensemble_axis is not None:
-        probe_data = jax.tree.map(
-            lambda a: jnp.take(a, 0, axis=data_ensemble_axis) if eqx.is_array(a) else a, data
-        )
-    observed = eqx.filter_eval_shape(
-        lambda p, d: loss.observe(eqx.combine(p, static), d), probe, probe_data
-    )
-    kinds = [obs.likelihood for obs in observed]
     fn = eqx.filter_vmap(one, in_axes=(0, data_ensemble_axis)) if ensemble else one
     cov, prec, sigma, rank = eqx.filter_jit(fn)(params, data)
     return Posterior(params, cov, prec, sigma, rank, tuple(names), tuple(bool(f) for f in free))

@@ -49,23 +49,24 @@ class Objective(eqx.Module):
 
     def gauss_newton_groups(
         self, params: PyTree, batch: PyTree, chunks: int = 1
-    ) -> list[tuple[float, Scalar, Int[Array, ""], Float[Array, " n"], Float[Array, "n n"]]]:
+    ) -> list[tuple[float, str, Scalar, Int[Array, ""], Float[Array, " n"], Float[Array, "n n"]]]:
         """The sums, over `batch` cut into `chunks` equal groups of trajectories whose
         Jacobians are taken one after another, that the Gauss–Newton matrix is made of: for
-        each group `k` of the loss's `Observations`, `(w_k, Σ ℓ, n_k, J_kᵀ ℓ'_k,
-        J_kᵀ diag(ℓ''_k) J_k)` — its weight, the sum of its per-observation losses (the
-        residual sum of squares for squared error), its number of valid observations, and
-        the unnormalised gradient and Gauss–Newton matrix with respect to the flat
-        parameters. Penalties are not included."""
+        each group `k` of the loss's `Observations`, `(w_k, likelihood_k, Σ ℓ, n_k,
+        J_kᵀ ℓ'_k, J_kᵀ diag(ℓ''_k) J_k)` — its weight, its likelihood (`"squared_error"` or
+        `"bernoulli"`), the sum of its per-observation losses (the residual sum of squares for
+        squared error), its number of valid observations, and the unnormalised gradient and
+        Gauss–Newton matrix with respect to the flat parameters. Penalties are not
+        included."""
         if not isinstance(self.loss, AbstractGaussNewtonLoss):
             raise TypeError("gauss_newton needs a loss with Gauss-Newton structure")
         theta, _ = ravel_pytree(params)
         n = theta.size
-        weights = []  # the groups' (static) weights, noted while tracing
+        static = []  # the groups' (static) weights and likelihoods, noted while tracing
 
         def sums(chunk):
             parts = self.differentiation.linearise(self.loss, params, self.static, chunk)
-            weights[:] = [obs.weight for obs, _ in parts]
+            static[:] = [(obs.weight, obs.likelihood) for obs, _ in parts]
             out = []
             for obs, jac in parts:
                 value, slope, curve = per_observation(obs)
@@ -88,8 +89,8 @@ class Objective(eqx.Module):
             grouped = jax.tree.map(lambda a: split(a) if eqx.is_array(a) else a, batch)
             parts = jax.lax.map(sums, grouped)
         return [
-            (w, jnp.sum(v), jnp.sum(count), jnp.sum(g, 0), jnp.sum(h, 0))
-            for w, (v, count, g, h) in zip(weights, parts)
+            (w, kind, jnp.sum(v), jnp.sum(count), jnp.sum(g, 0), jnp.sum(h, 0))
+            for (w, kind), (v, count, g, h) in zip(static, parts)
         ]
 
     def gauss_newton(
@@ -109,7 +110,7 @@ class Objective(eqx.Module):
         value = jnp.zeros((), theta.dtype)
         grad = jnp.zeros(n, theta.dtype)
         hess = jnp.zeros((n, n), theta.dtype)
-        for w, v, count, g, h in groups:
+        for w, _, v, count, g, h in groups:
             count = jnp.maximum(count, 1)
             value = value + w * v / count
             grad = grad + w * g / count
