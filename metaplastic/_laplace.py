@@ -444,20 +444,10 @@ def profile(
             raise MetaplasticError(
                 f"The model holds {len(rules)} Taylor rules; pass where= to choose one."
             )
-        path = next(
-            p
-            for p, n in jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_taylor)[0]
-            if _is_taylor(n)
-        )
 
         def where(m):
-            for key in path:
-                m = (
-                    getattr(m, key.name)
-                    if isinstance(key, jax.tree_util.GetAttrKey)
-                    else m[key.key if isinstance(key, jax.tree_util.DictKey) else key.idx]
-                )
-            return m
+            # The one Taylor rule of `m` (the model, or a tree of its shape such as a spec).
+            return next(n for n in jax.tree.leaves(m, is_leaf=_is_taylor) if _is_taylor(n))
 
     rule = where(model)
     if not isinstance(rule, TaylorRule):

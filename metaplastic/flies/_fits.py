@@ -130,10 +130,7 @@ class _GatedSensitivities(AbstractDifferentiation):
 
     def linearise(self, loss, params, static, batch):
         gate = batch.member_gate
-        coefficients = params.rule.coefficients
-        gated = eqx.tree_at(
-            lambda m: m.rule.coefficients, params, coefficients * gate.reshape(coefficients.shape)
-        )
+        gated = eqx.tree_at(lambda m: m.rule, params, _gated_rule(params.rule, gate))
         ((obs, jac),) = ChoiceSensitivities().linearise(ChoiceBCE(), gated, static, batch.data)
         return ((obs, jac * gate),)
 
