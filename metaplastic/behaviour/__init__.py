@@ -15,6 +15,7 @@ task, modelled by a mushroom body whose plastic layer follows a rule.
 
 from .._jacobian import register_differentiation
 from ..rules import FACTORS as FACTORS
+from ._data import DEFAULT_DRAWS as DEFAULT_DRAWS
 from ._data import ChoiceDataset as ChoiceDataset
 from ._data import NoisyChoices as NoisyChoices
 from ._data import PackedChoiceDataset as PackedChoiceDataset

@@ -19,7 +19,7 @@ from .._solver import AbstractSolver
 from .._types import Key
 from ..losses import L1
 from ..rules import AbstractRule, TaylorRule
-from ._data import ChoiceDataset, NoisyChoices, PackedChoiceDataset
+from ._data import DEFAULT_DRAWS, ChoiceDataset, NoisyChoices, PackedChoiceDataset
 from ._ensembles import mlp_student, stack_members, stack_rules, taylor_student
 from ._generate import generate_behaviour
 from ._metrics import compare_behaviour
@@ -68,7 +68,7 @@ def recovery_data(
     input_variance: float = DEFAULT_INPUT_VARIANCE,
     reward_signal: str = "prediction_error",
     resample_inputs: bool = True,
-    draws: int | None = None,
+    draws: int | None = DEFAULT_DRAWS,
     key: Key,
 ) -> RecoveryData:
     """Generate training and held-out behaviour from a ground-truth rule, for every seed.
@@ -86,8 +86,9 @@ def recovery_data(
     - `resample_inputs`: fit and score on a fresh draw of the input noise (see
       `generate_behaviour`).
     - `draws`: fit the marginal likelihood over this many draws of the unobserved input
-      noise: `train` (and `test_draws`) are `NoisyChoices` encoded from the recorded odours
-      (the generating noise is never used). `None`: one fresh draw (`resample_inputs`).
+      noise (default `DEFAULT_DRAWS`): `train` (and `test_draws`) are `NoisyChoices` encoded
+      from the recorded odours (the generating noise is never used). `None`: a single draw
+      (`resample_inputs`), packed, fitted as if it were the noise behind the choices.
     - `key`: the encoding, the teacher's initial weights and all the behaviour.
 
     **Returns:**
@@ -97,8 +98,8 @@ def recovery_data(
     start = time.perf_counter()
     if draws is not None and not resample_inputs:
         raise MetaplasticError(
-            "draws replaces the recorded inputs by draws of the input noise; it cannot be "
-            "combined with resample_inputs=False (the generating inputs)."
+            "draws replaces the recorded inputs by draws of the input noise; pass draws=None "
+            "with resample_inputs=False (to fit on the generating inputs)."
         )
     task = OperantTask() if task is None else task
     k_enc, k_net, k_data = jr.split(key, 3)
