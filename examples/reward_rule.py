@@ -48,6 +48,12 @@ def parse_args(argv=None):
         "1: a single fresh draw)",
     )
     p.add_argument(
+        "--test-draws",
+        type=_cli.positive_int,
+        default=None,
+        help="draws of the held-out marginal likelihood (default: --draws)",
+    )
+    p.add_argument(
         "--no-resample",
         action="store_true",
         help="fit on the generating inputs (the noise behind every choice) instead of draws",
@@ -171,6 +177,7 @@ def main(argv=None):
         task=mp.behaviour.OperantTask(block_lengths=args.trials_per_block),
         resample_inputs=not args.no_resample,
         draws=None if args.no_resample else args.draws,
+        test_draws=None if args.no_resample else args.test_draws,
         key=k_data,
         **options,
     )
@@ -272,6 +279,7 @@ def main(argv=None):
             "input_variance": float(data.encoding.variance),
             "resample_inputs": not args.no_resample,
             "draws": None if args.no_resample else args.draws,
+            "test_draws": None if args.no_resample else (args.test_draws or args.draws),
             "solver": args.solver,
             "l1": args.l1,
             "dtype": "float32" if args.float32 else "float64",
