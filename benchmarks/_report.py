@@ -213,6 +213,26 @@ def _limits(records) -> list[str]:
             "by about 2.5× but makes every step about 3× slower (measured when the whole fit was "
             "one compiled scan), so it is not used."
         )
+    paper = _find(records, "paper_protocol")
+    if paper:
+        steps = paper["config"]["steps"]
+        compile_total = (
+            paper["generate_compile_s"]
+            + paper["compile_s"]
+            + paper["fit_compile_other_s"]
+            + paper["evaluate_compile_s"]
+        )
+        lines.append(
+            f"- The paper's protocol spends {compile_total:.1f} of its "
+            f"{paper['end_to_end_s']:.1f} s compiling (generation "
+            f"{paper['generate_compile_s']:.1f}, the Adam step program {paper['compile_s']:.1f}, "
+            f"the rest of the fit phase {paper['fit_compile_other_s']:.1f}, scoring "
+            f"{paper['evaluate_compile_s']:.1f}) and about {steps * paper['steady_step_s']:.1f} s "
+            f"in its {steps} steps of one trajectory each ({paper['steady_step_s'] * 1e3:.2f} ms "
+            f"per step, of which the compiled gradient of one trajectory alone takes "
+            f"{paper['gradient_only_s'] * 1e3:.2f} ms; the rest is `fit`'s host loop around its "
+            "compiled step: dispatch, the host copy of the loss, the history)."
+        )
     if long:
         per_step = long["estimate_autodiff_no_checkpoint_mb"] / long["config"]["T"]
         lines.append(

@@ -469,11 +469,13 @@ def _choice_protocol(
     steps: int,
     l1: float,
     batch_size: int | None = None,
+    students: Callable | None = None,
 ) -> tuple[dict, dict]:
     """Generate `seeds` × (18 training + 7 held-out) trajectories of 240 trials from the rule
     `x*r` (`mp.behaviour.recovery_data`), fit the 81-coefficient Taylor rule with L1 by
-    `steps` steps of `solver` (all seeds vmapped; the students and keys of
-    `mp.behaviour.recover_rule`), score it on the held-out trajectories, in this process.
+    `steps` steps of `solver` (all seeds vmapped; by default the students and keys of
+    `mp.behaviour.recover_rule`, or `students(seeds, key)`), score it on the held-out
+    trajectories, in this process.
     Returns the result record and what else the caller may need (the data and the fit).
 
     `fit` compiles one step (its jitted `run_step`, traced once) and runs it `steps` times
@@ -492,12 +494,15 @@ def _choice_protocol(
         # What `recover_rule(data=data, key=jr.key(0))` fits (its key splits are mirrored
         # here), called directly so that the fit and the scoring are timed apart.
         k_init, k_batches = jr.split(k_fit)
-        students = mp.behaviour.stack_rules(
-            lambda k: mp.behaviour.taylor_student(key=k), jr.split(k_init, seeds)
-        )
+        if students is None:
+            rules = mp.behaviour.stack_rules(
+                lambda k: mp.behaviour.taylor_student(key=k), jr.split(k_init, seeds)
+            )
+        else:
+            rules = students(seeds, k_init)
         stamps = [time.perf_counter()]
         result = mp.fit(
-            data.teacher.with_rule(students),
+            data.teacher.with_rule(rules),
             data.train,
             mp.behaviour.ChoiceBCE(),
             solver=solver,
@@ -580,7 +585,8 @@ def paper_protocol_run(epochs: int = PAPER_EPOCHS) -> dict:
     trajectory per step (18 × 350 = 6300 steps, as their training loop takes one Adam step
     per trajectory; `fit` draws each step's trajectory at random rather than in epoch
     order), with L1 weight 5e-2 (their default) on the 81 coefficients, then the 7 held-out
-    trajectories scored. Also times the step's gradient alone (`ChoiceBCE` and L1 of one
+    trajectories scored. The student is drawn on the host (`mp.behaviour.taylor_students`),
+    which compiles nothing. Also times the step's gradient alone (`ChoiceBCE` and L1 of one
     trajectory, `Automatic` differentiation, compiled ahead of time) against the fit's
     wall time per step: the rest is the host loop of `fit` around its compiled step."""
     n_train = 18
@@ -593,6 +599,7 @@ def paper_protocol_run(epochs: int = PAPER_EPOCHS) -> dict:
         steps=steps,
         l1=5e-2,
         batch_size=1,
+        students=lambda seeds, key: mp.behaviour.taylor_students(seeds, key=key),
     )
     # The compiled gradient of one training trajectory alone (what one step computes).
     model = extra["result"].model
