@@ -8,7 +8,6 @@ from typing import Literal
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
@@ -122,7 +121,8 @@ def recovery_data(
     ).data
     # Split and stack on the host (see `metaplastic._random`).
     host = lambda tree: jax.tree.map(lambda a: np.asarray(a) if eqx.is_array(a) else a, tree)
-    device = lambda tree: jax.tree.map(lambda a: jnp.asarray(a) if eqx.is_array(a) else a, tree)
+    # device_put compiles nothing; jnp.asarray compiles a small program per array shape.
+    device = lambda tree: jax.tree.map(lambda a: jax.device_put(a) if eqx.is_array(a) else a, tree)
     everything = host(everything)
     split = n_train * seeds
     train = jax.tree.map(lambda a: a[:split], everything)
