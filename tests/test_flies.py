@@ -367,11 +367,12 @@ def test_published_indexing_maps_w_to_y_and_covariance_onto_itself():
     def meaning(term):
         c = np.zeros((2, 2, 2, 2))
         c[mp.TaylorRule.zeros(named, 1).monomial(term) if term != "1" else (0, 0, 0, 0)] = 1.0
-        return mp.TaylorRule(c, actual).to_expression()
+        # The same monomial whatever the printing order of its factors.
+        return "*".join(sorted(mp.TaylorRule(c, actual).to_expression().split("*")))
 
     assert meaning("w") == "y"
     assert meaning("x") == "r" and meaning("r") == "x"
-    assert {meaning(t) for t in mp.flies.FAMILY_TERMS["covariance"]} == {"1", "x", "r", "x*r"}
+    assert {meaning(t) for t in mp.flies.FAMILY_TERMS["covariance"]} == {"1", "r", "x", "r*x"}
     assert mp.flies.FAMILY_TERMS["forgetting_y"] == ("1", "r", "x", "x*r", "y")
     rule = mp.flies.family_rule("forgetting_y", key=jr.key(0))
     free = mp.TaylorRule.zeros(("x", "y", "w", "r"), 1).mask(["1", "r", "x", "x*r", "y"])

@@ -525,6 +525,7 @@ def fit_families(
     return {f: out[f] for f in families}
 
 
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def padded_l1(data: DrosophilaData, weight: float = 1e-2) -> np.ndarray:
     """The L1 weight per fly, in units of `fit_families`' mean per-presentation
     log-likelihood, that the published implementation's penalty amounts to: its choice loss
