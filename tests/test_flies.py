@@ -443,3 +443,34 @@ def test_fit_families_rejects_bad_options(small):
         fit(batch_size=0)
     with pytest.raises(mp.MetaplasticError, match="input_variance"):
         fit(input_variance=-0.1)
+
+
+@pytest.mark.slow  # compiles the five families' fits of the example
+def test_example_published_protocol_on_a_small_dataset(small, tmp_path):
+    folder = os.path.dirname(small.flies[0].path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "drosophila.py"),
+            "--data",
+            folder,
+            "--out",
+            str(tmp_path),
+            "--protocol",
+            "published",
+            "--steps",
+            "2",
+            "--resamples",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        check=True,
+    )
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["forgetting_y_improves"]["in_sample"]["of"] == 3
+    assert "median_y" in summary and "median_w" in summary
+    (run,) = tmp_path.iterdir()
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["protocol"] == "published" and config["noise"] == "trajectory"
