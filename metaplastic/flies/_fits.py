@@ -13,12 +13,15 @@ which trials a fit may see and which trials it is scored on:
 Every fit replays *all* of a fly's trials (the weights evolve through the held-out trials
 under the fitted rule, from the weights it produced on the training trials); only the
 presentations a configuration fits on enter its likelihood, and only those it is scored on
-enter its score. Each fly's data are several re-draws of the noisy odour encoding, fitted
-together, so a rule cannot exploit one particular noise draw.
+enter its score. Each fly's data are several draws of the unobserved noisy odour encoding
+(each with its own odour split and initial weights), fitted together: by their marginal
+likelihood, or each as a trajectory of its own.
 
-The covariance and forgetting families are one rule over `(x, w, r)` to first order whose
-coefficients are multiplied by a per-member 0/1 gate, so both are fitted in one compiled
-fit. The null model of every score is the same network with every rule parameter zero (no
+Each member carries its own initial weights in its batch (`_FlyBatch`): the network it
+fits is the shared network with the member's initial weights substituted, inside the loss
+and inside the sensitivity Jacobian. The small families (covariance, forgetting,
+forgetting_y) are one rule over `(x, y, w, r)` to first order whose coefficients are
+multiplied by a per-member 0/1 gate, so all are fitted in one compiled fit. The null model of every score is the same network with every rule parameter zero (no
 plasticity; its p(accept) stays near 0.5). `base_rate_scores` gives, on the same splits, what a
 constant acceptance rate per fly earns against p = 0.5: on accept-only stretches (blocks 2–3 of
 the published conversion, and five flies throughout) that alone is close to 100 %, and the
