@@ -173,6 +173,9 @@ def _poisoned(data, index):
     """The same data with one trajectory's recorded values NaN."""
     if isinstance(data, mp.data.ActivityDataset):
         return eqx.tree_at(lambda d: d.activity, data, data.activity.at[index].set(jnp.nan))
+    if isinstance(data, mp.behaviour.NoisyChoices):  # every draw of the trajectory
+        x = data.packed.inputs
+        return eqx.tree_at(lambda d: d.packed.inputs, data, x.at[index].set(jnp.nan))
     return eqx.tree_at(lambda d: d.inputs, data, data.inputs.at[index].set(jnp.nan))
 
 
