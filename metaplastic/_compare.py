@@ -35,9 +35,12 @@ class Comparison(eqx.Module):
     - `aic`: `2k − 2 log L`; `bic`: `k log n − 2 log L`; `k` counts the free parameters plus
       one noise variance per squared-error group, `n` the valid training observations.
     - `log_evidence`: the Laplace approximation of the log marginal likelihood, with the prior
-      `N(0, prior_std²)` on each free parameter (noise variances plugged in):
-      `log L + log prior(θ̂) + (p/2) log 2π − ½ log det(H + I/prior_std²)`, `H` the
-      Gauss–Newton curvature of the negative log-likelihood.
+      `N(0, prior_std²)` on each free parameter and the noise variances plugged in as
+      `metaplastic.laplace` estimates them (`RSS/(n − p)`):
+      `log L + log prior(θ̂) + (p/2) log 2π − ½ log det(H + I/prior_std²)` at the fitted θ̂,
+      `H` the Gauss–Newton curvature of the negative log-likelihood (the posterior precision
+      of `laplace`). It is exact for a model linear in its parameters with Gaussian noise of
+      that variance, up to the distance between θ̂ and the posterior mode (`O(1/prior_std²)`).
     - `n_params`: `k` of each candidate; `n_obs`: `n`.
     - `models`: the fitted candidates, `{name: model}`.
     """
@@ -121,42 +124,50 @@ def _group_sums(
     return out
 
 
-def _log_likelihoods(loss, model, train, test):
-    """The training log-likelihood (noise variances at their maximum), the number of
-    training observations, the number of squared-error groups and the held-out
-    log-likelihood (`nan` without `test`)."""
+def _log_likelihoods(loss, model, train, test, sigma):
+    """The training log-likelihood (noise variances at their maximum), the same with the
+    noise scales `sigma` of the Laplace posterior (one per squared-error group, for the
+    evidence), the number of training observations, the number of squared-error groups and
+    the held-out log-likelihood (`nan` without `test`)."""
     groups = _group_sums(loss, model, train)
     held_groups = None if test is None else _group_sums(loss, model, test)
     ll = jnp.zeros(())
+    ll_sigma = jnp.zeros(())
     held = jnp.zeros(()) if test is not None else jnp.full((), jnp.nan)
     n_total = jnp.zeros(())
+    sigmas = iter(jnp.atleast_1d(sigma) if sigma is not None else ())
+    gaussian = lambda rss, n, var: -0.5 * (rss / var + n * jnp.log(2 * math.pi * var))
     for i, (kind, total, count) in enumerate(groups):
         count = jnp.asarray(count, ll.dtype)
         n_total = n_total + count
         if kind == "squared_error":
             var = total / jnp.maximum(count, 1)
-            ll = ll - 0.5 * count * (jnp.log(2 * math.pi * var) + 1)
+            ll = ll + gaussian(total, count, var)
+            ll_sigma = ll_sigma + gaussian(total, count, next(sigmas) ** 2)
         else:
             ll = ll - total
+            ll_sigma = ll_sigma - total
         if held_groups is not None:
             _, t_total, t_count = held_groups[i]
             if kind == "squared_error":
-                held = held - 0.5 * (t_total / var + t_count * jnp.log(2 * math.pi * var))
+                held = held + gaussian(t_total, t_count, var)
             else:
                 held = held - t_total
     n_noise = sum(1 for kind, _, _ in groups if kind == "squared_error")
-    return ll, n_total, n_noise, held
+    return ll, ll_sigma, n_total, n_noise, held
 
 
-def _score(loss, model, data, test, precision, free, prior_std, ensemble, axis):
+def _score(loss, model, data, test, post, prior_std, ensemble, axis):
     """The training and held-out log-likelihoods, the number of observations and the Laplace
     log evidence of one fitted candidate (vmapped over an ensemble)."""
+    free = np.asarray(post.free)
     p = int(free.sum())
     params, static = eqx.partition(model, rule_filter_spec(model))
     n_noise = []
 
-    def one(prm, d, t, prec):
-        ll, n, noise, held = _log_likelihoods(loss, eqx.combine(prm, static), d, t)
+    def one(prm, d, t, prec, sigma):
+        m = eqx.combine(prm, static)
+        ll, ll_sigma, n, noise, held = _log_likelihoods(loss, m, d, t, sigma)
         n_noise[:] = [noise]
         theta = ravel_pytree(prm)[0][free]
         h = prec[np.ix_(free, free)] + jnp.eye(p) / prior_std**2
@@ -164,14 +175,16 @@ def _score(loss, model, data, test, precision, free, prior_std, ensemble, axis):
             prior_std * math.sqrt(2 * math.pi)
         )
         logdet = jnp.linalg.slogdet(h)[1]
-        evidence = ll + log_prior + 0.5 * p * math.log(2 * math.pi) - 0.5 * logdet
+        evidence = ll_sigma + log_prior + 0.5 * p * math.log(2 * math.pi) - 0.5 * logdet
         return ll, n, held, evidence
 
     if ensemble:
-        fn = eqx.filter_vmap(one, in_axes=(0, axis, None if test is None else axis, 0))
+        t_axis = None if test is None else axis
+        sigma_axis = None if post.noise_scale is None else 0
+        fn = eqx.filter_vmap(one, in_axes=(0, axis, t_axis, 0, sigma_axis))
     else:
         fn = one
-    ll, n, held, evidence = eqx.filter_jit(fn)(params, data, test, precision)
+    ll, n, held, evidence = eqx.filter_jit(fn)(params, data, test, post.precision, post.noise_scale)
     return ll, n, held, evidence, n_noise[0]
 
 
@@ -258,11 +271,10 @@ def compare_models(
             ensemble=ensemble,
             data_ensemble_axis=data_ensemble_axis,
         )
-        free = np.asarray(post.free)
         ll, n, held, evidence, n_noise = _score(
-            loss, model, data, test, post.precision, free, prior_std, ensemble, data_ensemble_axis
+            loss, model, data, test, post, prior_std, ensemble, data_ensemble_axis
         )
-        k = int(free.sum()) + n_noise
+        k = sum(post.free) + n_noise
         n_params.append(k)
         n_obs = n
         columns.append((ll, held, evidence, k, n))
