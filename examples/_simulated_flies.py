@@ -103,6 +103,13 @@ def family_students(flies: Flies, terms, members: int, *, key) -> bh.MushroomBod
     return flies.teacher.with_rule(eqx.tree_at(lambda r: r.coefficients, rule, c))
 
 
+def solver(n_train: int) -> mp.LevenbergMarquardt:
+    """Levenberg–Marquardt with the Jacobian taken a few flies at a time (at most 6), so that
+    hundreds of vmapped datasets fit in memory."""
+    chunks = next(c for c in range(1, n_train + 1) if n_train % c == 0 and n_train // c <= 6)
+    return mp.LevenbergMarquardt(chunks=chunks)
+
+
 def coefficient(rules: mp.TaylorRule, term: str) -> np.ndarray:
     """The coefficient of `term` in every member of a stacked `TaylorRule`."""
     e = (0,) * len(rules.factors) if term == "1" else rules.monomial(term)

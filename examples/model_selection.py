@@ -86,6 +86,7 @@ def main(argv=None):
             flies.train_generating if args.generating_inputs else flies.train,
             mp.behaviour.ChoiceBCE(),
             test=flies.test,
+            solver=sf.solver(n_train),
             steps=steps,
             prior_std=args.prior_std,
             ensemble=True,

@@ -23,6 +23,7 @@ coefficient — is reported per term with its Clopper–Pearson 95 % confidence 
 import time
 
 import _cli
+import numpy as np
 
 
 def parse_args(argv=None):
@@ -50,7 +51,7 @@ LEVEL = 0.95
 
 
 def clopper_pearson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
-    """The exact binomial confidence interval of a proportion `k / n`."""
+    """The exact (Clopper–Pearson) binomial confidence interval of a proportion `k / n`."""
     from scipy.stats import beta  # an optional dependency (the "test" and "data" extras)
 
     a = 1 - level
@@ -63,8 +64,6 @@ def coverage_table(names, truth, estimate, low, high, free=None):
     """Per term: the truth, the coverage of `[low, high]` (arrays `(datasets, terms)`) with
     its confidence interval, and the mean and spread of the estimates against the mean
     reported half-width."""
-    import numpy as np
-
     rows = {}
     for i, name in enumerate(names):
         if free is not None and not free[i]:
@@ -85,6 +84,34 @@ def coverage_table(names, truth, estimate, low, high, free=None):
     return rows
 
 
+def coverage_figure(run, results):
+    """One panel per setting: the coverage of each term with its confidence interval, the
+    nominal level and the 0.90–0.99 target band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = [s for s in results if not s.endswith("_summary")]
+    fig, axes = plt.subplots(1, len(settings), figsize=(2.2 * len(settings), 6), sharex=True)
+    for ax, setting in zip(np.atleast_1d(axes), settings):
+        rows = results[setting]
+        terms = list(rows)
+        cov = np.array([rows[t]["coverage"] for t in terms])
+        ci = np.array([rows[t]["ci"] for t in terms])
+        yy = np.arange(len(terms))
+        ax.axvspan(0.90, 0.99, color="0.9")
+        ax.axvline(LEVEL, color="k", lw=0.8)
+        ax.errorbar(cov, yy, xerr=[cov - ci[:, 0], ci[:, 1] - cov], fmt="o", ms=3, lw=1)
+        ax.set_yticks(yy, terms, fontsize=6)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_title(setting.replace("_", " "), fontsize=7)
+        ax.set_xlabel("coverage", fontsize=7)
+    fig.tight_layout()
+    run.save_figure(fig, "coverage.png", dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
@@ -97,7 +124,6 @@ def main(argv=None):
     import equinox as eqx
     import jax.numpy as jnp
     import jax.random as jr
-    import numpy as np
 
     import metaplastic as mp
 
@@ -182,27 +208,39 @@ def main(argv=None):
     choice = mp.behaviour.ChoiceBCE()
     fly_truth = {"1": 0.0, "r": 0.0, "x": 0.0, "x*r": 1.0, "w": 0.0}
     fly_fits = {}
+    # Both inputs (fresh draw, generating) in one vmapped fit per family: 2·D members.
+    both = jax.tree.map(
+        lambda a, b: jnp.concatenate([a, b]) if eqx.is_array(a) else a,
+        flies.train,
+        flies.train_generating,
+    )
+    halves = (("", slice(0, D)), ("_generating_inputs", slice(D, 2 * D)))
     for family, k in (("covariance", kc), ("forgetting", kf)):
         terms = mp.flies.FAMILY_TERMS[family]
-        for inputs, data in (("", flies.train), ("_generating_inputs", flies.train_generating)):
+        students = sf.family_students(flies, terms, 2 * D, key=k)
+        lm = sf.solver(n_train)
+        fitted = mp.fit(
+            students,
+            both,
+            choice,
+            solver=lm,
+            steps=steps,
+            ensemble=True,
+            progress=not args.no_progress,
+        ).model
+        post = mp.laplace(fitted, both, choice, ensemble=True, chunks=lm.chunks)
+        lo, hi = post.interval(LEVEL)
+        cols = lambda m, terms=terms: np.stack([sf.coefficient(m.rule, t) for t in terms], axis=1)
+        for inputs, part in halves:
             name = f"fly_{family}{inputs}"
-            students = sf.family_students(flies, terms, D, key=k)
-            fitted = mp.fit(
-                students, data, choice, steps=steps, ensemble=True, progress=not args.no_progress
-            ).model
-            post = mp.laplace(fitted, data, choice, ensemble=True)
-            lo, hi = post.interval(LEVEL)
-            cols = lambda m, terms=terms: np.stack(
-                [sf.coefficient(m.rule, t) for t in terms], axis=1
-            )
             results[name] = coverage_table(
                 terms,
                 np.array([fly_truth[t] for t in terms]),
-                cols(fitted),
-                cols(lo),
-                cols(hi),
+                cols(fitted)[part],
+                cols(lo)[part],
+                cols(hi)[part],
             )
-            fly_fits[name] = (fitted, data)
+        fly_fits[f"fly_{family}"] = (fitted, both)
     seconds["fly_fit"] = time.perf_counter() - t0 - seconds["fly_generate"]
 
     # ------------------------------------------------------------------ bootstrap
@@ -226,6 +264,7 @@ def main(argv=None):
             n=R,
             key=k_boot,
             simulate=sf.simulator(flies, n_train),
+            solver=sf.solver(n_train),
             steps=max(2, steps - 2),
             ensemble=True,
         )
@@ -318,6 +357,10 @@ def main(argv=None):
     }
     run = _cli.open_run(args, "uncertainty")
     run.write_json("coverage.json", _cli.jsonable(results))
+    try:
+        coverage_figure(run, results)
+    except ImportError:  # matplotlib is an optional extra
+        pass
     summary["run"] = str(run.path)
     run.finish(summary)
     _cli.print_json(summary)

@@ -201,6 +201,7 @@ def compare_models(
     penalty: AbstractPenalty | Sequence[AbstractPenalty] = (),
     differentiation: AbstractDifferentiation | None = None,
     prior_std: float = 1.0,
+    chunks: int | None = None,
     ensemble: bool = False,
     data_ensemble_axis: int | None = 0,
     key: Key | None = None,
@@ -227,6 +228,8 @@ def compare_models(
       `metaplastic.laplace`, but not the likelihoods).
     - `prior_std`: the standard deviation of the Gaussian prior of every free parameter in
       the evidence.
+    - `chunks`: the number of groups the trajectories are cut into for the Jacobian of the
+      posterior (default: the solver's `chunks`, else 1), to bound memory.
     - `ensemble`, `data_ensemble_axis`: as for `fit`, for many datasets at once (`test`
       then has its member axis at the same position).
 
@@ -266,6 +269,7 @@ def compare_models(
             model,
             data,
             loss,
+            chunks=chunks if chunks is not None else getattr(solver, "chunks", 1),
             penalty=penalty,
             differentiation=differentiation,
             ensemble=ensemble,
