@@ -9,7 +9,7 @@ to 18 training trajectories per seed by teacher-forced likelihood (damped Fisher
 several seeds vmapped, and scored on 7 held-out trajectories per seed.
 
     python examples/reward_rule.py                   # the default setting
-    python examples/reward_rule.py --input-variance 0.015
+    python examples/reward_rule.py --draws 1         # one fresh draw of the input noise
     python examples/reward_rule.py --no-resample     # fit on the exact generating inputs
     python examples/reward_rule.py --solver adam --steps 300
 """
@@ -28,6 +28,7 @@ TARGETS = {
     "seconds": 30.0,
 }
 FAMILIES = ("taylor", "mlp")
+DRAWS = 8
 
 
 def parse_args(argv=None):
@@ -37,12 +38,19 @@ def parse_args(argv=None):
         "--input-variance",
         type=_cli.non_negative_float,
         default=None,
-        help="input noise variance (default 0.005)",
+        help="input noise variance (default: the library's, metaplastic.behaviour.DEFAULT_INPUT_VARIANCE)",
+    )
+    p.add_argument(
+        "--draws",
+        type=_cli.positive_int,
+        default=DRAWS,
+        help=f"draws of the unobserved input noise averaged in the likelihood (default {DRAWS}; "
+        "1: a single fresh draw)",
     )
     p.add_argument(
         "--no-resample",
         action="store_true",
-        help="fit on the generating inputs instead of a fresh draw of the input noise",
+        help="fit on the generating inputs (the noise behind every choice) instead of draws",
     )
     p.add_argument(
         "--solver",
@@ -151,6 +159,7 @@ def main(argv=None):
         n_test=args.n_test,
         task=mp.behaviour.OperantTask(block_lengths=args.trials_per_block),
         resample_inputs=not args.no_resample,
+        draws=None if args.no_resample else args.draws,
         key=k_data,
         **options,
     )
@@ -197,10 +206,16 @@ def main(argv=None):
             rows.append(
                 {"family": family, "seed": s} | {k: float(v[s]) for k, v in res["scores"].items()}
             )
+        marginal = (
+            f", marginal % deviance {med['marginal_percent_deviance']:.2f} (true rule "
+            f"{med['true_marginal_percent_deviance']:.2f})"
+            if "marginal_percent_deviance" in med
+            else ""
+        )
         print(
             f"{family}: R² weights {med['r2_weights']:.3f}, R² activity {med['r2_activity']:.3f}, "
             f"% deviance {med['percent_deviance']:.2f} (true rule {med['true_percent_deviance']:.2f})"
-            f"  [median of {args.seeds} seeds; fit {res['fit_seconds']:.1f} s]"
+            f"{marginal}  [median of {args.seeds} seeds; fit {res['fit_seconds']:.1f} s]"
         )
         if family == "taylor":
             coefficients = res["coefficients"]
@@ -222,11 +237,19 @@ def main(argv=None):
         targets["taylor_x*r_largest_and_positive"] = top == "x*r" and value > 0
         targets["taylor_r2_weights>=0.85"] = t["r2_weights"] >= TARGETS["taylor_r2_weights"]
         targets["taylor_r2_activity>=0.95"] = t["r2_activity"] >= TARGETS["taylor_r2_activity"]
-        targets["taylor_deviance_within_2_points"] = (
-            abs(t["percent_deviance"] - t["true_percent_deviance"]) <= TARGETS["deviance_gap"]
-        )
+        # On the likelihood that was fitted: the marginal one when there are draws.
+        kind = "marginal_" if "marginal_percent_deviance" in t else ""
+        gap = t[f"{kind}percent_deviance"] - t[f"true_{kind}percent_deviance"]
+        targets["taylor_deviance_within_2_points"] = abs(gap) <= TARGETS["deviance_gap"]
     if "mlp" in summary:
         targets["mlp_r2_weights>=0.85"] = summary["mlp"]["r2_weights"] >= TARGETS["mlp_r2_weights"]
+    for family, t in summary.items():
+        if "marginal_percent_deviance" in t:
+            # On the likelihood the fit maximises, the generating rule should not be beaten
+            # on held-out data.
+            targets[f"{family}_held_out_marginal_deviance_not_above_true_rule"] = (
+                t["marginal_percent_deviance"] <= t["true_marginal_percent_deviance"]
+            )
     targets["seconds<=30"] = seconds <= TARGETS["seconds"]
     summary.update(
         true_rule="x*r",
@@ -237,6 +260,7 @@ def main(argv=None):
             "trials": 3 * args.trials_per_block,
             "input_variance": float(data.encoding.variance),
             "resample_inputs": not args.no_resample,
+            "draws": None if args.no_resample else args.draws,
             "solver": args.solver,
             "l1": args.l1,
         },

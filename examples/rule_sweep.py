@@ -341,8 +341,17 @@ def main(argv=None):
     for expression, source in mp.runs.track(todo, desc="rules", progress=not args.no_progress):
         truth = mp.rules.from_expression(expression)
         t0 = time.perf_counter()
+        # The setting of examples/results/rule_sweep.md: variance 0.005, one fresh draw of
+        # the input noise, padded to the cap (the sweep predates the marginal likelihood).
         data = mp.behaviour.recovery_data(
-            truth, seeds=args.seeds, n_train=args.n_train, n_test=args.n_test, task=task, key=k_data
+            truth,
+            seeds=args.seeds,
+            n_train=args.n_train,
+            n_test=args.n_test,
+            task=task,
+            input_variance=0.005,
+            draws=None,
+            key=k_data,
         )
         packed_length = int(data.train.choices.shape[-1])
         data = pad_recovery_data(data, task.max_presentations)

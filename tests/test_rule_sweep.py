@@ -63,7 +63,13 @@ def test_buckets_cover_and_are_few():
 def test_padding_changes_no_likelihood():
     task = mp.behaviour.OperantTask(block_lengths=5)
     data = mp.behaviour.recovery_data(
-        mp.rules.reward_modulated(), seeds=1, n_train=2, n_test=2, task=task, key=jr.key(3)
+        mp.rules.reward_modulated(),
+        seeds=1,
+        n_train=2,
+        n_test=2,
+        task=task,
+        draws=None,
+        key=jr.key(3),
     )
     padded = sweep.pad_recovery_data(data, task.max_presentations)
     assert padded.train.choices.shape[-1] >= data.train.choices.shape[-1]

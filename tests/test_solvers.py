@@ -53,7 +53,7 @@ def _choice_problem() -> Problem:
     task = bh.OperantTask(((0.2, 0.8),), 12)
     data = bh.recovery_data(
         mp.rules.reward_modulated(), seeds=1, n_train=6, n_test=1, task=task, key=jr.key(0)
-    )
+    )  # the marginal likelihood over the default draws of the input noise
     network = data.teacher
     train = jax.tree.map(lambda a: a[0], data.train)
     rule = lambda k: mp.TaylorRule.random(("x", "r"), 1, scale=1e-2, key=k)

@@ -2,7 +2,8 @@
 task, modelled by a mushroom body whose plastic layer follows a rule.
 
 - the task and the model: `OperantTask`, `MushroomBody`, `OdourEncoding`;
-- recorded behaviour: `ChoiceDataset`, `PackedChoiceDataset`, `expected_reward`;
+- recorded behaviour: `ChoiceDataset`, `PackedChoiceDataset`, `expected_reward`, and
+  `NoisyChoices` (draws of the unobserved input noise, for the marginal likelihood);
 - closed-loop generation (`generate_behaviour`) and teacher-forced replay (`replay`);
 - choice objectives for `metaplastic.fit` (`ChoiceBCE`, `ChoiceActivity`) and the
   forward-sensitivity Jacobian that fits them fast (`ChoiceSensitivities`, registered with
@@ -14,9 +15,12 @@ task, modelled by a mushroom body whose plastic layer follows a rule.
 
 from .._jacobian import register_differentiation
 from ..rules import FACTORS as FACTORS
+from ._data import DEFAULT_DRAWS as DEFAULT_DRAWS
 from ._data import ChoiceDataset as ChoiceDataset
+from ._data import NoisyChoices as NoisyChoices
 from ._data import PackedChoiceDataset as PackedChoiceDataset
 from ._data import expected_reward as expected_reward
+from ._data import marginal_logits as marginal_logits
 from ._ensembles import MLP_STUDENT_SCALE as MLP_STUDENT_SCALE
 from ._ensembles import TAYLOR_STUDENT_SCALE as TAYLOR_STUDENT_SCALE
 from ._ensembles import mlp_student as mlp_student
@@ -44,6 +48,7 @@ from ._recovery import recover_rule as recover_rule
 from ._recovery import recovery_data as recovery_data
 from ._replay import Replay as Replay
 from ._replay import choice_log_likelihood as choice_log_likelihood
+from ._replay import choice_logits as choice_logits
 from ._replay import replay as replay
 from ._sensitivities import ChoiceSensitivities as ChoiceSensitivities
 from ._task import OperantTask as OperantTask

@@ -4,11 +4,14 @@ reward expectation."""
 import typing
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from .._errors import MetaplasticError
+from .._random import host_rng
+from .._types import Key
 from .._validate import finite_where, mask_array, real_array
 
 
@@ -216,3 +219,87 @@ class PackedChoiceDataset(eqx.Module):
 
     def __len__(self) -> int:
         return self.choices.shape[0]
+
+
+# The default number of draws of the input noise in the marginal likelihood of choices
+# (`examples/results/reward_rule.md`: recovery at input variance 0.015 with 8 draws).
+DEFAULT_DRAWS = 8
+
+
+class NoisyChoices(eqx.Module):
+    """Recorded choices with `draws` samples of the input noise the recording did not see.
+
+    The odours an animal smelt are recorded, but not the noise of their neural encoding that
+    drove each choice. `ChoiceBCE` on this dataset fits the *marginal* likelihood: the
+    probability of every recorded choice is the average of `p(choice)` over the draws, each
+    draw replaying the whole trajectory (weights included) with its own noise. Build it with
+    `NoisyChoices.from_choices(data, encoding, draws, key=...)`.
+
+    - `packed`: a `PackedChoiceDataset` whose arrays have leading axes `(batch, draws)`; the
+      draws differ only in `inputs` and `accepted_inputs`.
+    """
+
+    packed: PackedChoiceDataset
+
+    @classmethod
+    def from_choices(
+        cls, data: ChoiceDataset, encoding: typing.Any, draws: int, *, key: Key
+    ) -> "NoisyChoices":
+        """Encode the odours of `data` `draws` times with fresh noise from `encoding` (an
+        `OdourEncoding`: its means and variance) and pack every draw; the result has axes
+        `(batch, draws, ...)` (split the batch into ensemble members with `stack_members`).
+        The noise comes from a numpy generator seeded by `key` (see `metaplastic._random`)."""
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+            raise MetaplasticError(f"draws must be a positive integer, got {draws!r}.")
+        odours = np.asarray(data.odours)
+        mask = np.asarray(data.presentation_mask)
+        means = np.asarray(encoding.means)
+        noise = host_rng(key).standard_normal((draws,) + odours.shape + (means.shape[1],))
+        x = means[odours] + np.sqrt(encoding.variance) * noise
+        x = np.where(mask[..., None], x, 0.0).astype(means.dtype)
+        packs = [
+            PackedChoiceDataset.from_choices(
+                eqx.tree_at(lambda d: d.inputs, data, jnp.asarray(x[k]), is_leaf=_is_none)
+            )
+            for k in range(draws)
+        ]
+        stack = lambda *a: jnp.asarray(np.stack([np.asarray(b) for b in a], axis=1))
+        return cls(jax.tree.map(stack, *packs))
+
+    @property
+    def draws(self) -> int:
+        """The number of noise draws."""
+        return self.packed.trial_mask.shape[-2]
+
+    @property
+    def choices(self) -> Float[Array, "*batch n"]:
+        """The recorded choices (the same in every draw)."""
+        return self.packed.choices[..., 0, :]
+
+    @property
+    def presentation_mask(self) -> Bool[Array, "*batch n"]:
+        """The valid presentations (the same in every draw)."""
+        return self.packed.presentation_mask[..., 0, :]
+
+    def with_presentation_mask(self, mask: Bool[Array, "*batch n"]) -> "NoisyChoices":
+        """The same draws with another presentation mask (e.g. one fitting window)."""
+        full = jnp.broadcast_to(jnp.expand_dims(mask, -2), self.packed.presentation_mask.shape)
+        return NoisyChoices(eqx.tree_at(lambda p: p.presentation_mask, self.packed, full))
+
+    def __len__(self) -> int:
+        return self.packed.trial_mask.shape[0]
+
+
+def _is_none(value: typing.Any) -> bool:
+    return value is None
+
+
+def marginal_logits(logits: Float[Array, "*shape"], axis: int) -> Float[Array, "*reduced"]:
+    """The logit of the average probability over `axis`:
+    `logit(mean_k σ(z_k)) = log mean_k σ(z_k) − log mean_k σ(−z_k)`, computed in log space
+    (stable for confident predictions). The Bernoulli likelihood of these logits is the
+    likelihood averaged over the draws along `axis`."""
+    log_k = jnp.log(logits.shape[axis])
+    log_p = jax.nn.logsumexp(jax.nn.log_sigmoid(logits), axis=axis) - log_k
+    log_q = jax.nn.logsumexp(jax.nn.log_sigmoid(-logits), axis=axis) - log_k
+    return log_p - log_q

@@ -14,9 +14,10 @@ from ..rules import AbstractRule
 
 
 REWARD_SIGNALS = ("prediction_error", "reward")
-# The default variance of the input noise. Choices are fitted on a fresh draw of this noise,
-# so the larger it is, the further the likelihood's optimum moves from the generating rule.
-DEFAULT_INPUT_VARIANCE = 0.005
+# The default variance of the input noise (the value of the published fly model). Choices are
+# fitted by the likelihood averaged over draws of this noise (`NoisyChoices`), which the
+# recording never sees.
+DEFAULT_INPUT_VARIANCE = 0.015
 
 
 class OdourEncoding(eqx.Module):

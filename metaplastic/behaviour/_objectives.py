@@ -9,26 +9,28 @@ from jaxtyping import Array, Bool, Float
 
 from .._errors import MetaplasticError
 from ..losses import AbstractGaussNewtonLoss, Observations
-from ._data import ChoiceDataset, PackedChoiceDataset
+from ._data import ChoiceDataset, NoisyChoices, PackedChoiceDataset
 from ._generate import GeneratedBehaviour
 from ._network import MushroomBody
-from ._replay import replay
+from ._replay import choice_logits, replay
 
 
 class ChoiceBCE(AbstractGaussNewtonLoss):
     """Binary cross-entropy of the teacher-forced `p(accept)` against the recorded choices,
     averaged over every valid presentation of the batch (padded presentations and trials are
     excluded, not averaged in). Pass a `PackedChoiceDataset` for speed (and for the fast
-    sensitivity Jacobian); a `ChoiceDataset` gives the same value."""
+    sensitivity Jacobian); a `ChoiceDataset` gives the same value. On `NoisyChoices`,
+    `p(accept)` is the average over the draws of the unobserved input noise: the marginal
+    likelihood of the choices (per presentation)."""
 
     def observe(
         self,
         model: MushroomBody,
-        batch: ChoiceDataset | PackedChoiceDataset,
+        batch: ChoiceDataset | PackedChoiceDataset | NoisyChoices,
         *,
         checkpoint: bool | int = False,
     ) -> tuple[Observations, ...]:
-        logits = replay(model, batch, checkpoint=bool(checkpoint)).logits
+        logits = choice_logits(model, batch, checkpoint=bool(checkpoint))
         return (Observations(logits, batch.choices, batch.presentation_mask, "bernoulli"),)
 
 

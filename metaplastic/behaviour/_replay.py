@@ -8,7 +8,7 @@ from jaxtyping import Array, Bool, Float
 
 from .._errors import MetaplasticError
 from ..losses import bernoulli_log_likelihood
-from ._data import ChoiceDataset, PackedChoiceDataset
+from ._data import ChoiceDataset, NoisyChoices, PackedChoiceDataset, marginal_logits
 from ._network import MushroomBody
 
 
@@ -87,7 +87,7 @@ def _replay_packed(
 @eqx.filter_jit
 def replay(
     network: MushroomBody,
-    data: ChoiceDataset | PackedChoiceDataset,
+    data: ChoiceDataset | PackedChoiceDataset | NoisyChoices,
     initial_weights: Float[Array, "batch hidden n_in"] | None = None,
     *,
     checkpoint: bool = False,
@@ -103,7 +103,8 @@ def replay(
 
     - `network`: the `MushroomBody` to replay.
     - `data`: a `ChoiceDataset` with `inputs`, or the same packed (`PackedChoiceDataset`,
-      much faster when a few trials are long).
+      much faster when a few trials are long). `NoisyChoices` hold several encodings and are
+      refused with a pointer to `choice_logits`.
     - `initial_weights`: per-trajectory starting weights, `(batch, hidden, n_in)`; default
       `network.initial_weights` for every trajectory.
     - `checkpoint`: recompute each trial in the backward pass instead of storing it.
@@ -112,6 +113,11 @@ def replay(
 
     A `Replay`.
     """
+    if isinstance(data, NoisyChoices):
+        raise MetaplasticError(
+            "replay takes one encoding of the odours; for NoisyChoices replay each draw "
+            "(data.packed along axis 1) or use choice_logits for the marginal logits."
+        )
     _check_inputs(network, data)
     batch = data.trial_mask.shape[0]
     if initial_weights is None:
@@ -133,6 +139,22 @@ def replay(
     return Replay(logits, hidden, weights)
 
 
+def choice_logits(
+    network: MushroomBody,
+    data: ChoiceDataset | PackedChoiceDataset | NoisyChoices,
+    initial_weights: Float[Array, "batch hidden n_in"] | None = None,
+    *,
+    checkpoint: bool = False,
+) -> Float[Array, "batch ..."]:
+    """The teacher-forced logit of accepting at every presentation (see `replay`). On
+    `NoisyChoices` every draw of the input noise is replayed (vmapped) and the result is the
+    logit of the probability averaged over the draws (`marginal_logits`), `(batch, n)`."""
+    if not isinstance(data, NoisyChoices):
+        return replay(network, data, initial_weights, checkpoint=checkpoint).logits
+    one = lambda d: replay(network, d, initial_weights, checkpoint=checkpoint).logits
+    return marginal_logits(jax.vmap(one, in_axes=1, out_axes=1)(data.packed), axis=1)
+
+
 def summed_log_likelihood(
     logits: Float[Array, "*shape"],
     choices: Float[Array, "*shape"],
@@ -148,11 +170,11 @@ def summed_log_likelihood(
 @eqx.filter_jit
 def choice_log_likelihood(
     network: MushroomBody,
-    data: ChoiceDataset | PackedChoiceDataset,
+    data: ChoiceDataset | PackedChoiceDataset | NoisyChoices,
     initial_weights: Float[Array, "batch hidden n_in"] | None = None,
 ) -> Float[Array, " batch"]:
     """`Σ log p(observed choice)` over the valid presentations of each trajectory,
-    teacher-forced (see `replay`)."""
-    logits = replay(network, data, initial_weights).logits
+    teacher-forced (see `replay`); on `NoisyChoices` the marginal over the draws."""
+    logits = choice_logits(network, data, initial_weights)
     axes = tuple(range(1, logits.ndim))
     return summed_log_likelihood(logits, data.choices, data.presentation_mask, axes)

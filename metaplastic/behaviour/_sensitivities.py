@@ -13,7 +13,7 @@ from .._errors import MetaplasticError
 from .._jacobian import AbstractDifferentiation, ForwardMode, ReverseMode
 from ..losses import AbstractLoss, Observations
 from ..rules import FACTORS, MLPRule, TaylorRule, powers
-from ._data import PackedChoiceDataset
+from ._data import NoisyChoices, PackedChoiceDataset, marginal_logits
 from ._network import MushroomBody
 from ._objectives import ChoiceBCE
 
@@ -139,7 +139,7 @@ class ChoiceSensitivities(AbstractDifferentiation):
             and type(loss) is ChoiceBCE
             and isinstance(model, MushroomBody)
             and model.plastic.activation == "tanh"
-            and isinstance(batch, PackedChoiceDataset)
+            and isinstance(batch, PackedChoiceDataset | NoisyChoices)
             and isinstance(model.rule, TaylorRule | MLPRule)
         )
 
@@ -151,7 +151,7 @@ class ChoiceSensitivities(AbstractDifferentiation):
         if not self.supports(loss, model, batch, jacobian=True):
             raise MetaplasticError(
                 "ChoiceSensitivities needs ChoiceBCE, a MushroomBody with a tanh plastic layer "
-                "and a Taylor or MLP rule, and a PackedChoiceDataset."
+                "and a Taylor or MLP rule, and a PackedChoiceDataset or NoisyChoices."
             )
         rule = model.rule
         theta, unravel = ravel_pytree(params)
@@ -160,16 +160,22 @@ class ChoiceSensitivities(AbstractDifferentiation):
             # Parameters outside the rule (or other rule arrays) train too.
             return ForwardMode().linearise(loss, params, static, batch)
         if isinstance(rule, TaylorRule):
-            # θ is the coefficient tensor itself; frozen terms get no derivative.
-            logits, jac = _sensitivity_jacobian(
-                model, lambda x, y, w, r: _taylor_parts(rule, x, y, w, r), batch
-            )
-            if rule.trainable is not None:
-                jac = jac * rule.trainable.reshape(-1)
+            # θ is the coefficient tensor itself.
+            parts = lambda x, y, w, r: _taylor_parts(rule, x, y, w, r)
         else:
             rule_of = lambda t: eqx.combine(unravel(t), static).rule
-            logits, jac = _sensitivity_jacobian(
-                model, lambda x, y, w, r: _synapse_parts(rule_of, theta, x, y, w, r), batch
-            )
+            parts = lambda x, y, w, r: _synapse_parts(rule_of, theta, x, y, w, r)
+        if isinstance(batch, NoisyChoices):
+            # One Jacobian per draw of the input noise, then the chain rule through the
+            # average probability: ∂z̄/∂θ = Σ_k (∂z̄/∂z_k) ∂z_k/∂θ.
+            per_draw = lambda d: _sensitivity_jacobian(model, parts, d)
+            logits, jac = jax.vmap(per_draw, in_axes=1, out_axes=1)(batch.packed)
+            weights = jax.grad(lambda z: jnp.sum(marginal_logits(z, axis=1)))(logits)
+            logits = marginal_logits(logits, axis=1)
+            jac = jnp.einsum("bkn,bknp->bnp", weights, jac)
+        else:
+            logits, jac = _sensitivity_jacobian(model, parts, batch)
+        if isinstance(rule, TaylorRule) and rule.trainable is not None:
+            jac = jac * rule.trainable.reshape(-1)  # frozen terms get no derivative
         obs = Observations(logits, batch.choices, batch.presentation_mask, "bernoulli")
         return ((obs, jac),)

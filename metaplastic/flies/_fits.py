@@ -52,6 +52,7 @@ from ..behaviour import (
     ChoiceDataset,
     ChoiceSensitivities,
     MushroomBody,
+    NoisyChoices,
     OdourEncoding,
     PackedChoiceDataset,
     choice_log_likelihood,
@@ -80,24 +81,33 @@ def _students(family: str, members: int, key: jax.Array) -> AbstractRule:
 
 @eqx.filter_jit
 def _log_likelihoods(network, rule_params, rule_static, data, masks):
-    """Per member, the log-likelihood of the choices on `masks` (summed over resamples)."""
+    """Per member, the log-likelihood of the choices on `masks` (marginal over the draws, or
+    summed over them when each draw is a trajectory)."""
 
     def one(p, d, m):
         net = network.with_rule(eqx.combine(p, rule_static))
         # Packed replay does not read the presentation mask, so it only selects what is summed.
-        return jnp.sum(choice_log_likelihood(net, eqx.tree_at(lambda d: d.presentation_mask, d, m)))
+        return jnp.sum(choice_log_likelihood(net, _with_mask(d, m)))
 
     return jax.vmap(one)(rule_params, data, masks)
+
+
+def _with_mask(data, mask):
+    """Member data (packed, or the packed draws of `NoisyChoices`) with another
+    presentation mask of the same shape as its packed arrays' mask."""
+    if isinstance(data, NoisyChoices):
+        return NoisyChoices(eqx.tree_at(lambda p: p.presentation_mask, data.packed, mask))
+    return eqx.tree_at(lambda d: d.presentation_mask, data, mask)
 
 
 class _Gated(eqx.Module):
     """One member's data and the gate (1 = free, 0 = absent) of every coefficient of the
     shared `(x, w, r)` rule: this is how the small families share one compiled fit. The gate
-    is repeated for each of the member's trajectories (resamples), so that every array has
-    the trajectory axis; all copies are equal."""
+    is repeated for each of the member's trajectories, so that every array has the
+    trajectory axis; all copies are equal."""
 
-    data: PackedChoiceDataset
-    gate: Float[Array, "*members resamples n_params"]
+    data: PackedChoiceDataset | NoisyChoices
+    gate: Float[Array, "*members trajectories n_params"]
 
     @property
     def member_gate(self) -> Float[Array, " n_params"]:
@@ -136,7 +146,8 @@ class _GatedSensitivities(AbstractDifferentiation):
 
 
 def _prepare(data, network, encoding, resamples, fractions, key):
-    """Encoded, packed member data `(configs · flies, resamples, ...)` and the masks."""
+    """Encoded, packed member data `(configs · flies, resamples, ...)` and the masks of the
+    same shape as its presentation mask."""
     flies = len(data)
     # Each fly repeated `resamples` times (fly-major), each copy with its own noise draw,
     # drawn on the host (see `metaplastic._random`).
@@ -188,6 +199,7 @@ def fit_families(
     *,
     reward_signal: Literal["prediction_error", "reward"] = "prediction_error",
     resamples: int = 4,
+    marginal: bool = True,
     fractions: Sequence[float] = (0.5, 0.6, 0.7, 0.8),
     n_in: int = 2,
     hidden: int = 10,
@@ -209,7 +221,10 @@ def fit_families(
     - `families`: from `"covariance"` (free terms `1, r, x, x*r`), `"forgetting"` (the same
       plus `w`), `"taylor"` (all 81 terms over `x, y, w, r`, with L1) and `"mlp"`.
     - `reward_signal`: `"prediction_error"` (`r = R − E[R]`) or `"reward"` (`r = R`).
-    - `resamples`: re-draws of the noisy odour encoding per fly, fitted together.
+    - `resamples`: draws of the unobserved encoding noise per fly.
+    - `marginal`: fit (and score) the likelihood averaged over the draws, `p(choice)` being
+      the mean over draws (`metaplastic.behaviour.NoisyChoices`); `False` fits every draw as
+      a trajectory of its own (the average of the draws' log-likelihoods).
     - `fractions`: training fractions of the held-out sweeps (each in `(0, 1)`; may be
       empty).
     - `n_in`, `hidden`, `input_variance`: the network and the encoding.
@@ -233,6 +248,8 @@ def fit_families(
         )
     if not isinstance(resamples, int) or isinstance(resamples, bool) or resamples < 1:
         raise MetaplasticError(f"resamples must be a positive integer, got {resamples!r}.")
+    if not isinstance(marginal, bool):
+        raise MetaplasticError(f"marginal must be True or False, got {marginal!r}.")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise MetaplasticError(f"steps must be a positive integer, got {steps!r}.")
     fractions = tuple(float(f) for f in fractions)
@@ -251,8 +268,13 @@ def fit_families(
     )
     n_configs, flies = len(names), len(data)
     members = n_configs * flies
-    train = eqx.tree_at(lambda d: d.presentation_mask, member_data, fit_mask)
-    train = jax.tree.map(np.asarray, train)
+    trajectories = resamples
+    if marginal:
+        # Each member is one trajectory whose draws are averaged in its likelihood.
+        one = lambda a: np.expand_dims(np.asarray(a), 1)
+        member_data = NoisyChoices(jax.tree.map(one, member_data))
+        fit_mask, score_mask, trajectories = one(fit_mask), one(score_mask), 1
+    train = jax.tree.map(np.asarray, _with_mask(member_data, fit_mask))
     groups = [f for f in families if f in FAMILY_TERMS]
     groups = ([tuple(groups)] if groups else []) + [(f,) for f in families if f not in groups]
     out = {}
@@ -271,7 +293,7 @@ def fit_families(
             )
             gated = _Gated(
                 jax.tree.map(lambda a, n=len(group): jnp.asarray(np.concatenate([a] * n)), train),
-                jnp.asarray(np.repeat(gates[:, None, :], resamples, axis=1)),
+                jnp.asarray(np.repeat(gates[:, None, :], trajectories, axis=1)),
             )
             result = fit(
                 network.with_rule(students),
