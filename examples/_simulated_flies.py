@@ -28,6 +28,8 @@ class Flies(eqx.Module):
     - `train_generating`: the same choices with the inputs that produced them (a
       well-specified likelihood, possible only in simulation).
     - `test`: held-out flies (fresh inputs), packed, `(datasets, n_test, ...)`.
+    - `train_marginal`, `test_marginal`: with `draws`, the same flies as `NoisyChoices`
+      (`draws` draws of the input noise each) for the marginal likelihood, else `None`.
     - `length`: the padded number of presentations of every packed trajectory.
     """
 
@@ -37,21 +39,30 @@ class Flies(eqx.Module):
     train: bh.PackedChoiceDataset
     train_generating: bh.PackedChoiceDataset
     test: bh.PackedChoiceDataset | None
+    train_marginal: bh.NoisyChoices | None
+    test_marginal: bh.NoisyChoices | None
     length: int = eqx.field(static=True)
+    draws: int | None = eqx.field(static=True)
 
 
-def pad(packed: bh.PackedChoiceDataset, length: int) -> bh.PackedChoiceDataset:
-    """Pad the presentation axis of a packed dataset (leading axis: trajectories) to
-    `length`, so that datasets generated apart can be stacked."""
-    n = packed.choices.shape[-1]
+def pad(data, length: int):
+    """Pad the presentation axis of a packed dataset (a `PackedChoiceDataset`, or the
+    `NoisyChoices` of the marginal likelihood) to `length`, so that datasets generated apart
+    can be stacked."""
+    if isinstance(data, bh.NoisyChoices):
+        return bh.NoisyChoices(pad(data.packed, length))
+    n = data.choices.shape[-1]
     if n > length:
         raise RuntimeError(f"a generated trajectory has {n} presentations, more than {length}")
-    widths = lambda a: [(0, 0), (0, length - n)] + [(0, 0)] * (a.ndim - 2)
-    arrays = (packed.inputs, packed.choices, packed.presentation_mask, packed.trial_index)
+    # The presentation axis is the last of choices, mask and trial index, the one before
+    # last of the inputs.
+    widths = lambda a, axis: [(0, 0)] * (a.ndim + axis) + [(0, length - n)] + [(0, 0)] * (-axis - 1)
+    arrays = (data.inputs, data.choices, data.presentation_mask, data.trial_index)
+    axes = (-2, -1, -1, -1)
     return eqx.tree_at(
         lambda p: (p.inputs, p.choices, p.presentation_mask, p.trial_index),
-        packed,
-        tuple(jnp.asarray(np.pad(np.asarray(a), widths(a))) for a in arrays),
+        data,
+        tuple(jnp.asarray(np.pad(np.asarray(a), widths(a, ax))) for a, ax in zip(arrays, axes)),
     )
 
 
@@ -62,6 +73,7 @@ def simulate_flies(
     n_train: int,
     n_test: int = 0,
     trials_per_block: int = 80,
+    draws: int | None = None,
     key,
 ) -> Flies:
     """Generate every dataset in one closed-loop call (one compilation)."""
@@ -84,8 +96,23 @@ def simulate_flies(
         return jax_map(lambda a: a[:, part], tree)
 
     test = split(packed, False) if n_test else None
+    train_m = test_m = None
+    if draws:
+        noisy = bh.NoisyChoices.from_choices(gen.data, encoding, draws, key=jr.fold_in(key, 1))
+        noisy = pad(noisy, length)
+        train_m = split(noisy, True)
+        test_m = split(noisy, False) if n_test else None
     return Flies(
-        teacher, encoding, task, split(packed, True), split(packed_gen, True), test, length
+        teacher,
+        encoding,
+        task,
+        split(packed, True),
+        split(packed_gen, True),
+        test,
+        train_m,
+        test_m,
+        length,
+        draws,
     )
 
 
@@ -116,15 +143,22 @@ def coefficient(rules: mp.TaylorRule, term: str) -> np.ndarray:
     return np.asarray(rules.coefficients)[(slice(None),) + e]
 
 
-def simulator(flies: Flies, n_train: int):
+def simulator(flies: Flies, n_train: int, *, marginal: bool = False):
     """`simulate(model, data, key, n)` for `metaplastic.bootstrap`: `n` replicate datasets of
-    `n_train` flies from a fitted network, closed loop, fitted on a fresh draw of the input
-    noise as the data were."""
+    `n_train` flies from a fitted network, closed loop, prepared as the data were: a fresh
+    draw of the input noise, or (`marginal`) `flies.draws` draws for the marginal
+    likelihood."""
 
     def simulate(model, data, key, n):
         del data
-        gen = bh.generate_behaviour(model, flies.task, flies.encoding, n * n_train, key=key)
-        packed = pad(bh.PackedChoiceDataset.from_choices(gen.data), flies.length)
-        return bh.stack_members(packed, n)
+        k_gen, k_draws = jr.split(key)
+        gen = bh.generate_behaviour(model, flies.task, flies.encoding, n * n_train, key=k_gen)
+        if marginal:
+            packed = bh.NoisyChoices.from_choices(
+                gen.data, flies.encoding, flies.draws, key=k_draws
+            )
+        else:
+            packed = bh.PackedChoiceDataset.from_choices(gen.data)
+        return bh.stack_members(pad(packed, flies.length), n)
 
     return simulate

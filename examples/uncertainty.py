@@ -26,6 +26,9 @@ import _cli
 import numpy as np
 
 
+PARTS = ("oja", "fly", "marginal", "bootstrap")
+
+
 def parse_args(argv=None):
     p = _cli.parser(__doc__, quick="a few small datasets, to check that everything runs")
     p.add_argument("--datasets", type=_cli.positive_int, default=None, help="default 100")
@@ -43,6 +46,18 @@ def parse_args(argv=None):
     p.add_argument("--noise", type=_cli.positive_float, default=0.01, help="Oja recording noise")
     p.add_argument(
         "--steps", type=_cli.positive_int, default=None, help="Levenberg–Marquardt steps"
+    )
+    p.add_argument(
+        "--parts",
+        type=_cli.list_of(str, choices=PARTS),
+        default=("oja", "fly", "bootstrap"),
+        help="what to measure, from oja, fly, marginal, bootstrap (default oja,fly,bootstrap)",
+    )
+    p.add_argument(
+        "--draws",
+        type=_cli.positive_int,
+        default=8,
+        help="noise draws of the marginal likelihood (part 'marginal'; default 8)",
     )
     return p.parse_args(argv)
 
@@ -130,7 +145,9 @@ def main(argv=None):
     quick = args.quick
     D = args.datasets or (6 if quick else 100)
     B = args.bootstrap_datasets if args.bootstrap_datasets is not None else (2 if quick else 10)
-    B = min(B, D)
+    B = min(B, D) if "bootstrap" in args.parts else 0
+    parts = set(args.parts)
+    draws = args.draws
     R = args.replicates or (3 if quick else 20)
     n_train = args.n_train or (4 if quick else 18)
     tpb = args.trials_per_block or (20 if quick else 80)
@@ -143,118 +160,156 @@ def main(argv=None):
         return np.asarray(tree).reshape(tree.shape[0], -1)
 
     # ------------------------------------------------------------------ Oja, activity
-    t0 = time.perf_counter()
-    n_in, n_out, length, per = (5, 8, 15, 2) if quick else (10, 20, 30, 4)
-    truth_rule = mp.rules.oja(("x", "y", "w"))
-    teacher = mp.nn.PlasticDense(truth_rule, eta=1.0, activation="sigmoid")
-    kx, kw, kn, ki = jr.split(k_oja, 4)
-    x = mp.tasks.gaussian_stimuli(n_in, length, n_trajectories=D * per, std=0.1, key=kx)
-    w0 = 0.01 * jr.normal(kw, (D * per, n_out, n_in))
-    readout = mp.nn.ActivityReadout(noise_std=args.noise)
-    oja, _ = mp.generate_activity(teacher, x, w0, readout=readout, key=kn)
-    oja = jax.tree.map(lambda a: a.reshape((D, per) + a.shape[1:]) if eqx.is_array(a) else a, oja)
     loss = mp.losses.ActivityMSE()
-    truth = np.asarray(truth_rule.coefficients).reshape(-1)
-    oja_fits = {}
-    for name, terms in (("oja_small", ["x*y", "y^2*w"]), ("oja_full", None)):
-        rule = mp.TaylorRule.zeros(("x", "y", "w"))
-        if terms is not None:
-            rule = rule.with_trainable(rule.mask(terms))
-        c = 1e-4 * jr.normal(ki, (D,) + rule.coefficients.shape)
-        if terms is not None:
-            c = c * rule.trainable
-        student = mp.nn.PlasticDense(
-            eqx.tree_at(lambda r: r.coefficients, rule, c), eta=1.0, activation="sigmoid"
+    truth = np.asarray(mp.rules.oja(("x", "y", "w")).coefficients).reshape(-1)
+    n_in, n_out, length, per = (5, 8, 15, 2) if quick else (10, 20, 30, 4)
+    if "oja" in parts:
+        t0 = time.perf_counter()
+        truth_rule = mp.rules.oja(("x", "y", "w"))
+        teacher = mp.nn.PlasticDense(truth_rule, eta=1.0, activation="sigmoid")
+        kx, kw, kn, ki = jr.split(k_oja, 4)
+        x = mp.tasks.gaussian_stimuli(n_in, length, n_trajectories=D * per, std=0.1, key=kx)
+        w0 = 0.01 * jr.normal(kw, (D * per, n_out, n_in))
+        readout = mp.nn.ActivityReadout(noise_std=args.noise)
+        oja, _ = mp.generate_activity(teacher, x, w0, readout=readout, key=kn)
+        oja = jax.tree.map(
+            lambda a: a.reshape((D, per) + a.shape[1:]) if eqx.is_array(a) else a, oja
         )
-        fitted = mp.fit(
-            student, oja, loss, steps=3 * steps, ensemble=True, progress=not args.no_progress
-        ).model
-        post = mp.laplace(fitted, oja, loss, ensemble=True)
-        lo, hi = post.interval(LEVEL)
-        est = flat(fitted.rule.coefficients)
-        low, high = flat(lo.rule.coefficients), flat(hi.rule.coefficients)
-        results[name] = coverage_table(post.names, truth, est, low, high, post.free)
-        rank = np.asarray(post.rank)
-        free = np.asarray(post.free)
-        extra = {
-            "free_terms": int(free.sum()),
-            "median_rank": float(np.median(rank)),
-            "noise_scale_median": float(np.median(np.asarray(post.noise_scale))),
-        }
-        # Coverage along the determined eigen-directions of each dataset's precision: is
-        # the part of the rule the data do determine calibrated?
-        z_hits, z_total = 0, 0
-        prec = np.asarray(post.precision)[:, free][:, :, free]
-        err = (est - truth)[:, free]
-        for m in range(D):
-            values, vectors = np.linalg.eigh(prec[m])
-            keep = values > 10 * free.sum() * np.finfo(values.dtype).eps * values[-1]
-            z = (vectors[:, keep].T @ err[m]) * np.sqrt(values[keep])
-            z_hits += int(np.sum(np.abs(z) <= 1.959964))
-            z_total += int(keep.sum())
-        extra["determined_direction_coverage"] = z_hits / max(z_total, 1)
-        extra["determined_directions"] = z_total
-        results[name + "_summary"] = extra
-        oja_fits[name] = fitted
-    seconds["oja"] = time.perf_counter() - t0
+        oja_fits = {}
+        for name, terms in (("oja_small", ["x*y", "y^2*w"]), ("oja_full", None)):
+            rule = mp.TaylorRule.zeros(("x", "y", "w"))
+            if terms is not None:
+                rule = rule.with_trainable(rule.mask(terms))
+            c = 1e-4 * jr.normal(ki, (D,) + rule.coefficients.shape)
+            if terms is not None:
+                c = c * rule.trainable
+            student = mp.nn.PlasticDense(
+                eqx.tree_at(lambda r: r.coefficients, rule, c), eta=1.0, activation="sigmoid"
+            )
+            fitted = mp.fit(
+                student, oja, loss, steps=3 * steps, ensemble=True, progress=not args.no_progress
+            ).model
+            post = mp.laplace(fitted, oja, loss, ensemble=True)
+            lo, hi = post.interval(LEVEL)
+            est = flat(fitted.rule.coefficients)
+            low, high = flat(lo.rule.coefficients), flat(hi.rule.coefficients)
+            results[name] = coverage_table(post.names, truth, est, low, high, post.free)
+            rank = np.asarray(post.rank)
+            free = np.asarray(post.free)
+            extra = {
+                "free_terms": int(free.sum()),
+                "median_rank": float(np.median(rank)),
+                "noise_scale_median": float(np.median(np.asarray(post.noise_scale))),
+            }
+            # Coverage along the determined eigen-directions of each dataset's precision: is
+            # the part of the rule the data do determine calibrated?
+            z_hits, z_total = 0, 0
+            prec = np.asarray(post.precision)[:, free][:, :, free]
+            err = (est - truth)[:, free]
+            for m in range(D):
+                values, vectors = np.linalg.eigh(prec[m])
+                keep = values > 10 * free.sum() * np.finfo(values.dtype).eps * values[-1]
+                z = (vectors[:, keep].T @ err[m]) * np.sqrt(values[keep])
+                z_hits += int(np.sum(np.abs(z) <= 1.959964))
+                z_total += int(keep.sum())
+            extra["determined_direction_coverage"] = z_hits / max(z_total, 1)
+            extra["determined_directions"] = z_total
+            results[name + "_summary"] = extra
+            oja_fits[name] = fitted
+        seconds["oja"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ flies, choices
     t0 = time.perf_counter()
     kd, kc, kf = jr.split(k_fly, 3)
-    flies = sf.simulate_flies(
-        mp.rules.reward_modulated(), datasets=D, n_train=n_train, trials_per_block=tpb, key=kd
-    )
-    seconds["fly_generate"] = time.perf_counter() - t0
     choice = mp.behaviour.ChoiceBCE()
     fly_truth = {"1": 0.0, "r": 0.0, "x": 0.0, "x*r": 1.0, "w": 0.0}
     fly_fits = {}
-    # Both inputs (fresh draw, generating) in one vmapped fit per family: 2·D members.
-    both = jax.tree.map(
-        lambda a, b: jnp.concatenate([a, b]) if eqx.is_array(a) else a,
-        flies.train,
-        flies.train_generating,
-    )
-    halves = (("", slice(0, D)), ("_generating_inputs", slice(D, 2 * D)))
-    for family, k in (("covariance", kc), ("forgetting", kf)):
-        terms = mp.flies.FAMILY_TERMS[family]
-        students = sf.family_students(flies, terms, 2 * D, key=k)
-        lm = sf.solver(n_train)
-        fitted = mp.fit(
-            students,
-            both,
-            choice,
-            solver=lm,
-            steps=steps,
-            ensemble=True,
-            progress=not args.no_progress,
-        ).model
-        post = mp.laplace(fitted, both, choice, ensemble=True, chunks=lm.chunks)
-        lo, hi = post.interval(LEVEL)
-        cols = lambda m, terms=terms: np.stack([sf.coefficient(m.rule, t) for t in terms], axis=1)
-        for inputs, part in halves:
-            name = f"fly_{family}{inputs}"
-            results[name] = coverage_table(
-                terms,
-                np.array([fly_truth[t] for t in terms]),
-                cols(fitted)[part],
-                cols(lo)[part],
-                cols(hi)[part],
+    if "fly" in parts or "marginal" in parts:
+        flies = sf.simulate_flies(
+            mp.rules.reward_modulated(),
+            datasets=D,
+            n_train=n_train,
+            trials_per_block=tpb,
+            draws=draws if "marginal" in parts else None,
+            key=kd,
+        )
+        seconds["fly_generate"] = time.perf_counter() - t0
+    if "fly" in parts:
+        # Both inputs (fresh draw, generating) in one vmapped fit per family: 2·D members.
+        both = jax.tree.map(
+            lambda a, b: jnp.concatenate([a, b]) if eqx.is_array(a) else a,
+            flies.train,
+            flies.train_generating,
+        )
+        halves = (("", slice(0, D)), ("_generating_inputs", slice(D, 2 * D)))
+        for family, k in (("covariance", kc), ("forgetting", kf)):
+            terms = mp.flies.FAMILY_TERMS[family]
+            students = sf.family_students(flies, terms, 2 * D, key=k)
+            lm = sf.solver(n_train)
+            fitted = mp.fit(
+                students,
+                both,
+                choice,
+                solver=lm,
+                steps=steps,
+                ensemble=True,
+                progress=not args.no_progress,
+            ).model
+            post = mp.laplace(fitted, both, choice, ensemble=True, chunks=lm.chunks)
+            lo, hi = post.interval(LEVEL)
+            cols = lambda m, terms=terms: np.stack(
+                [sf.coefficient(m.rule, t) for t in terms], axis=1
             )
-        fly_fits[f"fly_{family}"] = (fitted, both)
-    seconds["fly_fit"] = time.perf_counter() - t0 - seconds["fly_generate"]
+            for inputs, part in halves:
+                name = f"fly_{family}{inputs}"
+                results[name] = coverage_table(
+                    terms,
+                    np.array([fly_truth[t] for t in terms]),
+                    cols(fitted)[part],
+                    cols(lo)[part],
+                    cols(hi)[part],
+                )
+            fly_fits[f"fly_{family}"] = (fitted, both)
+        seconds["fly_fit"] = time.perf_counter() - t0 - seconds["fly_generate"]
+
+    # ------------------------------------------------------------------ marginal likelihood
+    if "marginal" in parts:
+        t0 = time.perf_counter()
+        for family, k in (("covariance", kc), ("forgetting", kf)):
+            terms = mp.flies.FAMILY_TERMS[family]
+            students = sf.family_students(flies, terms, D, key=k)
+            lm = sf.solver(n_train)
+            fitted = mp.fit(
+                students,
+                flies.train_marginal,
+                choice,
+                solver=lm,
+                steps=steps,
+                ensemble=True,
+                progress=not args.no_progress,
+            ).model
+            post = mp.laplace(fitted, flies.train_marginal, choice, ensemble=True, chunks=lm.chunks)
+            lo, hi = post.interval(LEVEL)
+            cols = lambda m, terms=terms: np.stack(
+                [sf.coefficient(m.rule, t) for t in terms], axis=1
+            )
+            results[f"fly_{family}_marginal"] = coverage_table(
+                terms, np.array([fly_truth[t] for t in terms]), cols(fitted), cols(lo), cols(hi)
+            )
+        seconds["fly_marginal_fit"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ bootstrap
     t0 = time.perf_counter()
-    if B >= 1:
 
-        def first(tree, model=False):
-            # The first B members: every array of a dataset, the trainable ones of a model.
-            cut = lambda t: jax.tree.map(lambda a: a[:B] if eqx.is_array(a) else a, t)
-            if not model:
-                return cut(tree)
-            params, static = eqx.partition(tree, mp.rule_filter_spec(tree))
-            return eqx.combine(cut(params), static)
+    def first(tree, model=False):
+        # The first B members: every array of a dataset, the trainable ones of a model.
+        cut = lambda t: jax.tree.map(lambda a: a[:B] if eqx.is_array(a) else a, t)
+        if not model:
+            return cut(tree)
+        params, static = eqx.partition(tree, mp.rule_filter_spec(tree))
+        return eqx.combine(cut(params), static)
 
+    if B >= 1 and "fly" in parts:
         fitted, data = fly_fits["fly_covariance"]
         terms = mp.flies.FAMILY_TERMS["covariance"]
         boot = mp.bootstrap(
@@ -278,6 +333,8 @@ def main(argv=None):
                 cols(lo.plastic),
                 cols(hi.plastic),
             )
+
+    if B >= 1 and "oja" in parts:
 
         def simulate_oja(model, data, key, n):
             # The fitted layer re-recorded on the same stimuli and initial weights, with the
@@ -351,6 +408,9 @@ def main(argv=None):
             "oja_noise": args.noise,
             "fly_n_train": n_train,
             "fly_trials": 3 * tpb,
+            "fly_input_variance": mp.behaviour.DEFAULT_INPUT_VARIANCE,
+            "marginal_draws": draws if "marginal" in parts else None,
+            "parts": sorted(parts),
             "steps": steps,
         },
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
