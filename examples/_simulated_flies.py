@@ -130,10 +130,11 @@ def family_students(flies: Flies, terms, members: int, *, key) -> bh.MushroomBod
     return flies.teacher.with_rule(eqx.tree_at(lambda r: r.coefficients, rule, c))
 
 
-def solver(n_train: int) -> mp.LevenbergMarquardt:
-    """Levenberg–Marquardt with the Jacobian taken a few flies at a time (at most 6), so that
-    hundreds of vmapped datasets fit in memory."""
-    chunks = next(c for c in range(1, n_train + 1) if n_train % c == 0 and n_train // c <= 6)
+def solver(n_train: int, draws: int = 1) -> mp.LevenbergMarquardt:
+    """Levenberg–Marquardt with the Jacobian taken a few flies at a time (at most 6 replays:
+    flies times noise draws), so that hundreds of vmapped datasets fit in memory."""
+    most = max(1, 6 // draws)
+    chunks = next(c for c in range(1, n_train + 1) if n_train % c == 0 and n_train // c <= most)
     return mp.LevenbergMarquardt(chunks=chunks)
 
 

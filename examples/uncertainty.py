@@ -278,7 +278,7 @@ def main(argv=None):
         for family, k in (("covariance", kc), ("forgetting", kf)):
             terms = mp.flies.FAMILY_TERMS[family]
             students = sf.family_students(flies, terms, D, key=k)
-            lm = sf.solver(n_train)
+            lm = sf.solver(n_train, draws)
             fitted = mp.fit(
                 students,
                 flies.train_marginal,
