@@ -5,6 +5,7 @@ Simulated flies (two-odour operant task) learn by the covariance rule Δw = x·r
 with a forgetting term, Δw = x·r − 0.05·w. For every dataset, both families of the fly
 analyses — covariance {1, r, x, x*r} and forgetting {1, r, x, x*r, w} — are fitted to the
 training flies (on a fresh draw of the odour noise, as for the real flies; with
+`--draws K`, by the marginal likelihood over K draws of that noise; with
 `--generating-inputs`, on the inputs that produced the choices), all datasets in
 one vmapped fit per family, and scored by the held-out log-likelihood of held-out flies, AIC,
 BIC and the Laplace evidence. The confusion matrix counts, per generating family, how often
@@ -36,12 +37,22 @@ def parse_args(argv=None):
     )
     p.add_argument("--steps", type=_cli.positive_int, default=None, help="Levenberg–Marquardt (8)")
     p.add_argument(
+        "--draws",
+        type=_cli.positive_int,
+        default=None,
+        help="fit and score the marginal likelihood over this many draws of the input noise "
+        "(NoisyChoices) instead of one fresh draw",
+    )
+    p.add_argument(
         "--generating-inputs",
         action="store_true",
         help="fit on the inputs that produced the choices (a well-specified likelihood, "
         "possible only in simulation) instead of a fresh draw of the odour noise",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.draws and args.generating_inputs:
+        p.error("--draws and --generating-inputs exclude each other")
+    return args
 
 
 def main(argv=None):
@@ -75,18 +86,29 @@ def main(argv=None):
         t0 = time.perf_counter()
         k_data, k_init = jr.split(key)
         flies = sf.simulate_flies(
-            truth, datasets=D, n_train=n_train, n_test=n_test, trials_per_block=tpb, key=k_data
+            truth,
+            datasets=D,
+            n_train=n_train,
+            n_test=n_test,
+            trials_per_block=tpb,
+            draws=args.draws,
+            key=k_data,
         )
+        if args.draws:
+            train, test = flies.train_marginal, flies.test_marginal
+        else:
+            train = flies.train_generating if args.generating_inputs else flies.train
+            test = flies.test
         candidates = {
             family: sf.family_students(flies, mp.flies.FAMILY_TERMS[family], D, key=k)
             for family, k in zip(FAMILIES, jr.split(k_init, len(FAMILIES)))
         }
         comparison = mp.compare_models(
             candidates,
-            flies.train_generating if args.generating_inputs else flies.train,
+            train,
             mp.behaviour.ChoiceBCE(),
-            test=flies.test,
-            solver=sf.solver(n_train),
+            test=test,
+            solver=sf.solver(n_train, args.draws or 1),
             steps=steps,
             prior_std=args.prior_std,
             ensemble=True,
@@ -134,7 +156,13 @@ def main(argv=None):
             "decay": args.decay,
             "prior_std": args.prior_std,
             "steps": steps,
-            "inputs": "generating" if args.generating_inputs else "fresh draw",
+            "inputs": (
+                f"marginal over {args.draws} draws"
+                if args.draws
+                else "generating"
+                if args.generating_inputs
+                else "fresh draw"
+            ),
         },
         "seconds": {**seconds, "total": round(time.perf_counter() - start, 1)},
     }
