@@ -11,13 +11,16 @@ coefficient — is reported per term with its Clopper–Pearson 95 % confidence 
 - `fly_covariance`, `fly_forgetting`: the reward rule x*r on the simulated fly (two-odour
   operant task), fitted with the family {1, r, x, x*r} and the same with w, on a fresh draw
   of the odour encoding's noise (the protocol of the real flies);
-  `..._generating_inputs`: the same fits given the inputs that produced the choices.
+  `..._generating_inputs`: the same fits given the inputs that produced the choices;
+  `..._marginal` (`--parts marginal --draws K`): the marginal likelihood over K draws of the
+  input noise (`metaplastic.behaviour.NoisyChoices`).
 - `bootstrap_*`: the parametric bootstrap (`metaplastic.bootstrap`, basic and percentile
   intervals) on the first `--bootstrap-datasets` datasets of `fly_covariance` and
   `oja_full`, where Laplace is poorly calibrated.
 
     python examples/uncertainty.py            # 100 datasets per setting
     python examples/uncertainty.py --quick    # a few small datasets, under a minute
+    python examples/uncertainty.py --parts marginal --draws 8
 """
 
 import time
