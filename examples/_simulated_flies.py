@@ -27,7 +27,8 @@ class Flies(eqx.Module):
       noise is unknown: a misspecified likelihood).
     - `train_generating`: the same choices with the inputs that produced them (a
       well-specified likelihood, possible only in simulation).
-    - `test`: held-out flies (fresh inputs), packed, `(datasets, n_test, ...)`.
+    - `test`: held-out flies (fresh inputs), packed, `(datasets, n_test, ...)`;
+      `test_generating`: the same with their generating inputs.
     - `train_marginal`, `test_marginal`: with `draws`, the same flies as `NoisyChoices`
       (`draws` draws of the input noise each) for the marginal likelihood, else `None`.
     - `length`: the padded number of presentations of every packed trajectory.
@@ -39,6 +40,7 @@ class Flies(eqx.Module):
     train: bh.PackedChoiceDataset
     train_generating: bh.PackedChoiceDataset
     test: bh.PackedChoiceDataset | None
+    test_generating: bh.PackedChoiceDataset | None
     train_marginal: bh.NoisyChoices | None
     test_marginal: bh.NoisyChoices | None
     length: int = eqx.field(static=True)
@@ -109,6 +111,7 @@ def simulate_flies(
         split(packed, True),
         split(packed_gen, True),
         test,
+        split(packed_gen, False) if n_test else None,
         train_m,
         test_m,
         length,

@@ -6,7 +6,8 @@ with a forgetting term, Δw = x·r − 0.05·w. For every dataset, both families
 analyses — covariance {1, r, x, x*r} and forgetting {1, r, x, x*r, w} — are fitted to the
 training flies (on a fresh draw of the odour noise, as for the real flies; with
 `--draws K`, by the marginal likelihood over K draws of that noise; with
-`--generating-inputs`, on the inputs that produced the choices), all datasets in
+`--generating-inputs`, training and held-out flies with the inputs that produced their
+choices), all datasets in
 one vmapped fit per family, and scored by the held-out log-likelihood of held-out flies, AIC,
 BIC and the Laplace evidence. The confusion matrix counts, per generating family, how often
 each criterion picks each family.
@@ -96,9 +97,10 @@ def main(argv=None):
         )
         if args.draws:
             train, test = flies.train_marginal, flies.test_marginal
+        elif args.generating_inputs:
+            train, test = flies.train_generating, flies.test_generating
         else:
-            train = flies.train_generating if args.generating_inputs else flies.train
-            test = flies.test
+            train, test = flies.train, flies.test
         candidates = {
             family: sf.family_students(flies, mp.flies.FAMILY_TERMS[family], D, key=k)
             for family, k in zip(FAMILIES, jr.split(k_init, len(FAMILIES)))
