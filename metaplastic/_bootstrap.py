@@ -38,6 +38,7 @@ class Bootstrap(eqx.Module):
     - `samples`: the refitted trainable parameters, like `estimate` with a replicate axis
       of size `n` in front (after the member axis for an ensemble).
     - `kind`: `"parametric"` or `"cases"`.
+    - `ensemble`: whether `estimate` has a leading member axis.
     """
 
     estimate: PyTree
