@@ -29,6 +29,7 @@ ORDER = (
     "long_trajectory",
     "devices",
     "fly_fit",
+    "paper_protocol",
 )
 
 

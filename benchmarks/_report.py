@@ -38,8 +38,9 @@ def _find(records, name, **config):
 def _targets(records) -> list[str]:
     rows = []
     grad50 = _find(records, "oja_grad", batch=50)
-    naive = _find(records, "naive_baseline", impl="naive")
-    lib1 = _find(records, "naive_baseline", impl="library")
+    lib50 = _find(records, "naive_baseline", impl="library", batch=50)
+    lib1 = _find(records, "naive_baseline", impl="library", batch=1)
+    paper = _find(records, "paper_protocol")
     long = _find(records, "long_trajectory")
     slopes = {r["config"]["vary"]: r["slope"] for r in records if "slope" in r}
     ceil50 = _find(records, "ceiling", batch=50)
@@ -54,20 +55,24 @@ def _targets(records) -> list[str]:
             note = f" ({thr / ceil50['synapse_steps_per_s']:.0%} of the elementwise ceiling)"
         rows.append(
             [
-                "oja_grad, batch 50: ≥ 200 M synapse-steps/s",
+                "oja_grad, batch 50: ≥ 300 M synapse-steps/s",
                 f"{_m(thr)} M/s{note}",
-                verdict(thr >= 200e6),
+                verdict(thr >= 300e6),
             ]
         )
-    if naive and lib1:
-        ratio = lib1["speedup_vs_naive"]
-        text = f"{ratio:.1f}× at batch 1"
-        if grad50:
-            text += (
-                f"; {grad50['synapse_steps_per_s'] / naive['synapse_steps_per_s']:.1f}× in "
-                "throughput (library at batch 50 vs naive at batch 1)"
-            )
-        rows.append(["oja_grad ≥ 8× the naive baseline (same run)", text, verdict(ratio >= 8)])
+    if lib50:
+        ratio = lib50["speedup_vs_straightforward"]
+        text = f"{ratio:.1f}× at batch 50"
+        if lib1:
+            text += f", {lib1['speedup_vs_straightforward']:.1f}× at batch 1"
+        text += " (against the fastest straightforward `jax.grad` implementation of the run)"
+        rows.append(
+            [
+                "oja_grad ≥ 12× the straightforward baseline (batch 50, same run)",
+                text,
+                verdict(ratio >= 12),
+            ]
+        )
     if grad50 and "fit_compile_s" in grad50:
         c = grad50["fit_compile_s"]
         rows.append(
@@ -108,6 +113,17 @@ def _targets(records) -> list[str]:
                 verdict(fly["compile_s"] <= 3.0),
             ]
         )
+    if paper:
+        rows.append(
+            [
+                "paper_protocol ≤ 20 s end to end (cold)",
+                f"{paper['end_to_end_s']:.1f} s (generate {paper['generate_s']:.1f}, fit "
+                f"{paper['fit_s']:.1f} for {paper['config']['steps']} steps, score "
+                f"{paper['evaluate_s']:.1f}); whole process with imports "
+                f"{paper['process_s']:.1f} s",
+                verdict(paper["end_to_end_s"] <= 20.0),
+            ]
+        )
     if long:
         rows.append(
             [
@@ -143,8 +159,8 @@ def _limits(records) -> list[str]:
     fwd = _find(records, "oja_forward", batch=50)
     grad = _find(records, "oja_grad", batch=50)
     long = _find(records, "long_trajectory")
-    auto = _find(records, "naive_baseline", impl="library_autodiff")
-    lib = _find(records, "naive_baseline", impl="library")
+    auto = _find(records, "naive_baseline", impl="library_autodiff", batch=1)
+    lib = _find(records, "naive_baseline", impl="library", batch=1)
     if not (ceil and fwd and grad):
         return []
     c, f, g = (r["synapse_steps_per_s"] for r in (ceil, fwd, grad))
@@ -196,6 +212,26 @@ def _limits(records) -> list[str]:
             "of the damping candidates; lowering XLA's optimisation level cuts its compile time "
             "by about 2.5× but makes every step about 3× slower (measured when the whole fit was "
             "one compiled scan), so it is not used."
+        )
+    paper = _find(records, "paper_protocol")
+    if paper:
+        steps = paper["config"]["steps"]
+        compile_total = (
+            paper["generate_compile_s"]
+            + paper["compile_s"]
+            + paper["fit_compile_other_s"]
+            + paper["evaluate_compile_s"]
+        )
+        lines.append(
+            f"- The paper's protocol spends {compile_total:.1f} of its "
+            f"{paper['end_to_end_s']:.1f} s compiling (generation "
+            f"{paper['generate_compile_s']:.1f}, the Adam step program {paper['compile_s']:.1f}, "
+            f"the rest of the fit phase {paper['fit_compile_other_s']:.1f}, scoring "
+            f"{paper['evaluate_compile_s']:.1f}) and about {steps * paper['steady_step_s']:.1f} s "
+            f"in its {steps} steps of one trajectory each ({paper['steady_step_s'] * 1e3:.2f} ms "
+            f"per step, of which the compiled gradient of one trajectory alone takes "
+            f"{paper['gradient_only_s'] * 1e3:.2f} ms; the rest is `fit`'s host loop around its "
+            "compiled step: dispatch, the host copy of the loss, the history)."
         )
     if long:
         per_step = long["estimate_autodiff_no_checkpoint_mb"] / long["config"]["T"]
@@ -253,22 +289,27 @@ SECTIONS = {
         ],
     ),
     "naive_baseline": (
-        "naive_baseline: the same gradient three ways, batch 1, same run",
+        "naive_baseline: the library's gradient against the same gradient written without "
+        "it (`jax.grad` through `lax.scan`), batch 50 and 1, same run",
         [
+            "batch",
             "implementation",
+            "chunk",
             "step (s)",
             "M synapse-steps/s",
-            "speed-up vs naive",
-            "max rel. grad diff vs naive",
+            "speed-up vs straightforward",
+            "max rel. grad diff",
             "compile (s)",
             "peak RSS (MiB)",
         ],
         lambda r: [
-            r["config"]["impl"],
+            _f(r["config"]["batch"]),
+            r["config"]["impl"] + (" (reference)" if r.get("reference") else ""),
+            _f(r["config"].get("chunk")),
             _f(r["step_s"], 4),
             _m(r["synapse_steps_per_s"]),
-            _f(r["speedup_vs_naive"]),
-            f"{r['grad_rel_diff_vs_naive']:.1e}",
+            _f(r["speedup_vs_straightforward"]),
+            f"{r['grad_rel_diff_vs_straightforward']:.1e}",
             _f(r["compile_s"]),
             _f(r["peak_rss_mb"], 5),
         ],
@@ -344,6 +385,38 @@ SECTIONS = {
             f"{r['median_percent_deviance']:.2f} / {r['median_true_percent_deviance']:.2f}",
         ],
     ),
+    "paper_protocol": (
+        "paper_protocol: the NeurIPS 2024 fly experiment as its authors run it (350 Adam "
+        "epochs, one trajectory per step; fresh process, cold compile)",
+        [
+            "end to end (s)",
+            "process (s)",
+            "generate (s)",
+            "of which compile (s)",
+            "fit (s)",
+            "fit compile (s)",
+            "steps",
+            "step wall (s)",
+            "gradient alone (s)",
+            "score (s)",
+            "R² weights",
+            "% deviance (fit / true)",
+        ],
+        lambda r: [
+            _f(r["end_to_end_s"]),
+            _f(r["process_s"]),
+            _f(r["generate_s"]),
+            _f(r["generate_compile_s"]),
+            _f(r["fit_s"]),
+            _f(r["compile_s"] + r["fit_compile_other_s"]),
+            _f(r["config"]["steps"]),
+            _f(r["steady_step_s"]),
+            _f(r["gradient_only_s"]),
+            _f(r["evaluate_s"]),
+            _f(r["median_r2_weights"]),
+            f"{r['median_percent_deviance']:.2f} / {r['median_true_percent_deviance']:.2f}",
+        ],
+    ),
     "devices": (
         "devices: a batched fit sharded over all visible devices vs one device",
         [
@@ -376,7 +449,7 @@ def _gpu_summary(records) -> list[str]:
         shown = ", ".join(
             f"{k} {v}"
             for k, v in config.items()
-            if k in ("batch", "T", "impl", "vary", "layout", "seeds", "n_out")
+            if k in ("batch", "T", "impl", "chunk", "vary", "layout", "seeds", "n_out")
         )
         if "slope" in r:
             rows.append([r["name"], shown, "–", f"slope {r['slope']:.2f}", "–"])

@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
 import pytest
 
 import metaplastic as mp
-from metaplastic.flies._fits import _prepare, _score
+from metaplastic.flies._fits import _encode, _masks, _score, _tile
 from metaplastic.flies._splits import trial_splits
 
 
@@ -101,10 +102,13 @@ def test_covariance_family_explains_a_covariance_fly(fitted):
     assert set(fits.coefficients) == {"1", "r", "x", "x*r"}
     # Only the family's terms were free: every other coefficient stayed exactly zero.
     c = np.asarray(fits.rules.coefficients)
-    free = mp.TaylorRule.zeros(("x", "w", "r"), 1).mask(["1", "r", "x", "x*r"])
+    free = mp.TaylorRule.zeros(("x", "y", "w", "r"), 1).mask(["1", "r", "x", "x*r"])
     assert np.all(c[:, ~free] == 0.0)
     rows = fits.rows()
     assert rows[0]["fly"] == "Fly1" and rows[0]["coef_x*r"] == pytest.approx(float(xr[0]))
+
+
+OPPOSITE_VARIANCE = 0.005
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +117,10 @@ def opposite(tmp_path_factory):
     avoid what rewarded it), three blocks of 20 trials of at most 20 presentations."""
     folder = tmp_path_factory.mktemp("opposite")
     task = mp.behaviour.OperantTask(((0.8, 0.2), (0.2, 0.8), (0.8, 0.2)), 20, max_presentations=20)
-    encoding = mp.behaviour.OdourEncoding(2, key=jr.key(2))
+    # Noise of variance 0.005: at the published 0.015² the avoiding fly's choices become
+    # nearly deterministic within a few trials and `1, r, x` alone explain 92 % of their
+    # deviance, so 60 trials do not determine the sign of its `x*r` (fitted ≈ −0.01).
+    encoding = mp.behaviour.OdourEncoding(2, variance=OPPOSITE_VARIANCE, key=jr.key(2))
     for fly, expression in ((1, "2*x*r"), (2, "-2*x*r")):
         truth = mp.TaylorRule.from_expression(expression, factors=("x", "w", "r"), order=1)
         teacher = mp.behaviour.MushroomBody(truth, key=jr.key(1))
@@ -124,7 +131,13 @@ def opposite(tmp_path_factory):
 
 def test_per_fly_fit_finds_each_fly_s_sign_of_learning(opposite):
     fits = mp.flies.fit_families(
-        opposite, ("covariance",), resamples=1, fractions=(), steps=6, key=KEY
+        opposite,
+        ("covariance",),
+        resamples=1,
+        fractions=(),
+        steps=6,
+        input_variance=OPPOSITE_VARIANCE,
+        key=KEY,
     )["covariance"]
     assert fits.names == ("Fly1", "Fly2")
     # Both flies learn from reward, so the fitted rule beats no plasticity in sample...
@@ -179,12 +192,19 @@ def test_held_out_scores_only_held_out_trials(simulated, fitted):
     """A held-out score is the deviance over the held-out presentations alone, with the
     weights replayed through every trial: recompute it by hand for one fly."""
     data, fits, key = simulated, fitted, KEY
-    # The same network, encoding and noise as inside fit_families (the same key splits).
-    k_enc, k_net, k_noise, _ = jr.split(key, 4)
-    encoding = mp.behaviour.OdourEncoding(2, key=k_enc)
-    network = mp.behaviour.MushroomBody(mp.TaylorRule.zeros(("x", "y", "w", "r"), 0), key=k_net)
-    names, members, fit_mask, score_mask = _prepare(data, network, encoding, 1, (0.5,), k_noise)
+    # The same draws and initial weights as inside fit_families (the same key splits).
+    k_draws, _, _ = jr.split(key, 3)
+    network = mp.behaviour.MushroomBody(mp.TaylorRule.zeros(("x", "y", "w", "r"), 0), key=k_draws)
+    packed, w0 = _encode(
+        data, 1, 2, mp.behaviour.DEFAULT_INPUT_VARIANCE, "presentation", 0.01, 10, k_draws
+    )
+    names, fit_on, score_on = trial_splits(data, (0.5,))
     assert names[:2] == ["all", "held_out_0.5"]
+    n_configs = len(names)
+    members = _tile(packed, n_configs, len(data))
+    member_w0 = _tile(w0, n_configs, len(data))
+    fit_mask = _masks(packed, fit_on, n_configs, len(data), 1)
+    score_mask = _masks(packed, score_on, n_configs, len(data), 1)
     m = 1 * len(data) + 0  # members are (configuration, fly): held_out_0.5, Fly1
     trial = np.asarray(members.trial_index[m, 0])
     valid = np.asarray(members.presentation_mask[m, 0])
@@ -196,8 +216,9 @@ def test_held_out_scores_only_held_out_trials(simulated, fitted):
     tile = lambda a: (
         jnp.concatenate([a] * (len(members) // len(data))) if eqx.is_inexact_array(a) else a
     )
-    held = _score(network, jax.tree.map(tile, rule), members, score_mask)
+    held, _ = _score(network, jax.tree.map(tile, rule), members, member_w0, score_mask, True)
     net = network.with_rule(jax.tree.map(lambda a: a[0] if eqx.is_inexact_array(a) else a, rule))
+    net = eqx.tree_at(lambda n: n.initial_weights, net, jnp.asarray(member_w0[m, 0]))
     one = jax.tree.map(lambda a: jnp.asarray(a[m]), members)
     masked = eqx.tree_at(lambda d: d.presentation_mask, one, jnp.asarray(score_mask[m]))
     ll = float(mp.behaviour.choice_log_likelihood(net, masked).sum())
@@ -208,7 +229,7 @@ def test_held_out_scores_only_held_out_trials(simulated, fitted):
     assert float(mp.behaviour.choice_log_likelihood(net, first).sum()) != pytest.approx(ll)
     # The replay runs through the held-out trials from the weights the rule produced.
     weights = np.asarray(mp.behaviour.replay(net, one).weights[0])
-    assert not np.allclose(weights[cut], np.asarray(network.initial_weights))
+    assert not np.allclose(weights[cut], np.asarray(member_w0[m, 0]))
 
 
 def test_compare_scores_by_hand():
@@ -345,3 +366,123 @@ def test_held_out_curve_figure(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 0
     with pytest.raises(mp.MetaplasticError, match="shape"):
         mp.plot.held_out_curve([0.5, 0.8], {"a": np.zeros((3, 3))})
+
+
+# --- Options of the published protocol and the reversed-indexing family ----------------------
+def test_published_indexing_maps_w_to_y_and_covariance_onto_itself():
+    """The published four-factor tensor has its axes in the order (r, w, y, x) while its
+    coefficients are addressed as [x][y][w][r]: the coefficient it names `w` multiplies `y`,
+    `x` and `r` swap, and the covariance terms map onto themselves."""
+    named = ("x", "y", "w", "r")  # how the published code addresses a coefficient
+    actual = named[::-1]  # the axis order of its synapse tensor
+
+    def meaning(term):
+        c = np.zeros((2, 2, 2, 2))
+        c[mp.TaylorRule.zeros(named, 1).monomial(term) if term != "1" else (0, 0, 0, 0)] = 1.0
+        # The same monomial whatever the printing order of its factors.
+        return "*".join(sorted(mp.TaylorRule(c, actual).to_expression().split("*")))
+
+    assert meaning("w") == "y"
+    assert meaning("x") == "r" and meaning("r") == "x"
+    assert {meaning(t) for t in mp.flies.FAMILY_TERMS["covariance"]} == {"1", "r", "x", "r*x"}
+    assert mp.flies.FAMILY_TERMS["forgetting_y"] == ("1", "r", "x", "x*r", "y")
+    rule = mp.flies.family_rule("forgetting_y", key=jr.key(0))
+    free = mp.TaylorRule.zeros(("x", "y", "w", "r"), 1).mask(["1", "r", "x", "x*r", "y"])
+    assert np.array_equal(np.asarray(rule.trainable), free)
+
+
+def test_padded_l1_by_hand(small):
+    pm = np.asarray(small.dataset.presentation_mask)
+    trials = np.asarray(small.dataset.trial_mask).sum(1)
+    expected = 0.01 * trials * pm.sum(2).max(1) / pm.sum((1, 2))
+    assert np.allclose(mp.flies.padded_l1(small), expected)
+    assert np.all(mp.flies.padded_l1(small) >= 0.01)
+    with pytest.raises(mp.MetaplasticError, match="DrosophilaData"):
+        mp.flies.padded_l1(np.zeros(3))
+
+
+def test_published_protocol_options_on_a_small_dataset(small):
+    """The published protocol through the options of `fit_families`: Adam, one sample per
+    step, frozen noise per sample, per-fly L1, fresh evaluation samples."""
+    fits = mp.flies.fit_families(
+        small,
+        ("covariance", "forgetting_y"),
+        solver=mp.Optax(optax.adam(1e-2)),
+        steps=12,
+        batch_size=1,
+        resamples=3,
+        marginal=False,
+        noise="trajectory",
+        input_variance=0.015**2,
+        init_scale=1e-5,
+        l1=mp.flies.padded_l1(small),
+        evaluation_samples=2,
+        fractions=(),
+        key=jr.key(0),
+    )
+    cov, fy = fits["covariance"], fits["forgetting_y"]
+    assert set(fy.coefficients) == {"1", "r", "x", "x*r", "y"}
+    for f in (cov, fy):
+        assert np.all(np.isfinite(f.in_sample)) and np.all(np.isfinite(f.block1))
+        assert f.max_weight.shape == (3,) and np.all(f.max_weight > 0)
+    # Only the family's terms moved.
+    c = np.asarray(fy.rules.coefficients)
+    free = mp.TaylorRule.zeros(("x", "y", "w", "r"), 1).mask(["1", "r", "x", "x*r", "y"])
+    assert np.all(c[:, ~free] == 0.0) and np.any(c[:, free] != 0.0)
+
+
+def test_fit_families_rejects_bad_options(small):
+    fit = lambda **kw: mp.flies.fit_families(small, ("covariance",), key=jr.key(0), **kw)
+    with pytest.raises(mp.MetaplasticError, match="noise"):
+        fit(noise="frozen")
+    with pytest.raises(mp.MetaplasticError, match="init_scale"):
+        fit(init_scale=0.0)
+    with pytest.raises(mp.MetaplasticError, match="weight_bound"):
+        fit(weight_bound=-1.0)
+    with pytest.raises(mp.MetaplasticError, match="solver"):
+        fit(solver=optax.adam(1e-3))
+    with pytest.raises(mp.MetaplasticError, match="first-order"):
+        fit(l1=[0.1, 0.2, 0.3])
+    with pytest.raises(mp.MetaplasticError, match="l1"):
+        fit(l1=[0.1, 0.2])
+    with pytest.raises(mp.MetaplasticError, match="l1"):
+        fit(l1=-1.0)
+    with pytest.raises(mp.MetaplasticError, match="marginal=False"):
+        fit(resamples=3, batch_size=1)
+    with pytest.raises(mp.MetaplasticError, match="evaluation_samples"):
+        fit(evaluation_samples=0)
+    with pytest.raises(mp.MetaplasticError, match="batch_size"):
+        fit(batch_size=0)
+    with pytest.raises(mp.MetaplasticError, match="input_variance"):
+        fit(input_variance=-0.1)
+
+
+@pytest.mark.slow  # compiles the five families' fits of the example
+def test_example_published_protocol_on_a_small_dataset(small, tmp_path):
+    folder = os.path.dirname(small.flies[0].path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "drosophila.py"),
+            "--data",
+            folder,
+            "--out",
+            str(tmp_path),
+            "--protocol",
+            "published",
+            "--steps",
+            "2",
+            "--resamples",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        check=True,
+    )
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["forgetting_y_improves"]["in_sample"]["of"] == 3
+    assert "median_y" in summary and "median_w" in summary
+    (run,) = tmp_path.iterdir()
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["protocol"] == "published" and config["noise"] == "trajectory"

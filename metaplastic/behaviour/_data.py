@@ -13,6 +13,7 @@ from .._errors import MetaplasticError
 from .._random import host_rng
 from .._types import Key
 from .._validate import finite_where, mask_array, real_array
+from ._network import OdourEncoding
 
 
 class ChoiceDataset(eqx.Module):
@@ -243,10 +244,10 @@ class NoisyChoices(eqx.Module):
 
     @classmethod
     def from_choices(
-        cls, data: ChoiceDataset, encoding: typing.Any, draws: int, *, key: Key
+        cls, data: ChoiceDataset, encoding: OdourEncoding, draws: int, *, key: Key
     ) -> "NoisyChoices":
-        """Encode the odours of `data` `draws` times with fresh noise from `encoding` (an
-        `OdourEncoding`: its means and variance) and pack every draw; the result has axes
+        """Encode the odours of `data` `draws` times with fresh noise from `encoding` (its
+        means and variance) and pack every draw; the result has axes
         `(batch, draws, ...)` (split the batch into ensemble members with `stack_members`).
         The noise comes from a numpy generator seeded by `key` (see `metaplastic._random`)."""
         if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:

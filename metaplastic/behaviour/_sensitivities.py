@@ -107,7 +107,9 @@ def _sensitivity_jacobian(network: MushroomBody, parts: Callable, data: PackedCh
         hidden = jnp.tanh(jnp.einsum("nji,ni->nj", before[trial_index], inputs))
         logits = jax.vmap(network.readout)(hidden)[:, 0]
         d_logit = (readout[None, :] * (1 - hidden**2))[:, :, None] * inputs[:, None, :]
-        return logits, jnp.einsum("npji,nji->np", sens[trial_index], d_logit)
+        # Multiply and sum rather than einsum: the gather of each presentation's sensitivity
+        # then fuses into the reduction instead of being materialised (presentations × P × W).
+        return logits, jnp.sum(sens[trial_index] * d_logit[:, None], axis=(2, 3))
 
     batch = data.trial_mask.shape[0]
     w0 = jnp.broadcast_to(network.initial_weights, (batch,) + network.initial_weights.shape)

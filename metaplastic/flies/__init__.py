@@ -3,7 +3,8 @@ and train/test splits in one vmapped fit per family), and compare the families a
 
 - the recordings: `load_drosophila`, `DrosophilaData`, `FlyInfo`;
 - rule families: `FAMILIES`, `FAMILY_TERMS`, `family_rule`;
-- per-fly fits: `fit_families`, `FlyFits`, `presentation_masks`, `base_rate_scores`;
+- per-fly fits: `fit_families`, `FlyFits`, `padded_l1`, `presentation_masks`,
+  `base_rate_scores`;
 - comparisons: `compare_families`, `compare_scores`, `PairedComparison`.
 """
 
@@ -14,6 +15,7 @@ from ._families import FAMILIES as FAMILIES
 from ._families import FAMILY_TERMS as FAMILY_TERMS
 from ._families import family_rule as family_rule
 from ._fits import fit_families as fit_families
+from ._fits import padded_l1 as padded_l1
 from ._loader import load_drosophila as load_drosophila
 from ._records import DrosophilaData as DrosophilaData
 from ._records import FlyInfo as FlyInfo

@@ -13,15 +13,22 @@ from ..behaviour import (
 from ..rules import AbstractRule, TaylorRule, format_monomial
 
 
-# The free terms of the small families, over (x, w, r) to first order: the covariance rule
-# Δw = θ₀ + θ_r r + θ_x x + θ_xr x·r, and the same with a weight-dependent (forgetting) term.
+# The free terms of the small families, over (x, y, w, r) to first order: the covariance rule
+# Δw = θ₀ + θ_r r + θ_x x + θ_xr x·r, the same with a weight-dependent (forgetting) term, and
+# the same with a postsynaptic term `y`: what the published implementation fitted under the
+# name "forgetting" (its four-factor coefficient tensor is indexed with the factor axes
+# reversed, so the coefficient it names `w` multiplies `y`, and those it names `x` and `r`
+# multiply `r` and `x`, which maps {1, r, x, x*r} onto itself).
 FAMILY_TERMS = {
     "covariance": ("1", "r", "x", "x*r"),
     "forgetting": ("1", "r", "x", "x*r", "w"),
+    "forgetting_y": ("1", "r", "x", "x*r", "y"),
 }
-FAMILIES = ("covariance", "forgetting", "taylor", "mlp")
+FAMILIES = ("covariance", "forgetting", "forgetting_y", "taylor", "mlp")
+# Taylor families, which the L1 penalty applies to.
+TAYLOR_FAMILIES = ("covariance", "forgetting", "forgetting_y", "taylor")
 # The factors of the small families' shared rule.
-SMALL_FACTORS = ("x", "w", "r")
+SMALL_FACTORS = ("x", "y", "w", "r")
 
 
 def family_rule(
@@ -29,8 +36,9 @@ def family_rule(
 ) -> AbstractRule:
     """A student rule of a named family, started near zero.
 
-    - `"covariance"`: a `TaylorRule` over `(x, w, r)` to first order whose only trainable
-      terms are `1, r, x, x*r`; `"forgetting"`: the same plus `w`;
+    - `"covariance"`: a `TaylorRule` over `(x, y, w, r)` to first order whose only trainable
+      terms are `1, r, x, x*r`; `"forgetting"`: the same plus `w`; `"forgetting_y"`: the
+      same plus `y` (the published "forgetting" family, see `FAMILY_TERMS`);
     - `"taylor"`: every one of the 81 terms over `(x, y, w, r)` to second order;
     - `"mlp"`: `mlp_student`.
     """

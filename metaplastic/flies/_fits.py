@@ -13,12 +13,15 @@ which trials a fit may see and which trials it is scored on:
 Every fit replays *all* of a fly's trials (the weights evolve through the held-out trials
 under the fitted rule, from the weights it produced on the training trials); only the
 presentations a configuration fits on enter its likelihood, and only those it is scored on
-enter its score. Each fly's data are several re-draws of the noisy odour encoding, fitted
-together, so a rule cannot exploit one particular noise draw.
+enter its score. Each fly's data are several draws of the unobserved noisy odour encoding
+(each with its own odour split and initial weights), fitted together: by their marginal
+likelihood, or each as a trajectory of its own.
 
-The covariance and forgetting families are one rule over `(x, w, r)` to first order whose
-coefficients are multiplied by a per-member 0/1 gate, so both are fitted in one compiled
-fit. The null model of every score is the same network with every rule parameter zero (no
+Each member carries its own initial weights in its batch (`_FlyBatch`): the network it
+fits is the shared network with the member's initial weights substituted, inside the loss
+and inside the sensitivity Jacobian. The small families (covariance, forgetting,
+forgetting_y) are one rule over `(x, y, w, r)` to first order whose coefficients are
+multiplied by a per-member 0/1 gate, so all are fitted in one compiled fit. The null model of every score is the same network with every rule parameter zero (no
 plasticity; its p(accept) stays near 0.5). `base_rate_scores` gives, on the same splits, what a
 constant acceptance rate per fly earns against p = 0.5: on accept-only stretches (blocks 2–3 of
 the published conversion, and five flies throughout) that alone is close to 100 %, and the
@@ -42,7 +45,7 @@ from .._errors import MetaplasticError
 from .._fit import fit
 from .._jacobian import AbstractDifferentiation
 from .._random import host_rng
-from .._solver import LevenbergMarquardt
+from .._solver import AbstractSolver, LevenbergMarquardt
 from ..behaviour import (
     DEFAULT_INPUT_VARIANCE,
     FACTORS,
@@ -55,14 +58,21 @@ from ..behaviour import (
     NoisyChoices,
     OdourEncoding,
     PackedChoiceDataset,
-    choice_log_likelihood,
+    marginal_logits,
     mlp_students,
+    replay,
     stack_members,
     taylor_students,
 )
 from ..losses import L1, AbstractGaussNewtonLoss
 from ..rules import AbstractRule, TaylorRule
-from ._families import FAMILIES, FAMILY_TERMS, SMALL_FACTORS, family_coefficients
+from ._families import (
+    FAMILIES,
+    FAMILY_TERMS,
+    SMALL_FACTORS,
+    TAYLOR_FAMILIES,
+    family_coefficients,
+)
 from ._records import DrosophilaData
 from ._results import FlyFits
 from ._splits import presentation_masks, trial_splits
@@ -71,47 +81,27 @@ from ._splits import presentation_masks, trial_splits
 logger = logging.getLogger("metaplastic")
 
 
-def _students(family: str, members: int, key: jax.Array) -> AbstractRule:
+NOISE = ("presentation", "trajectory")
+
+
+def _students(family: str, members: int, key: jax.Array, scale: float) -> AbstractRule:
     """`members` initial rules of the `"taylor"` or `"mlp"` family, arrays with a leading
     member axis, drawn on the host."""
     if family == "mlp":
         return mlp_students(members, key=key)
-    return taylor_students(members, key=key)
+    return taylor_students(members, key=key, scale=scale)
 
 
-@eqx.filter_jit
-def _log_likelihoods(network, rule_params, rule_static, data, masks):
-    """Per member, the log-likelihood of the choices on `masks` (marginal over the draws, or
-    summed over them when each draw is a trajectory)."""
-
-    def one(p, d, m):
-        net = network.with_rule(eqx.combine(p, rule_static))
-        # Packed replay does not read the presentation mask, so it only selects what is summed.
-        return jnp.sum(choice_log_likelihood(net, _with_mask(d, m)))
-
-    return jax.vmap(one)(rule_params, data, masks)
-
-
-def _with_mask(data, mask):
-    """Member data (packed, or the packed draws of `NoisyChoices`) with another
-    presentation mask of the same shape as its packed arrays' mask."""
-    if isinstance(data, NoisyChoices):
-        return NoisyChoices(eqx.tree_at(lambda p: p.presentation_mask, data.packed, mask))
-    return eqx.tree_at(lambda d: d.presentation_mask, data, mask)
-
-
-class _Gated(eqx.Module):
-    """One member's data and the gate (1 = free, 0 = absent) of every coefficient of the
-    shared `(x, w, r)` rule: this is how the small families share one compiled fit. The gate
-    is repeated for each of the member's trajectories, so that every array has the
-    trajectory axis; all copies are equal."""
+class _FlyBatch(eqx.Module):
+    """One member's data with what the member's network starts from: its initial weights,
+    the gate (1 = free, 0 = absent) of every coefficient of the small families' shared rule
+    (`None` for the other families) and its L1 weight. Every array has the member's
+    trajectory axis (all copies equal), so that minibatches select along it."""
 
     data: PackedChoiceDataset | NoisyChoices
-    gate: Float[Array, "*members trajectories n_params"]
-
-    @property
-    def member_gate(self) -> Float[Array, " n_params"]:
-        return self.gate[0]
+    initial_weights: Float[Array, "*members trajectories hidden n_in"]
+    l1: Float[Array, "*members trajectories"]
+    gate: Float[Array, "*members trajectories n_params"] | None = None
 
 
 def _gated_rule(rule: TaylorRule, gate: Array) -> TaylorRule:
@@ -119,42 +109,75 @@ def _gated_rule(rule: TaylorRule, gate: Array) -> TaylorRule:
     return eqx.tree_at(lambda r: r.coefficients, rule, c)
 
 
-class _GatedChoices(AbstractGaussNewtonLoss):
-    """`ChoiceBCE` of the network whose rule coefficients are multiplied by the member's
-    gate."""
+def _member_network(model: MushroomBody, batch: _FlyBatch) -> MushroomBody:
+    """The member's network: its own initial weights, its rule gated."""
+    model = eqx.tree_at(lambda m: m.initial_weights, model, batch.initial_weights[0])
+    if batch.gate is not None:
+        model = model.with_rule(_gated_rule(model.rule, batch.gate[0]))
+    return model
 
-    def observe(self, model: MushroomBody, batch: _Gated, *, checkpoint: bool | int = False):
-        gated = model.with_rule(_gated_rule(model.rule, batch.member_gate))
-        return ChoiceBCE().observe(gated, batch.data, checkpoint=checkpoint)
+
+class _FlyChoices(AbstractGaussNewtonLoss):
+    """`ChoiceBCE` of the member's network (`_member_network`)."""
+
+    def observe(self, model: MushroomBody, batch: _FlyBatch, *, checkpoint: bool | int = False):
+        return ChoiceBCE().observe(_member_network(model, batch), batch.data, checkpoint=checkpoint)
 
 
-class _GatedSensitivities(AbstractDifferentiation):
-    """The sensitivity Jacobian of the gated rule: logits(θ ⊙ g) has the Jacobian
-    J(θ ⊙ g) · diag(g), so absent terms never move."""
+def _choices_with_l1(model: MushroomBody, batch: _FlyBatch) -> Array:
+    """`_FlyChoices` plus the member's exact L1 penalty on its (gated) Taylor coefficients,
+    for first-order solvers (the L1 weight may differ between members)."""
+    value = _FlyChoices()(model, batch)
+    rule = _member_network(model, batch).rule
+    if isinstance(rule, TaylorRule):
+        value = value + batch.l1[0] * jnp.sum(jnp.abs(rule.coefficients))
+    return value
+
+
+class _FlySensitivities(AbstractDifferentiation):
+    """The sensitivity Jacobian of the member's network: its initial weights substituted,
+    and for a gated rule logits(θ ⊙ g) has the Jacobian J(θ ⊙ g) · diag(g), so absent terms
+    never move."""
 
     def supports(self, loss, model, batch, *, jacobian):
-        return jacobian and isinstance(loss, _GatedChoices)
+        return jacobian and isinstance(loss, _FlyChoices)
 
     def value_and_grad(self, loss, params, static, batch):
-        raise MetaplasticError("the gated family fit takes Jacobians only")
+        raise MetaplasticError("the per-fly Gauss-Newton fit takes Jacobians only")
 
     def linearise(self, loss, params, static, batch):
-        gate = batch.member_gate
+        static = eqx.tree_at(lambda m: m.initial_weights, static, batch.initial_weights[0])
+        if batch.gate is None:
+            return ChoiceSensitivities().linearise(ChoiceBCE(), params, static, batch.data)
+        gate = batch.gate[0]
         gated = eqx.tree_at(lambda m: m.rule, params, _gated_rule(params.rule, gate))
         ((obs, jac),) = ChoiceSensitivities().linearise(ChoiceBCE(), gated, static, batch.data)
         return ((obs, jac * gate),)
 
 
-def _prepare(data, network, encoding, resamples, fractions, key):
-    """Encoded, packed member data `(configs · flies, resamples, ...)` and the masks of the
-    same shape as its presentation mask."""
+def _encode(data, draws, n_in, input_variance, noise, init_std, hidden, key):
+    """Every fly's recording encoded `draws` times, `(flies, draws, ...)` packed, and the
+    initial weights `(flies, draws, hidden, n_in)`: each (fly, draw) has its own odour split
+    (which input units each odour drives), its own noise (fresh at every presentation, or one
+    vector for the whole trajectory with `noise="trajectory"`) and its own initial weights.
+    Drawn on the host (see `metaplastic._random`)."""
     flies = len(data)
-    # Each fly repeated `resamples` times (fly-major), each copy with its own noise draw,
-    # drawn on the host (see `metaplastic._random`).
-    ds = jax.tree.map(lambda a: np.repeat(np.asarray(a), resamples, axis=0), data.dataset)
-    noise = host_rng(key).standard_normal(ds.odours.shape + (encoding.n_in,))
-    x = np.asarray(encoding.means)[ds.odours] + np.sqrt(encoding.variance) * noise
-    x = np.where(ds.presentation_mask[..., None], x, 0.0)
+    rng = host_rng(key)
+    ds = jax.tree.map(lambda a: np.repeat(np.asarray(a), draws, axis=0), data.dataset)
+    odours = np.asarray(ds.odours)
+    mean = float(np.max(np.asarray(OdourEncoding(n_in).means)))
+    order = np.argsort(rng.random((flies * draws, n_in)), axis=1)
+    means = np.zeros((flies * draws, 2, n_in))
+    rows = np.arange(flies * draws)[:, None]
+    means[rows, 0, order[:, : n_in // 2]] = mean
+    means[rows, 1, order[:, n_in // 2 :]] = mean
+    if noise == "trajectory":
+        xi = rng.standard_normal((flies * draws, 1, 1, n_in))
+    else:
+        xi = rng.standard_normal(odours.shape + (n_in,))
+    x = means[rows[:, :, None], odours] + np.sqrt(input_variance) * xi
+    x = np.where(np.asarray(ds.presentation_mask)[..., None], x, 0.0)
+    dtype = np.asarray(OdourEncoding(n_in).means).dtype
     ds = ChoiceDataset(
         ds.odours,
         ds.choices,
@@ -162,34 +185,97 @@ def _prepare(data, network, encoding, resamples, fractions, key):
         ds.trial_mask,
         ds.rewards,
         ds.expected_rewards,
-        x.astype(np.asarray(encoding.means).dtype),
+        x.astype(dtype),
     )
-    packed = stack_members(PackedChoiceDataset.from_choices(ds), flies)  # (flies, res, ...)
-    names, fit_on, score_on = trial_splits(data, fractions)
-    n_configs = len(names)
-    # Trial masks (configs, flies, trials) → presentation masks (configs, flies, res, n).
-    expand = lambda m: np.repeat(m[:, :, None, :], resamples, axis=2)
+    packed = stack_members(PackedChoiceDataset.from_choices(ds), flies)
+    w0 = init_std * rng.standard_normal((flies, draws, hidden, n_in))
+    return packed, w0.astype(dtype)
+
+
+def _tile(tree, n_configs, flies):
+    """`(flies, ...)` arrays repeated for every configuration, `(configs · flies, ...)`."""
+    return jax.tree.map(
+        lambda a: np.reshape(
+            np.broadcast_to(np.asarray(a), (n_configs,) + np.shape(a)),
+            (n_configs * flies,) + np.shape(a)[1:],
+        ),
+        tree,
+    )
+
+
+def _masks(packed, trials, n_configs, flies, draws):
+    """Trial masks `(configs, flies, trials)` → presentation masks `(configs · flies,
+    draws, n)`."""
     tiled = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (n_configs,) + a.shape), packed)
-    flat = lambda a: np.reshape(a, (n_configs * flies,) + a.shape[2:])
-    fit_mask = flat(presentation_masks(tiled, expand(fit_on)))
-    score_mask = flat(presentation_masks(tiled, expand(score_on)))
-    members = jax.tree.map(lambda a: flat(a), tiled)
-    return names, members, fit_mask, score_mask
+    expand = np.repeat(trials[:, :, None, :], draws, axis=2)
+    m = presentation_masks(tiled, expand)
+    return np.reshape(m, (n_configs * flies,) + m.shape[2:])
 
 
-def _score(network, fitted, member_data, score_mask):
+def _summed(logits, choices, mask):
+    """`Σ log p(choice)` of Bernoulli choices over the presentations in `mask`."""
+    ll = choices * jax.nn.log_sigmoid(logits) + (1 - choices) * jax.nn.log_sigmoid(-logits)
+    return jnp.sum(jnp.where(mask, ll, 0.0))
+
+
+@eqx.filter_jit
+def _draw_log_likelihoods(network, rule_params, rule_static, data, w0, masks, marginal):
+    """Per member, the log-likelihood of the choices on `masks`: per draw `(members,
+    draws)`, or of the probability averaged over the draws `(members, 1)` when `marginal`."""
+
+    def one(p, d, w, m):
+        net = network.with_rule(eqx.combine(p, rule_static))
+        logits = replay(net, d, w).logits
+        if marginal:
+            return _summed(marginal_logits(logits, axis=0), d.choices[0], m[0])[None]
+        return jax.vmap(_summed)(logits, d.choices, m)
+
+    return jax.vmap(one)(rule_params, data, w0, masks)
+
+
+@eqx.filter_jit
+def _largest_weights(network, rule_params, rule_static, data, w0):
+    """Per member, the largest |weight| the rule reaches in any draw's replay."""
+
+    def one(p, d, w):
+        net = network.with_rule(eqx.combine(p, rule_static))
+        return jnp.max(jnp.abs(replay(net, d, w).weights))
+
+    return jax.vmap(one)(rule_params, data, w0)
+
+
+def _score(network, fitted, data, w0, score_mask, marginal):
     """Percent deviance of every member against the same rule with all parameters zero (no
-    plasticity: a zero Taylor rule, or an MLP whose tanh output is 0), in one call."""
+    plasticity: a zero Taylor rule, or an MLP whose tanh output is 0), on the same draws,
+    in one call: of the marginal likelihood, or the mean over draws of each draw's."""
     # Host-side array plumbing throughout (see `metaplastic._random`).
     params, static = eqx.partition(fitted, eqx.is_inexact_array)
     both = jax.tree.map(lambda a: jnp.asarray(np.concatenate([a, np.zeros_like(a)])), params)
     twice = lambda a: jnp.asarray(np.concatenate([np.asarray(a), np.asarray(a)]))
-    ll = _log_likelihoods(
-        network, both, static, jax.tree.map(twice, member_data), twice(score_mask)
+    ll = _draw_log_likelihoods(
+        network,
+        both,
+        static,
+        jax.tree.map(twice, data),
+        twice(w0),
+        twice(score_mask),
+        marginal,
     )
     ll = np.asarray(ll, dtype=np.float64)
     n = ll.shape[0] // 2
-    return 100.0 * (ll[:n] - ll[n:]) / -ll[n:]
+    deviance = np.mean(100.0 * (ll[:n] - ll[n:]) / -ll[n:], axis=1)
+    first = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), params)
+    largest = _largest_weights(
+        network, first, static, jax.tree.map(jnp.asarray, data), jnp.asarray(w0)
+    )
+    return deviance, np.asarray(largest, dtype=np.float64)
+
+
+def _check_int(name, value, minimum=1, allow_none=False):
+    if allow_none and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise MetaplasticError(f"{name} must be a positive integer, got {value!r}.")
 
 
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
@@ -204,33 +290,64 @@ def fit_families(
     n_in: int = 2,
     hidden: int = 10,
     input_variance: float = DEFAULT_INPUT_VARIANCE,
+    noise: Literal["presentation", "trajectory"] = "presentation",
+    init_std: float = 0.01,
+    init_scale: float = TAYLOR_STUDENT_SCALE,
+    weight_bound: float | None = None,
+    solver: AbstractSolver | None = None,
     steps: int = 12,
-    l1: float = 1e-3,
+    batch_size: int | None = None,
+    l1: float | Sequence[float] | np.ndarray = 1e-3,
+    evaluation_samples: int | None = None,
     key: jax.Array,
 ) -> dict[str, FlyFits]:
     """Fit rule families to every fly: per family, all flies and all train/test splits in
-    one vmapped Gauss–Newton fit (`"covariance"` and `"forgetting"` together in one), every
-    fit scored against the no-plasticity null.
+    one vmapped fit (the small families together in one), every fit scored against the
+    no-plasticity null.
 
-    The flies share one encoding, one network and one set of encoding re-draws, so the
-    families are compared on the same inputs.
+    Each fly is encoded `resamples` times: every (fly, draw) pair has its own odour split
+    (which input units each odour drives), its own draw of the input noise and its own
+    initial weights in scoring; a fit starts every draw of a fly from the fly's first
+    draw's initial weights. The families see the same draws, so they are compared on the
+    same inputs.
 
     **Arguments:**
 
     - `data`: the flies (`load_drosophila`).
     - `families`: from `"covariance"` (free terms `1, r, x, x*r`), `"forgetting"` (the same
-      plus `w`), `"taylor"` (all 81 terms over `x, y, w, r`, with L1) and `"mlp"`.
+      plus `w`), `"forgetting_y"` (the same plus `y`: the published "forgetting" family under
+      its reversed indexing, see `FAMILY_TERMS`), `"taylor"` (all 81 terms over
+      `x, y, w, r`) and `"mlp"`.
     - `reward_signal`: `"prediction_error"` (`r = R − E[R]`) or `"reward"` (`r = R`).
     - `resamples`: draws of the unobserved encoding noise per fly.
     - `marginal`: fit (and score) the likelihood averaged over the draws, `p(choice)` being
       the mean over draws (`metaplastic.behaviour.NoisyChoices`); `False` fits every draw as
-      a trajectory of its own (the average of the draws' log-likelihoods).
+      a trajectory of its own (the average of the draws' log-likelihoods) and scores the
+      mean over draws of each draw's percent deviance.
     - `fractions`: training fractions of the held-out sweeps (each in `(0, 1)`; may be
       empty).
-    - `n_in`, `hidden`, `input_variance`: the network and the encoding.
-    - `steps`: Levenberg–Marquardt (Fisher scoring) steps of each fit.
-    - `l1`: the L1 penalty of the `"taylor"` family (the others have none).
-    - `key`: the encoding, the initial weights, the noise draws and the initial rules.
+    - `n_in`, `hidden`, `input_variance`: the network and the variance of the encoding
+      noise.
+    - `noise`: `"presentation"` (a fresh noise vector at every presentation) or
+      `"trajectory"` (one noise vector per draw, shared by all its presentations: the
+      published implementation's frozen samples).
+    - `init_std`: the standard deviation of the initial weights.
+    - `init_scale`: the standard deviation of the initial Taylor coefficients.
+    - `weight_bound`: clip the weights to `±weight_bound` after every update (`None`: never;
+      `FlyFits.max_weight` says how large they grow).
+    - `solver`: `metaplastic.LevenbergMarquardt()` (the default) or a first-order solver
+      such as `metaplastic.Optax(optax.adam(1e-3))`.
+    - `steps`: solver steps of each fit.
+    - `batch_size`: trajectories (draws) of a fly per step, a fresh random subset each step
+      (`None`: all; needs `marginal=False` to be smaller than `resamples`).
+    - `l1`: the L1 penalty on the coefficients of the Taylor families (`covariance`,
+      `forgetting`, `forgetting_y`, `taylor`; never the MLP), in units of the mean
+      per-presentation log-likelihood: one weight, or one per fly (a first-order solver
+      only; see `padded_l1` for the published implementation's).
+    - `evaluation_samples`: score on this many fresh draws (fresh odour splits, noise and
+      initial weights) of the same trials instead of the fitted draws (the published
+      evaluation); `None`: score on the fitted draws.
+    - `key`: the draws, the initial weights and the initial rules.
 
     **Returns:**
 
@@ -246,94 +363,201 @@ def fit_families(
         raise MetaplasticError(
             f"reward_signal must be one of {REWARD_SIGNALS}, got {reward_signal!r}."
         )
-    if not isinstance(resamples, int) or isinstance(resamples, bool) or resamples < 1:
-        raise MetaplasticError(f"resamples must be a positive integer, got {resamples!r}.")
+    _check_int("resamples", resamples)
+    _check_int("steps", steps)
+    _check_int("batch_size", batch_size, allow_none=True)
+    _check_int("evaluation_samples", evaluation_samples, allow_none=True)
     if not isinstance(marginal, bool):
         raise MetaplasticError(f"marginal must be True or False, got {marginal!r}.")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise MetaplasticError(f"steps must be a positive integer, got {steps!r}.")
+    if noise not in NOISE:
+        raise MetaplasticError(f"noise must be one of {NOISE}, got {noise!r}.")
     fractions = tuple(float(f) for f in fractions)
     if not all(0.0 < f < 1.0 for f in fractions) or len(set(fractions)) != len(fractions):
         raise MetaplasticError(
             f"fractions must be distinct and lie strictly between 0 and 1, got {fractions}."
         )
-    if not l1 >= 0:
-        raise MetaplasticError(f"l1 must be non-negative, got {l1}.")
-    k_enc, k_net, k_noise, k_rule = jr.split(key, 4)
-    encoding = OdourEncoding(n_in, variance=input_variance, key=k_enc)
+    for name, value in (("input_variance", input_variance), ("init_std", init_std)):
+        if not (isinstance(value, int | float) and not isinstance(value, bool) and value >= 0):
+            raise MetaplasticError(f"{name} must be a non-negative number, got {value!r}.")
+    if not (isinstance(init_scale, int | float) and init_scale > 0):
+        raise MetaplasticError(f"init_scale must be a positive number, got {init_scale!r}.")
+    if weight_bound is not None and not (
+        isinstance(weight_bound, int | float) and weight_bound > 0
+    ):
+        raise MetaplasticError(f"weight_bound must be positive or None, got {weight_bound!r}.")
+    if solver is None:
+        solver = LevenbergMarquardt()
+    if not isinstance(solver, AbstractSolver):
+        raise MetaplasticError(f"solver must be a metaplastic solver, got {type(solver).__name__}.")
+    flies = len(data)
+    l1 = np.asarray(l1, dtype=np.float64)
+    if l1.ndim == 0:
+        l1 = np.full(flies, float(l1))
+    if l1.shape != (flies,) or not np.all(np.isfinite(l1)) or np.any(l1 < 0):
+        raise MetaplasticError(
+            f"l1 must be one non-negative number or one per fly ({flies}), got {l1}."
+        )
+    if solver.needs_jacobian and np.ptp(l1) > 0:
+        raise MetaplasticError(
+            "one L1 weight per fly needs a first-order solver (metaplastic.Optax); "
+            f"{type(solver).__name__} takes one weight for all flies."
+        )
+    if batch_size is not None and batch_size < resamples and marginal:
+        raise MetaplasticError(
+            "batch_size selects draws, which marginal=True averages in one trajectory; "
+            "pass marginal=False to fit minibatches of draws."
+        )
+    k_draws, k_eval, k_rule = jr.split(key, 3)
     zero = TaylorRule.zeros(FACTORS, order=0)
-    network = MushroomBody(zero, n_in=n_in, hidden=hidden, reward_signal=reward_signal, key=k_net)
-    names, member_data, fit_mask, score_mask = _prepare(
-        data, network, encoding, resamples, fractions, k_noise
+    network = MushroomBody(
+        zero,
+        n_in=n_in,
+        hidden=hidden,
+        reward_signal=reward_signal,
+        init_std=init_std,
+        weight_bound=weight_bound,
+        key=k_draws,
     )
-    n_configs, flies = len(names), len(data)
+    encoding = (n_in, input_variance, noise, init_std, hidden)
+    packed, w0 = _encode(data, resamples, *encoding, k_draws)
+    names, fit_on, score_on = trial_splits(data, fractions)
+    n_configs = len(names)
     members = n_configs * flies
-    trajectories = resamples
+    fit_mask = _masks(packed, fit_on, n_configs, flies, resamples)
+    member_data = _tile(packed, n_configs, flies)
+    member_w0 = _tile(w0, n_configs, flies)
+    if evaluation_samples is None:
+        score_data, score_w0 = member_data, member_w0
+        score_mask = _masks(packed, score_on, n_configs, flies, resamples)
+    else:
+        e_packed, e_w0 = _encode(data, evaluation_samples, *encoding, k_eval)
+        score_data, score_w0 = _tile(e_packed, n_configs, flies), _tile(e_w0, n_configs, flies)
+        score_mask = _masks(e_packed, score_on, n_configs, flies, evaluation_samples)
+    train = eqx.tree_at(lambda p: p.presentation_mask, member_data, fit_mask)
+    # A fit starts every draw of a fly from the same initial weights (the fly's first).
+    start_w = member_w0[:, :1]
+    member_l1 = np.tile(l1, n_configs)
     if marginal:
         # Each member is one trajectory whose draws are averaged in its likelihood.
         one = lambda a: np.expand_dims(np.asarray(a), 1)
-        member_data = NoisyChoices(jax.tree.map(one, member_data))
-        fit_mask, score_mask, trajectories = one(fit_mask), one(score_mask), 1
-    train = jax.tree.map(np.asarray, _with_mask(member_data, fit_mask))
+        train = NoisyChoices(jax.tree.map(one, train))
+        trajectories = 1
+    else:
+        trajectories = resamples
+    start_w = np.repeat(start_w, trajectories, axis=1)
+    member_l1 = np.repeat(member_l1[:, None], trajectories, axis=1)
     groups = [f for f in families if f in FAMILY_TERMS]
     groups = ([tuple(groups)] if groups else []) + [(f,) for f in families if f not in groups]
+    first_order = not solver.needs_jacobian
     out = {}
     for group, k in zip(groups, jr.split(k_rule, len(groups))):
         start = time.perf_counter()
-        common = dict(solver=LevenbergMarquardt(), steps=steps, ensemble=True, progress=False)
+        n = len(group)
+        rep = lambda a, n=n: np.concatenate([np.asarray(a)] * n)
+        with_l1 = group[0] in TAYLOR_FAMILIES
+        batch_l1 = rep(member_l1) if with_l1 else np.zeros_like(rep(member_l1))
         if group[0] in FAMILY_TERMS:
             template = TaylorRule.zeros(SMALL_FACTORS, order=1)
             gates = np.stack([template.mask(list(FAMILY_TERMS[f])) for f in group])
-            gates = np.repeat(gates.reshape(len(group), 1, -1), members, axis=1)
-            gates = gates.reshape(len(group) * members, -1).astype(template.coefficients.dtype)
-            c = TAYLOR_STUDENT_SCALE * host_rng(k).standard_normal(gates.shape) * gates
+            gates = np.repeat(gates.reshape(n, 1, -1), members, axis=1)
+            gates = gates.reshape(n * members, -1).astype(template.coefficients.dtype)
+            c = init_scale * host_rng(k).standard_normal(gates.shape) * gates
             c = c.reshape((-1,) + template.coefficients.shape)
             students = eqx.tree_at(
                 lambda r: r.coefficients, template, jnp.asarray(c, template.coefficients.dtype)
             )
-            gated = _Gated(
-                jax.tree.map(lambda a, n=len(group): jnp.asarray(np.concatenate([a] * n)), train),
-                jnp.asarray(np.repeat(gates[:, None, :], trajectories, axis=1)),
-            )
+            gate = jnp.asarray(np.repeat(gates[:, None, :], trajectories, axis=1))
+        else:
+            students = _students(group[0], members, k, init_scale)
+            gate = None
+        batch = _FlyBatch(
+            jax.tree.map(lambda a, rep=rep: jnp.asarray(rep(a)), train),
+            jnp.asarray(rep(start_w)),
+            jnp.asarray(batch_l1, dtype=start_w.dtype),
+            gate,
+        )
+        common = dict(
+            solver=solver,
+            steps=steps,
+            batch_size=batch_size,
+            ensemble=True,
+            progress=False,
+            key=k,
+        )
+        if first_order:
+            result = fit(network.with_rule(students), batch, _choices_with_l1, **common)
+        else:
+            penalty = L1(float(l1[0])) if with_l1 and l1[0] > 0 else ()
             result = fit(
                 network.with_rule(students),
-                gated,
-                _GatedChoices(),
-                differentiation=_GatedSensitivities(),
+                batch,
+                _FlyChoices(),
+                penalty=penalty,
+                differentiation=_FlySensitivities(),
                 **common,
             )
-            fitted = result.model.rule
-            c = np.asarray(fitted.coefficients) * gates.reshape(fitted.coefficients.shape)
-            rule = eqx.tree_at(lambda r: r.coefficients, fitted, c)
-        else:
-            result = fit(
-                network.with_rule(_students(group[0], members, k)),
-                jax.tree.map(jnp.asarray, train),
-                ChoiceBCE(),
-                penalty=L1(l1) if group[0] == "taylor" and l1 > 0 else (),
-                **common,
-            )
-            rule = result.model.rule
+        rule = result.model.rule
+        if gate is not None:
+            c = np.asarray(rule.coefficients) * gates.reshape(rule.coefficients.shape)
+            rule = eqx.tree_at(lambda r: r.coefficients, rule, c)
         rule = jax.tree.map(lambda a: np.asarray(a) if eqx.is_inexact_array(a) else a, rule)
-        data_all = jax.tree.map(lambda a, n=len(group): np.concatenate([a] * n), member_data)
-        deviance = _score(network, rule, data_all, np.concatenate([score_mask] * len(group)))
+        deviance, largest = _score(
+            network,
+            rule,
+            jax.tree.map(rep, score_data),
+            rep(score_w0),
+            rep(score_mask),
+            marginal,
+        )
         objective = np.asarray(result.history.loss)[-1]
-        seconds = (time.perf_counter() - start) / len(group)
+        seconds = (time.perf_counter() - start) / n
         setting = dict(data=data, names=names, fractions=fractions, reward_signal=reward_signal)
         for g, family in enumerate(group):
             part = slice(g * members, (g + 1) * members)
             own = jax.tree.map(lambda a, p=part: a[p] if eqx.is_inexact_array(a) else a, rule)
-            out[family] = _collect(family, own, deviance[part], objective[part], seconds, **setting)
-        logger.info(
-            "fit_families(%s): %d members in %.1f s",
-            group,
-            members * len(group),
-            seconds * len(group),
-        )
+            out[family] = _collect(
+                family,
+                own,
+                deviance[part],
+                objective[part],
+                largest[part],
+                seconds,
+                **setting,
+            )
+        logger.info("fit_families(%s): %d members in %.1f s", group, members * n, seconds * n)
     return {f: out[f] for f in families}
 
 
-def _collect(family, rule, deviance, objective, seconds, *, data, names, fractions, reward_signal):
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+def padded_l1(data: DrosophilaData, weight: float = 1e-2) -> np.ndarray:
+    """The L1 weight per fly, in units of `fit_families`' mean per-presentation
+    log-likelihood, that the published implementation's penalty amounts to: its choice loss
+    is the mean over a `(trials, longest trial)` tensor whose padded entries add a constant,
+    so its `weight · Σ|θ|` weighs `trials · longest / presentations` times more against a
+    fly's likelihood than against a per-presentation mean.
+
+    **Arguments:**
+
+    - `data`: the flies.
+    - `weight`: the published L1 weight (`1e-2`).
+
+    **Returns:**
+
+    `(flies,)` weights.
+    """
+    if not isinstance(data, DrosophilaData):
+        raise MetaplasticError(f"data must be a DrosophilaData, got {type(data).__name__}.")
+    if not weight >= 0:
+        raise MetaplasticError(f"weight must be non-negative, got {weight}.")
+    pm = np.asarray(data.dataset.presentation_mask)
+    trials = np.asarray(data.dataset.trial_mask).sum(axis=1)
+    longest = pm.sum(axis=2).max(axis=1)
+    return weight * trials * longest / pm.sum(axis=(1, 2))
+
+
+def _collect(
+    family, rule, deviance, objective, largest, seconds, *, data, names, fractions, reward_signal
+):
     """The `FlyFits` of one family from its members' fitted rules, deviances and
     objectives (configuration-major, `(configs · flies, ...)`)."""
     n_configs, flies = len(names), len(data)
@@ -361,4 +585,5 @@ def _collect(family, rule, deviance, objective, seconds, *, data, names, fractio
         rules=to_jax(rules_all),
         objective=objective.reshape(n_configs, flies)[0],
         seconds=seconds,
+        max_weight=largest.reshape(n_configs, flies)[0],
     )

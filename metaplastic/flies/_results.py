@@ -32,6 +32,8 @@ class FlyFits:
     - `rules`: the rules fitted on all trials, arrays with a leading fly axis.
     - `objective`: the final objective of every fit on all trials, `(flies,)`.
     - `seconds`: wall time of the fit and the scoring (compilation included).
+    - `max_weight`: the largest |weight| the rule fitted on all trials reaches in the
+      scored replays, `(flies,)` (`None` if not recorded).
     """
 
     family: str
@@ -48,6 +50,7 @@ class FlyFits:
     rules: AbstractRule
     objective: np.ndarray
     seconds: float
+    max_weight: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -74,6 +77,7 @@ class FlyFits:
             block1_coefficients=coef(self.block1_coefficients),
             rules=jax.tree.map(lambda a: a[idx] if eqx.is_inexact_array(a) else a, self.rules),
             objective=self.objective[idx],
+            max_weight=None if self.max_weight is None else self.max_weight[idx],
         )
 
     def without_accept_only(self) -> "FlyFits":
@@ -102,6 +106,8 @@ class FlyFits:
                 "in_sample": float(self.in_sample[i]),
                 "block1": float(self.block1[i]),
             }
+            if self.max_weight is not None:
+                row["max_weight"] = float(self.max_weight[i])
             for f, v, b in zip(self.fractions, self.held_out, self.block1_held_out):
                 row[f"held_out_{f:g}"] = float(v[i])
                 row[f"block1_held_out_{f:g}"] = float(b[i])
