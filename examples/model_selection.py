@@ -32,6 +32,13 @@ def parse_args(argv=None):
     p.add_argument("--n-train", type=_cli.positive_int, default=None, help="training flies (18)")
     p.add_argument("--n-test", type=_cli.positive_int, default=None, help="held-out flies (7)")
     p.add_argument("--trials-per-block", type=_cli.positive_int, default=None, help="80")
+    p.add_argument(
+        "--input-variance",
+        type=_cli.positive_float,
+        default=0.015,
+        help="variance of the odour-encoding noise (default 0.015, as measured in "
+        "results/uncertainty.md; the library default is now 0.015²)",
+    )
     p.add_argument("--decay", type=_cli.positive_float, default=0.05, help="forgetting rate")
     p.add_argument(
         "--prior-std", type=_cli.positive_float, default=1.0, help="prior std of the evidence"
@@ -92,6 +99,7 @@ def main(argv=None):
             n_train=n_train,
             n_test=n_test,
             trials_per_block=tpb,
+            input_variance=args.input_variance,
             draws=args.draws,
             key=k_data,
         )
@@ -156,6 +164,7 @@ def main(argv=None):
             "n_test": n_test,
             "trials": 3 * tpb,
             "decay": args.decay,
+            "input_variance": args.input_variance,
             "prior_std": args.prior_std,
             "steps": steps,
             "inputs": (
