@@ -11,6 +11,10 @@ from . import rules as rules
 from . import runs as runs
 from . import sharding as sharding
 from . import tasks as tasks
+from ._bootstrap import Bootstrap as Bootstrap
+from ._bootstrap import bootstrap as bootstrap
+from ._compare import Comparison as Comparison
+from ._compare import compare_models as compare_models
 from ._errors import CheckpointError as CheckpointError
 from ._errors import FitDivergedError as FitDivergedError
 from ._errors import MetaplasticError as MetaplasticError

@@ -33,15 +33,17 @@ def _load_cli():
 cli = _load_cli()
 
 
-def test_there_are_seven_scripts():
+def test_there_are_nine_scripts():
     assert SCRIPTS == [
         "drosophila.py",
+        "model_selection.py",
         "multihost_fit.py",
         "oja_robustness.py",
         "recover_oja.py",
         "resumable_fit.py",
         "reward_rule.py",
         "rule_sweep.py",
+        "uncertainty.py",
     ]
 
 
@@ -246,13 +248,17 @@ BAD_FLAGS = [
     ("resumable_fit.py", "--steps", "0", "positive integer"),
     ("resumable_fit.py", "--learning-rate", "0", "> 0"),
     ("resumable_fit.py", "--no-such-flag", "1", "unrecognized arguments"),
+    ("uncertainty.py", "--datasets", "0", "positive integer"),
+    ("uncertainty.py", "--noise", "0", "> 0"),
+    ("model_selection.py", "--decay", "-0.05", "> 0"),
+    ("model_selection.py", "--prior-std", "0", "> 0"),
 ]
 
 
 @pytest.mark.parametrize("name, flag, value, message", BAD_FLAGS)
 def test_bad_flag_is_a_usage_error_naming_it(name, flag, value, message):
     """Out-of-range counts, fractions and penalties stop at the command line (exit status 2,
-    the flag named) instead of failing with a traceback inside a fit. 20 cases."""
+    the flag named) instead of failing with a traceback inside a fit. 24 cases."""
     proc = _script(name, flag, value, timeout=30)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -308,3 +314,30 @@ def test_reward_rule_writes_a_run_folder(tmp_path):
         record = json.load(f)
     assert record["status"] == "finished"
     assert record["summary"]["taylor"]["r2_weights"] == summary["taylor"]["r2_weights"]
+
+
+@pytest.mark.slow
+def test_uncertainty_quick_reports_coverage_per_setting_and_term(tmp_path):
+    summary = run_example("uncertainty.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    coverage = summary["coverage"]
+    assert set(coverage) >= {"oja_small", "oja_full", "fly_covariance", "fly_forgetting"}
+    assert set(coverage["oja_small"]) == {"x*y", "y^2*w"} and len(coverage["oja_full"]) == 27
+    assert set(coverage["fly_forgetting"]) == {"1", "r", "x", "x*r", "w"}
+    assert "bootstrap_basic_fly_covariance" in coverage
+    assert all(0 <= c <= 1 for rows in coverage.values() for c in rows.values())
+    with open(os.path.join(summary["run"], "coverage.json")) as f:
+        table = json.load(f)
+    row = table["fly_covariance"]["x*r"]
+    assert row["ci"][0] <= row["coverage"] <= row["ci"][1] and row["truth"] == 1.0
+    assert summary["seconds"]["total"] < 60
+
+
+@pytest.mark.slow
+def test_model_selection_quick_reports_a_confusion_matrix(tmp_path):
+    summary = run_example("model_selection.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    confusion = summary["confusion"]
+    assert set(confusion) == {"held_out", "aic", "bic", "evidence"}
+    for matrix in confusion.values():
+        for generating in ("covariance", "forgetting"):
+            assert sum(matrix[generating].values()) == summary["datasets"]
+    assert summary["seconds"]["total"] < 60
