@@ -245,6 +245,27 @@ def main(argv=None):
             key=kd,
         )
         seconds["fly_generate"] = time.perf_counter() - t0
+
+    def fit_and_interval(family, data, members, lm, *, key):
+        """Fit a family to `members` datasets in one vmapped fit and take each member's
+        Laplace interval; returns the fitted model and the columns of `coverage_table`
+        (terms, truth, estimates, lower and upper bounds, the last three `(members, terms)`)."""
+        terms = mp.flies.FAMILY_TERMS[family]
+        students = sf.family_students(flies, terms, members, key=key)
+        fitted = mp.fit(
+            students,
+            data,
+            choice,
+            solver=lm,
+            steps=steps,
+            ensemble=True,
+            progress=not args.no_progress,
+        ).model
+        lo, hi = mp.laplace(fitted, data, choice, ensemble=True, chunks=lm.chunks).interval(LEVEL)
+        cols = lambda m: np.stack([sf.coefficient(m.rule, t) for t in terms], axis=1)
+        truth = np.array([fly_truth[t] for t in terms])
+        return fitted, (terms, truth, cols(fitted), cols(lo), cols(hi))
+
     if "fly" in parts:
         # Both inputs (fresh draw, generating) in one vmapped fit per family: 2·D members.
         both = jax.tree.map(
@@ -254,31 +275,12 @@ def main(argv=None):
         )
         halves = (("", slice(0, D)), ("_generating_inputs", slice(D, 2 * D)))
         for family, k in (("covariance", kc), ("forgetting", kf)):
-            terms = mp.flies.FAMILY_TERMS[family]
-            students = sf.family_students(flies, terms, 2 * D, key=k)
-            lm = sf.solver(n_train)
-            fitted = mp.fit(
-                students,
-                both,
-                choice,
-                solver=lm,
-                steps=steps,
-                ensemble=True,
-                progress=not args.no_progress,
-            ).model
-            post = mp.laplace(fitted, both, choice, ensemble=True, chunks=lm.chunks)
-            lo, hi = post.interval(LEVEL)
-            cols = lambda m, terms=terms: np.stack(
-                [sf.coefficient(m.rule, t) for t in terms], axis=1
+            fitted, (terms, truth, *estimates) = fit_and_interval(
+                family, both, 2 * D, sf.solver(n_train), key=k
             )
             for inputs, part in halves:
-                name = f"fly_{family}{inputs}"
-                results[name] = coverage_table(
-                    terms,
-                    np.array([fly_truth[t] for t in terms]),
-                    cols(fitted)[part],
-                    cols(lo)[part],
-                    cols(hi)[part],
+                results[f"fly_{family}{inputs}"] = coverage_table(
+                    terms, truth, *(e[part] for e in estimates)
                 )
             fly_fits[f"fly_{family}"] = (fitted, both)
         seconds["fly_fit"] = time.perf_counter() - t0 - seconds["fly_generate"]
@@ -287,26 +289,9 @@ def main(argv=None):
     if "marginal" in parts:
         t0 = time.perf_counter()
         for family, k in (("covariance", kc), ("forgetting", kf)):
-            terms = mp.flies.FAMILY_TERMS[family]
-            students = sf.family_students(flies, terms, D, key=k)
             lm = sf.solver(n_train, draws)
-            fitted = mp.fit(
-                students,
-                flies.train_marginal,
-                choice,
-                solver=lm,
-                steps=steps,
-                ensemble=True,
-                progress=not args.no_progress,
-            ).model
-            post = mp.laplace(fitted, flies.train_marginal, choice, ensemble=True, chunks=lm.chunks)
-            lo, hi = post.interval(LEVEL)
-            cols = lambda m, terms=terms: np.stack(
-                [sf.coefficient(m.rule, t) for t in terms], axis=1
-            )
-            results[f"fly_{family}_marginal"] = coverage_table(
-                terms, np.array([fly_truth[t] for t in terms]), cols(fitted), cols(lo), cols(hi)
-            )
+            _, columns = fit_and_interval(family, flies.train_marginal, D, lm, key=k)
+            results[f"fly_{family}_marginal"] = coverage_table(*columns)
         seconds["fly_marginal_fit"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ bootstrap
