@@ -282,11 +282,6 @@ class NoisyChoices(eqx.Module):
         """The valid presentations (the same in every draw)."""
         return self.packed.presentation_mask[..., 0, :]
 
-    def with_presentation_mask(self, mask: Bool[Array, "*batch n"]) -> "NoisyChoices":
-        """The same draws with another presentation mask (e.g. one fitting window)."""
-        full = jnp.broadcast_to(jnp.expand_dims(mask, -2), self.packed.presentation_mask.shape)
-        return NoisyChoices(eqx.tree_at(lambda p: p.presentation_mask, self.packed, full))
-
     def __len__(self) -> int:
         return self.packed.trial_mask.shape[0]
 
