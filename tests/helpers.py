@@ -1,3 +1,8 @@
+import json
+import os
+import subprocess
+import sys
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -24,3 +29,19 @@ def finite_difference_grad(f, x: jnp.ndarray, eps: float = 1e-6) -> np.ndarray:
         e[idx] = eps
         out[idx] = (float(f(jnp.asarray(x + e))) - float(f(jnp.asarray(x - e)))) / (2 * eps)
     return out
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_example(name, *args):
+    """Run `examples/<name>` with `args` in a fresh process (failing on a non-zero exit) and
+    return the JSON object of its last line."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", name), *args],
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import run_example
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -264,17 +265,6 @@ def test_bad_flag_is_a_usage_error_naming_it(name, flag, value, message):
     assert "Traceback" not in proc.stderr
     assert flag.split("=")[0] in proc.stderr or "unrecognized" in proc.stderr
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
-
-
-def run_example(name, *args):
-    out = subprocess.run(
-        [sys.executable, os.path.join(EXAMPLES, name), *args],
-        env=dict(os.environ, PYTHONPATH=ROOT),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+from helpers import run_example
 
 import metaplastic as mp
 from metaplastic.flies._fits import _encode, _masks, _score, _tile
@@ -296,25 +297,11 @@ def test_real_flies_fit(drosophila_dir):
 
 @pytest.mark.slow
 def test_example_runs_on_the_real_flies(drosophila_dir, tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "examples", "drosophila.py"),
-            "--data",
-            drosophila_dir,
-            "--out",
-            str(tmp_path),
-            "--families",
-            "covariance,forgetting",
-            "--fractions",
-            "0.5",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
-        check=True,
+    summary = run_example(
+        "drosophila.py",
+        *("--data", drosophila_dir, "--out", str(tmp_path)),
+        *("--families", "covariance,forgetting", "--fractions", "0.5"),
     )
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["forgetting_improves"]["in_sample"]["of"] == 18
     assert 0 <= summary["forgetting_improves"]["in_sample"]["improved"] <= 18
     (run,) = tmp_path.iterdir()
@@ -460,27 +447,11 @@ def test_fit_families_rejects_bad_options(small):
 @pytest.mark.slow  # compiles the five families' fits of the example
 def test_example_published_protocol_on_a_small_dataset(small, tmp_path):
     folder = os.path.dirname(small.flies[0].path)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "examples", "drosophila.py"),
-            "--data",
-            folder,
-            "--out",
-            str(tmp_path),
-            "--protocol",
-            "published",
-            "--steps",
-            "2",
-            "--resamples",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
-        check=True,
+    summary = run_example(
+        "drosophila.py",
+        *("--data", folder, "--out", str(tmp_path), "--protocol", "published"),
+        *("--steps", "2", "--resamples", "2"),
     )
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["forgetting_y_improves"]["in_sample"]["of"] == 3
     assert "median_y" in summary and "median_w" in summary
     (run,) = tmp_path.iterdir()
