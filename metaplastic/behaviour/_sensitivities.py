@@ -172,8 +172,10 @@ class ChoiceSensitivities(AbstractDifferentiation):
             # average probability: ∂z̄/∂θ = Σ_k (∂z̄/∂z_k) ∂z_k/∂θ.
             per_draw = lambda d: _sensitivity_jacobian(model, parts, d)
             logits, jac = jax.vmap(per_draw, in_axes=1, out_axes=1)(batch.packed)
-            weights = jax.grad(lambda z: jnp.sum(marginal_logits(z, axis=1)))(logits)
-            logits = marginal_logits(logits, axis=1)
+            # Each marginal logit depends on its own draws only, so one pull-back of ones
+            # gives every ∂z̄/∂z_k.
+            logits, pull_back = jax.vjp(lambda z: marginal_logits(z, axis=1), logits)
+            (weights,) = pull_back(jnp.ones_like(logits))
             jac = jnp.einsum("bkn,bknp->bnp", weights, jac)
         else:
             logits, jac = _sensitivity_jacobian(model, parts, batch)
