@@ -263,8 +263,8 @@ def main(argv=None):
         ).model
         lo, hi = mp.laplace(fitted, data, choice, ensemble=True, chunks=lm.chunks).interval(LEVEL)
         cols = lambda m: np.stack([sf.coefficient(m.rule, t) for t in terms], axis=1)
-        truth = np.array([fly_truth[t] for t in terms])
-        return fitted, (terms, truth, cols(fitted), cols(lo), cols(hi))
+        true_terms = np.array([fly_truth[t] for t in terms])
+        return fitted, (terms, true_terms, cols(fitted), cols(lo), cols(hi))
 
     if "fly" in parts:
         # Both inputs (fresh draw, generating) in one vmapped fit per family: 2·D members.
@@ -275,12 +275,12 @@ def main(argv=None):
         )
         halves = (("", slice(0, D)), ("_generating_inputs", slice(D, 2 * D)))
         for family, k in (("covariance", kc), ("forgetting", kf)):
-            fitted, (terms, truth, *estimates) = fit_and_interval(
+            fitted, (terms, true_terms, *estimates) = fit_and_interval(
                 family, both, 2 * D, sf.solver(n_train), key=k
             )
             for inputs, part in halves:
                 results[f"fly_{family}{inputs}"] = coverage_table(
-                    terms, truth, *(e[part] for e in estimates)
+                    terms, true_terms, *(e[part] for e in estimates)
                 )
             fly_fits[f"fly_{family}"] = (fitted, both)
         seconds["fly_fit"] = time.perf_counter() - t0 - seconds["fly_generate"]
