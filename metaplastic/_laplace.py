@@ -405,6 +405,36 @@ class Profile(eqx.Module):
         return float(self.values[int(jnp.argmin(self.objective))])
 
 
+def _conditional_starts(posterior, model, filter_spec, idx, rule, values, where):
+    """The trainable parameters of `model` moved, for each of `values` of the term at
+    `idx`, to the Gaussian posterior's conditional mean given that value: `(k, ...)`."""
+    if posterior.is_ensemble:
+        raise MetaplasticError("profile takes the posterior of one model, not of an ensemble.")
+    monomial = format_monomial(idx, rule.factors)
+    hits = [i for i, n in enumerate(posterior.names) if n == monomial or n.endswith(":" + monomial)]
+    if len(hits) != 1:
+        raise MetaplasticError(
+            f"the posterior names the term {monomial!r} {len(hits)} times; pass the posterior "
+            "of this model's laplace()."
+        )
+    j = hits[0]
+    cov = np.asarray(posterior.covariance)
+    if not cov[j, j] > 0:
+        raise MetaplasticError(
+            f"the posterior gives {monomial!r} no variance (frozen or undetermined): the "
+            "conditional start is undefined; profile without posterior=."
+        )
+    mean, unravel = ravel_pytree(eqx.filter(model, filter_spec))
+    if mean.size != cov.shape[0]:
+        raise MetaplasticError(
+            f"the posterior has {cov.shape[0]} parameters, the model {mean.size}: pass the "
+            "posterior of this model."
+        )
+    slope = jnp.asarray(cov[:, j] / cov[j, j], mean.dtype)
+    starts = mean + (values - mean[j])[:, None] * slope
+    return jax.vmap(unravel)(starts)
+
+
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def profile(
     model: PyTree,
@@ -419,6 +449,7 @@ def profile(
     solver: Any = None,
     steps: int = 20,
     differentiation: AbstractDifferentiation | None = None,
+    posterior: Posterior | None = None,
 ) -> Profile:
     """The profile likelihood of one Taylor term: for each of `values`, the term is fixed
     (frozen with a `trainable` mask) and every other trainable parameter refitted from
@@ -433,6 +464,11 @@ def profile(
     - `values`: the values to fix it at.
     - `where`: `where(model)` is the `TaylorRule` (default: the only one in the model).
     - `solver`, `steps`: of the refits (default `LevenbergMarquardt()`, 20 steps).
+    - `posterior`: the Laplace posterior of `model` (`metaplastic.laplace`). With it, each
+      refit starts from the posterior's conditional mean of the other parameters given the
+      term's value (`θ̂ + Σ[:, j] / Σ[j, j] · (value − θ̂_j)`) instead of from `model`: for
+      a term strongly correlated with others, fixing it far from its estimate while the
+      others stay put can make the simulation diverge before the first refit step.
 
     **Returns:**
 
@@ -473,6 +509,9 @@ def profile(
     )
     params, static = eqx.partition(frozen, frozen_spec)
     params = jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), params)
+    if posterior is not None:
+        params = _conditional_starts(posterior, model, filter_spec, idx, rule, values, where)
+        params = eqx.filter(params, frozen_spec)
     start = eqx.combine(params, static)
     coefficients = where(start).coefficients.at[(slice(None),) + idx].set(values)
     start = eqx.tree_at(lambda m: where(m).coefficients, start, coefficients)

@@ -34,9 +34,10 @@ def _load_cli():
 cli = _load_cli()
 
 
-def test_there_are_nine_scripts():
+def test_there_are_ten_scripts():
     assert SCRIPTS == [
         "drosophila.py",
+        "identifiability.py",
         "model_selection.py",
         "multihost_fit.py",
         "oja_robustness.py",
@@ -331,3 +332,21 @@ def test_model_selection_quick_reports_a_confusion_matrix(tmp_path):
         for generating in ("covariance", "forgetting"):
             assert sum(matrix[generating].values()) == summary["datasets"]
     assert summary["seconds"]["total"] < 60
+
+
+@pytest.mark.slow
+def test_identifiability_quick_explains_the_noisy_oja_fit(tmp_path):
+    summary = run_example("identifiability.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    fits = summary["identifiability"]
+    clean, noisy = fits["noise-free"], fits["noise 0.2"]
+    # Noise-free the rule is recovered; with noise the dynamics are, the coefficients not.
+    assert clean["max_coefficient_error"] < 1e-6 and clean["r2_weights"] > 0.999
+    assert noisy["r2_weights"] > 0.99 and noisy["max_coefficient_error"] > 1.0
+    # The same curvature: the weakest determined direction barely moves the activity.
+    assert (
+        noisy["activity_change_per_unit_weakest"]
+        < 1e-3 * noisy["activity_change_per_unit_strongest"]
+    )
+    assert noisy["weakest"] and all(" is " in d for d in noisy["weakest"])
+    prof = summary["profile"]
+    assert len(prof["values"]) == len(prof["delta_nll"]) and 0 <= min(prof["delta_nll"]) < 1.92

@@ -158,6 +158,35 @@ def test_profile_minimum_is_the_fit(x64):
     assert not np.allclose(prof.model["rule"].coefficients[0], beta.reshape(2, 2))
 
 
+def test_profile_from_the_posterior_starts_on_the_exact_profile(x64):
+    # Linear-Gaussian: the posterior's conditional mean of the other terms given one term is
+    # the least-squares fit of the others with that term fixed, so the refits start (and
+    # stay) on the exact profile.
+    data = linear_problem(5)
+    beta = ols(data)[0]
+    model = model_at(beta)
+    post = mp.laplace(model, data, LinearLoss())
+    values = beta[3] + np.linspace(-2.0, 2.0, 5)
+    prof = mp.profile(model, data, LinearLoss(), "x*r", values, steps=1, posterior=post)
+    m = np.asarray(data["mask"]).reshape(-1)
+    X = np.asarray(data["X"]).reshape(-1, 4)[m]
+    y = np.asarray(data["y"]).reshape(-1)[m]
+    for k, v in enumerate(values):
+        others = np.linalg.lstsq(X[:, :3], y - v * X[:, 3], rcond=None)[0]
+        got = np.asarray(prof.model["rule"].coefficients[k]).reshape(-1)
+        np.testing.assert_allclose(got, np.append(others, v), rtol=1e-9, atol=1e-12)
+    with pytest.raises(mp.MetaplasticError, match="no variance"):
+        frozen = model_at(beta, trainable=np.array([[True, True], [True, False]]))
+        mp.profile(
+            frozen,
+            data,
+            LinearLoss(),
+            "x*r",
+            values,
+            posterior=mp.laplace(frozen, data, LinearLoss()),
+        )
+
+
 def test_identifiability_of_oja_names_collinear_monomials(x64):
     start = time.perf_counter()
     teacher = mp.nn.PlasticDense(mp.rules.oja(), eta=1.0, activation="sigmoid")
