@@ -18,6 +18,12 @@ rejections, block 1 only (the only block with rejections in this conversion of t
     python examples/fly_intervals.py                          # block 1, 13 flies
     python examples/fly_intervals.py --trials all --flies all # all trials, all 18 flies
     python examples/fly_intervals.py --quick                  # 3 flies, 2 draws, 6 steps: a check
+    python examples/fly_intervals.py --calibrate 100          # coverage on 100 simulated flies
+
+`--calibrate N` replaces the real flies by N simulated ones in the real flies' setting (one
+block of 80 trials, reward probabilities 0.2 / 0.8, input variance 0.015², a rule near the
+real flies' medians, `--truth`), fitted exactly as the real ones, and reports the coverage
+of every term's interval with its Clopper–Pearson 95 % confidence interval.
 
 Writes intervals.csv, population.json, comparison.json and intervals.png into a run folder
 under --out, and prints a JSON summary as its last line.
@@ -75,7 +81,89 @@ def parse_args(argv=None):
         default=1.0,
         help="prior std of every free term in the evidence (default 1)",
     )
+    p.add_argument(
+        "--calibrate",
+        type=_cli.positive_int,
+        default=None,
+        metavar="N",
+        help="fit N simulated flies with a known rule instead of the real ones: coverage",
+    )
+    p.add_argument(
+        "--truth",
+        default="0.25*x*r - 0.06*r",
+        help="the simulated flies' rule over (x, w, r) for --calibrate (default 0.25*x*r - 0.06*r)",
+    )
     return p.parse_args(argv)
+
+
+def simulated_flies(mp, n, truth, input_variance, key):
+    """`n` simulated flies in the setting of the real block 1, written as the recordings'
+    `.mat` files into a temporary folder and loaded back with `load_drosophila`."""
+    import tempfile
+
+    import jax.random as jr
+    import scipy.io
+
+    k_net, k_gen = jr.split(key)
+    rule = mp.TaylorRule.from_expression(truth, factors=("x", "w", "r"), order=1)
+    teacher = mp.behaviour.MushroomBody(rule, key=k_net)
+    task = mp.behaviour.OperantTask(((0.2, 0.8),), 80)
+    encoding = mp.behaviour.OdourEncoding(2, variance=input_variance)
+    d = mp.behaviour.generate_behaviour(teacher, task, encoding, n, key=k_gen).data
+    folder = tempfile.mkdtemp(prefix="fly_intervals_")
+    pm, od, ch = (np.asarray(a) for a in (d.presentation_mask, d.odours, d.choices))
+    rw, tm = np.asarray(d.rewards), np.asarray(d.trial_mask)
+    for b in range(n):
+        x, y, r = [], [], []
+        for t in np.nonzero(tm[b])[0]:
+            for q in np.nonzero(pm[b, t])[0]:
+                x.append([1 - od[b, t, q], od[b, t, q]])
+                y.append(ch[b, t, q])
+                if ch[b, t, q] == 1:
+                    r.append(rw[b, t])
+        scipy.io.savemat(
+            os.path.join(folder, f"Fly{b + 1}.mat"),
+            {"X": np.array(x), "Y": np.array(y)[None], "R": np.array(r)[None]},
+        )
+    return mp.flies.load_drosophila(folder), rule
+
+
+def coverage(intervals, rule):
+    """Per family and term: the fraction of flies whose interval holds the true coefficient,
+    its Clopper–Pearson 95 % interval, the mean estimate, the sd of the estimates and the
+    mean reported std."""
+    from scipy.stats import beta
+
+    out = {}
+    for family in intervals.families:
+        out[family] = {}
+        for term in intervals.terms[family]:
+            if term == "1":
+                true = float(np.asarray(rule.coefficients).reshape(-1)[0])
+            elif all(f.split("^")[0] in rule.factors for f in term.split("*")):
+                true = rule.coefficient(term)
+            else:  # a factor the simulated rule does not have (y)
+                true = 0.0
+            est, low, high = intervals.interval(family, term)
+            hit = (low <= true) & (true <= high)
+            k, n = int(hit.sum()), int(hit.size)
+            ci = (
+                0.0 if k == 0 else float(beta.ppf(0.025, k, n - k + 1)),
+                1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k)),
+            )
+            out[family][term] = {
+                "truth": true,
+                "coverage": k / n,
+                "ci": [round(ci[0], 3), round(ci[1], 3)],
+                "flies": n,
+                "mean_estimate": float(np.mean(est)),
+                "sd_estimate": float(np.std(est, ddof=1)),
+                "mean_std": float(
+                    np.mean(intervals.std[family][:, intervals.terms[family].index(term)])
+                ),
+                "excludes_zero": int(intervals.excludes_zero(family, term).sum()),
+            }
+    return out
 
 
 def interval_figure(run, intervals, label):
@@ -135,7 +223,14 @@ def main(argv=None):
 
     import metaplastic as mp
 
-    data = mp.flies.load_drosophila(args.data)
+    truth_rule = None
+    if args.calibrate:
+        variance = 0.015**2 if args.input_variance is None else args.input_variance
+        data, truth_rule = simulated_flies(
+            mp, args.calibrate, args.truth, variance, jr.fold_in(jr.key(args.seed), 1)
+        )
+    else:
+        data = mp.flies.load_drosophila(args.data)
     if args.flies == "with_rejections":
         data = data.without_accept_only()
     draws, steps = args.draws, args.steps
@@ -182,6 +277,18 @@ def main(argv=None):
             comparisons[f"{b}_vs_{intervals.families[0]}"] = c
 
     run = _cli.open_run(args, "fly_intervals")
+    calibration = None
+    if truth_rule is not None:
+        calibration = coverage(intervals, truth_rule)
+        run.write_json("calibration.json", _cli.jsonable(calibration))
+        for family, rows in calibration.items():
+            print(f"coverage, {family} ({args.truth}):")
+            for t, c in rows.items():
+                print(
+                    f"  {t:>4}: {c['coverage']:.2f} {c['ci']}  estimate {c['mean_estimate']:+.4f}"
+                    f" ± {c['sd_estimate']:.4f} (sd)  mean std {c['mean_std']:.4f}  truth "
+                    f"{c['truth']:+g}  excludes 0 in {c['excludes_zero']}/{c['flies']}"
+                )
     run.write_csv("intervals.csv", intervals.rows())
     run.write_json("population.json", _cli.jsonable(population))
     run.write_json("comparison.json", _cli.jsonable(comparisons))
@@ -236,6 +343,13 @@ def main(argv=None):
         "seconds": round(time.perf_counter() - start, 1),
         "fit_seconds": round(intervals.seconds, 1),
     }
+    if calibration is not None:
+        summary["calibration"] = {
+            "truth": args.truth,
+            "coverage": {
+                f: {t: c["coverage"] for t, c in rows.items()} for f, rows in calibration.items()
+            },
+        }
     summary["run"] = str(run.path)
     run.finish(summary)
     _cli.print_json(summary)
