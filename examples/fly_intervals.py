@@ -93,7 +93,13 @@ def parse_args(argv=None):
         default="0.25*x*r - 0.06*r",
         help="the simulated flies' rule over (x, w, r) for --calibrate (default 0.25*x*r - 0.06*r)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.calibrate is None and not os.path.isdir(args.data):
+        p.error(
+            f"the Drosophila data folder {args.data!r} does not exist; pass --data with the "
+            "folder of Fly*.mat files (see ../shared/data/drosophila/README.md)."
+        )
+    return args
 
 
 def simulated_flies(mp, n, truth, input_variance, key):

@@ -2,10 +2,12 @@
 their population summary and the per-fly comparison of the families."""
 
 import dataclasses
+from pathlib import Path
 
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import run_example
 from test_flies import _write_flies
 
 import metaplastic as mp
@@ -232,3 +234,29 @@ def test_block1_fits_only_the_first_block_and_a_single_draw_is_allowed(simulated
     np.testing.assert_array_equal(iv.n_obs, pm.sum(axis=(1, 2)))
     assert iv.trials == "block1" and iv.draws == 1 and not iv.marginal
     assert dataclasses.asdict(iv.population("covariance", "x*r"))["flies"] == 3
+
+
+@pytest.mark.slow
+def test_example_calibrate_quick_writes_coverage_and_intervals(tmp_path):
+    """`examples/fly_intervals.py --quick --calibrate 6`: simulated flies (no real data
+    needed), every output file and a coverage per family and term."""
+    summary = run_example(
+        "fly_intervals.py",
+        "--quick",
+        "--calibrate",
+        "6",
+        "--out",
+        str(tmp_path),
+        "--no-compile-cache",
+    )
+    run = Path(summary["run"])
+    for name in ("intervals.csv", "population.json", "comparison.json", "calibration.json"):
+        assert (run / name).is_file(), name
+    coverage = summary["calibration"]["coverage"]
+    assert set(coverage) == {"covariance", "forgetting"}
+    assert set(coverage["forgetting"]) == {"1", "r", "x", "x*r", "w"}
+    assert all(0.0 <= c <= 1.0 for rows in coverage.values() for c in rows.values())
+    assert (
+        summary["flies"] <= 3
+        and summary["comparison"]["forgetting_vs_covariance"]["b"] == "forgetting"
+    )
