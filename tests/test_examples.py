@@ -34,9 +34,10 @@ def _load_cli():
 cli = _load_cli()
 
 
-def test_there_are_ten_scripts():
+def test_the_example_scripts():
     assert SCRIPTS == [
         "drosophila.py",
+        "fly_intervals.py",
         "identifiability.py",
         "model_selection.py",
         "multihost_fit.py",
@@ -247,6 +248,8 @@ BAD_FLAGS = [
     ("drosophila.py", "--fractions", "0", "bad item '0'"),
     ("drosophila.py", "--data", "/nonexistent/flies", "does not exist"),
     ("drosophila.py", "--resamples", "x", "invalid positive_int value"),
+    ("fly_intervals.py", "--data", "/nonexistent/flies", "does not exist"),
+    ("fly_intervals.py", "--draws", "0", "positive integer"),
     ("resumable_fit.py", "--steps", "0", "positive integer"),
     ("resumable_fit.py", "--learning-rate", "0", "> 0"),
     ("resumable_fit.py", "--no-such-flag", "1", "unrecognized arguments"),
@@ -260,7 +263,7 @@ BAD_FLAGS = [
 @pytest.mark.parametrize("name, flag, value, message", BAD_FLAGS)
 def test_bad_flag_is_a_usage_error_naming_it(name, flag, value, message):
     """Out-of-range counts, fractions and penalties stop at the command line (exit status 2,
-    the flag named) instead of failing with a traceback inside a fit. 24 cases."""
+    the flag named) instead of failing with a traceback inside a fit. 26 cases."""
     proc = _script(name, flag, value, timeout=30)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

@@ -5,7 +5,8 @@ and train/test splits in one vmapped fit per family), and compare the families a
 - rule families: `FAMILIES`, `FAMILY_TERMS`, `family_rule`;
 - per-fly fits: `fit_families`, `FlyFits`, `padded_l1`, `presentation_masks`,
   `base_rate_scores`;
-- comparisons: `compare_families`, `compare_scores`, `PairedComparison`.
+- comparisons: `compare_families`, `compare_scores`, `PairedComparison`;
+- per-fly uncertainty: `rule_intervals`, `FlyIntervals`, `PopulationSummary`.
 """
 
 from ._compare import PairedComparison as PairedComparison
@@ -16,6 +17,9 @@ from ._families import FAMILY_TERMS as FAMILY_TERMS
 from ._families import family_rule as family_rule
 from ._fits import fit_families as fit_families
 from ._fits import padded_l1 as padded_l1
+from ._intervals import FlyIntervals as FlyIntervals
+from ._intervals import PopulationSummary as PopulationSummary
+from ._intervals import rule_intervals as rule_intervals
 from ._loader import load_drosophila as load_drosophila
 from ._records import DrosophilaData as DrosophilaData
 from ._records import FlyInfo as FlyInfo
