@@ -62,12 +62,8 @@ def test_mlp_rule_gradients_agree_across_strategies(x64):
 
     value, reference = flat_grad(mp.ReverseMode())
     assert np.all(np.isfinite(reference)) and np.max(np.abs(reference)) > 1e-4
-    for strategy in (
-        mp.ReverseMode(checkpoint=True),
-        mp.ReverseMode(checkpoint=5),
-        mp.ForwardMode(),
-        mp.Automatic(),
-    ):
+    # What Automatic picks for this layer (checked above), and forward mode.
+    for strategy in (mp.ReverseMode(checkpoint=True), mp.ForwardMode()):
         v, g = flat_grad(strategy)
         assert v == pytest.approx(value, rel=1e-12)
         np.testing.assert_allclose(g, reference, rtol=1e-9, atol=1e-13)
