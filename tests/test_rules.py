@@ -1,6 +1,7 @@
 import itertools
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -143,6 +144,32 @@ def test_mlp_rule_shapes_and_factors():
     # Ignores y and r.
     out2 = rule(jnp.ones(4), 5 * jnp.ones(3), jnp.zeros((3, 4)), 3.0)
     np.testing.assert_array_equal(out, out2)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+@pytest.mark.parametrize("factors", [("x", "y", "w"), ("x", "y", "w", "r"), ("w", "r")])
+def test_mlp_rule_is_its_mlp_applied_to_every_synapse(x64, factors, depth):
+    # The rule evaluates its network unit by unit on broadcast factors; it must equal (value
+    # and gradient) the eqx.nn.MLP applied to each synapse's stacked (x, y, w, r).
+    rule = MLPRule(factors, depth=depth, width=5, key=jr.key(depth))
+    pre, post = jr.normal(jr.key(1), (7,)), jr.normal(jr.key(2), (4,))
+    w, r = jr.normal(jr.key(3), (4, 7)), 0.7
+    columns = {
+        "x": jnp.broadcast_to(pre[None, :], w.shape),
+        "y": jnp.broadcast_to(post[:, None], w.shape),
+        "w": w,
+        "r": jnp.full(w.shape, r),
+    }
+
+    def per_synapse(m):
+        return jax.vmap(jax.vmap(m.mlp))(jnp.stack([columns[f] for f in factors], -1))
+
+    np.testing.assert_allclose(rule(pre, post, w, r), per_synapse(rule), rtol=1e-12, atol=1e-14)
+    loss = lambda f: eqx.filter_grad(lambda m: jnp.sum(jnp.sin(f(m)) * w))(rule)
+    got = jax.tree.leaves(eqx.filter(loss(lambda m: m(pre, post, w, r)), eqx.is_array))
+    want = jax.tree.leaves(eqx.filter(loss(per_synapse), eqx.is_array))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
 
 
 def test_trainable_mask_validation():
