@@ -65,12 +65,15 @@ SOLVERS = {
     "adam": lambda: mp.Optax(optax.adam(1e-2)),
     "lbfgs": lambda: mp.Optax(optax.lbfgs()),
     "levenberg_marquardt": lambda: mp.LevenbergMarquardt(),
+    # The QR steps whatever the dtype (the default takes them below float64 only).
+    "levenberg_marquardt_qr": lambda: mp.LevenbergMarquardt(linear_solver="qr"),
 }
 # Every solver meets every part of the contract on at least one problem in the default run;
 # the full solver × problem matrix runs with the slow tests (each fit compiles anew).
 FAST = {
     ("levenberg_marquardt", "activity"),
     ("levenberg_marquardt", "choices"),
+    ("levenberg_marquardt_qr", "activity"),
     ("adam", "choices"),
     ("lbfgs", "activity"),
 }
@@ -283,7 +286,7 @@ class _LinearLeastSquares(mp.losses.AbstractGaussNewtonLoss):
         return (mp.losses.Observations(f, batch["b"], jnp.ones(f.shape, bool), "squared_error"),)
 
 
-def _least_squares(kappa, m=40, n=6, seed=0):
+def _least_squares(kappa, m=4000, n=6, seed=0):
     """`A` (m × n) with singular values from 1 to 1/kappa, a consistent `b`, the solution."""
     rng = np.random.default_rng(seed)
     u = np.linalg.qr(rng.standard_normal((m, n)))[0]
