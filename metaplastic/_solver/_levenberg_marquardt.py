@@ -51,14 +51,15 @@ class LevenbergMarquardt(AbstractSolver):
     costs about twice the CPU time of a normal-equation step (five Householder QRs of
     50,000 × 28 rows; `python -m benchmarks.lm_linear_solver`), which float64 does not need
     (both recover Oja's rule to 1e-11) and float32 does (κ² ε₃₂ ≈ 1e9: the normal equations
-    leave coefficients 0.33 off, the QR steps 0.002). The damping never falls below `min_damping` (by default `ε²`, `ε` the machine epsilon of the
-    parameters' dtype): directions whose singular value is below `ε · σ_max` are below the
-    rounding of the Jacobian itself, and stay near their starting value instead of following
-    rounding noise.
+    leave coefficients 0.33 off, the QR steps 0.002).
 
-    In float32 the simulated activity itself is only known to its rounding, which limits what
-    any solver can resolve: see the README's "Precision" section and
-    `examples/float32_limits.py`.
+    The damping never falls below `min_damping` (by default `ε²`, `ε` the machine epsilon of
+    the parameters' dtype): directions whose singular value is below `ε · σ_max` are below the
+    rounding of the Jacobian itself, and move little instead of following rounding noise.
+
+    In float32 the simulated activity itself is only known to its rounding (about 2e-8 of an
+    activity near 0.5), which limits what any solver can resolve: see the README's
+    "Precision" section and `python -m benchmarks.float32_limits`.
 
     **Arguments:**
 
