@@ -162,8 +162,9 @@ def main(argv=None):
                 "loss_change_at_0.02": float((0.02 * s[i]) ** 2 / n_obs),
             }
         )
-    # What a solver that leaves the directions below float32 resolution at zero (where the fit
-    # starts) can reach: the truth's part along those directions is the error it keeps.
+    # Could float32 normal equations do with a larger damping instead? Leaving every direction
+    # they lose (σ² < ε₃₂ σ₁²) at zero, where the fit starts, keeps the truth's part along
+    # those directions as error.
     theta_star_along = vt @ theta_star
     below = s**2 < eps32 * s[0] ** 2
     kept_error = vt[below].T @ theta_star_along[below]
@@ -205,7 +206,7 @@ def main(argv=None):
             "float32_qr": landing(step_qr),
             "float32_qr_of_float64_J": landing(step_qr_exact_j),
         },
-        "truth_error_if_unresolved_left_at_zero": float(np.max(np.abs(kept_error))),
+        "truth_error_if_JtJ_lost_left_at_zero": float(np.max(np.abs(kept_error))),
         "weakest_directions": weakest,
         "spectrum": spectrum,
         "seconds": time.perf_counter() - start,
