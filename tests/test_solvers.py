@@ -65,12 +65,15 @@ SOLVERS = {
     "adam": lambda: mp.Optax(optax.adam(1e-2)),
     "lbfgs": lambda: mp.Optax(optax.lbfgs()),
     "levenberg_marquardt": lambda: mp.LevenbergMarquardt(),
+    # The QR steps whatever the dtype (the default takes them below float64 only).
+    "levenberg_marquardt_qr": lambda: mp.LevenbergMarquardt(linear_solver="qr"),
 }
 # Every solver meets every part of the contract on at least one problem in the default run;
 # the full solver × problem matrix runs with the slow tests (each fit compiles anew).
 FAST = {
     ("levenberg_marquardt", "activity"),
     ("levenberg_marquardt", "choices"),
+    ("levenberg_marquardt_qr", "activity"),
     ("adam", "choices"),
     ("lbfgs", "activity"),
 }
@@ -267,4 +270,93 @@ def test_levenberg_marquardt_matches_optimistix(x64):
     theirs = optx.least_squares(residuals, solver, params, args=problem.data, max_steps=400)
     np.testing.assert_allclose(
         ours.model.rule.coefficients, theirs.value.rule.coefficients, rtol=1e-5, atol=1e-7
+    )
+
+
+class _Linear(eqx.Module):
+    theta: jax.Array
+
+
+class _LinearLeastSquares(mp.losses.AbstractGaussNewtonLoss):
+    """`mean (A θ − b)²` over the rows of `A` (the "trajectories"): a least-squares problem
+    with a closed-form solution, posed as a loss with Gauss–Newton structure."""
+
+    def observe(self, model, batch, *, checkpoint=False):
+        f = batch["a"] @ model.theta
+        return (mp.losses.Observations(f, batch["b"], jnp.ones(f.shape, bool), "squared_error"),)
+
+
+def _least_squares(kappa, m=4000, n=6, seed=0):
+    """`A` (m × n) with singular values from 1 to 1/kappa, a consistent `b`, the solution."""
+    rng = np.random.default_rng(seed)
+    u = np.linalg.qr(rng.standard_normal((m, n)))[0]
+    v = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    a = (u * np.logspace(0, -np.log10(kappa), n)) @ v.T
+    solution = rng.standard_normal(n)
+    return a, a @ solution, solution
+
+
+def _fit_least_squares(a, b, solver, dtype, steps=12):
+    data = {"a": jnp.asarray(a, dtype), "b": jnp.asarray(b, dtype)}
+    model = _Linear(jnp.zeros(a.shape[1], dtype))
+    spec = _Linear(True)
+    result = mp.fit(
+        model,
+        data,
+        _LinearLeastSquares(),
+        solver=solver,
+        steps=steps,
+        filter_spec=spec,
+        progress=False,
+    )
+    return np.asarray(result.model.theta, np.float64)
+
+
+def test_qr_and_normal_steps_agree_on_a_well_conditioned_problem(x64):
+    a, b, solution = _least_squares(kappa=10.0)
+    qr = mp.LevenbergMarquardt(chunks=4)  # the factor is accumulated over 4 chunks of rows
+    normal = mp.LevenbergMarquardt(chunks=4, linear_solver="normal")
+    # One step from zero with the same damping: the same damped Gauss-Newton step.
+    one_qr = _fit_least_squares(a, b, qr, jnp.float64, steps=1)
+    one_normal = _fit_least_squares(a, b, normal, jnp.float64, steps=1)
+    np.testing.assert_allclose(one_qr, one_normal, rtol=1e-12, atol=1e-14)
+    assert np.max(np.abs(one_qr)) > 0.1  # the step moved
+    np.testing.assert_allclose(
+        _fit_least_squares(a, b, qr, jnp.float64), solution, rtol=1e-10, atol=1e-12
+    )
+
+
+def test_qr_step_keeps_float32_accuracy_where_normal_equations_lose_it():
+    """κ(A) = 1e5: κ² ε₃₂ ≈ 1e3, so float32 normal equations lose the weakest directions,
+    while the QR solve's error is of order κ ε₃₂ ≈ 1e-2."""
+    a, b, solution = _least_squares(kappa=1e5)
+    qr = _fit_least_squares(a, b, mp.LevenbergMarquardt(chunks=4), jnp.float32, steps=30)
+    normal = _fit_least_squares(
+        a, b, mp.LevenbergMarquardt(chunks=4, linear_solver="normal"), jnp.float32, steps=30
+    )
+    err_qr = np.max(np.abs(qr - solution)) / np.max(np.abs(solution))
+    err_normal = np.max(np.abs(normal - solution)) / np.max(np.abs(solution))
+    assert err_qr < 0.02
+    assert err_normal > 10 * err_qr
+
+
+def test_levenberg_marquardt_rejects_bad_options():
+    with pytest.raises(mp.MetaplasticError, match="linear_solver"):
+        mp.LevenbergMarquardt(linear_solver="cholesky")
+    with pytest.raises(mp.MetaplasticError, match="min_damping"):
+        mp.LevenbergMarquardt(min_damping=-1.0)
+
+
+@pytest.mark.parametrize("problem_name", ["activity", "choices"])
+def test_qr_and_normal_fits_agree_in_float64(problem_name, problems, x64):
+    """The QR and normal-equation steps are the same steps in exact arithmetic: on the
+    library's own problems (squared error, and Bernoulli choices through the Fisher
+    information) a float64 fit takes the same path to rounding."""
+    problem = problems(problem_name, x64=True)
+    fits = [
+        _fit(problem, mp.LevenbergMarquardt(linear_solver=s), steps=4) for s in ("qr", "normal")
+    ]
+    np.testing.assert_allclose(fits[0].history.loss, fits[1].history.loss, rtol=1e-8)
+    np.testing.assert_allclose(
+        fits[0].model.rule.coefficients, fits[1].model.rule.coefficients, rtol=1e-6, atol=1e-9
     )
