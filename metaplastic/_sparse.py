@@ -365,14 +365,12 @@ def _members_first(data: PyTree, ensemble: bool, axis: int | None, members: int)
         raise MetaplasticError(
             f"data_ensemble_axis must be a non-negative integer or None, got {axis!r}."
         )
-    out = []
     for a in jax.tree.leaves(data):
         if eqx.is_array(a) and (a.ndim <= axis or a.shape[axis] != members):
             raise MetaplasticError(
                 f"With data_ensemble_axis={axis}, every data array needs {members} members "
                 f"along that axis (one per model); got shape {a.shape}."
             )
-        out.append(a)
     return jax.tree.map(lambda a: jnp.moveaxis(a, axis, 0) if eqx.is_array(a) else a, data)
 
 

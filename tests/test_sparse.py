@@ -108,6 +108,21 @@ def test_an_ensemble_member_ends_where_it_ends_fitted_alone(x64):
     assert ens.term_sets()[1] == ("x*r", "x", "w")
 
 
+def test_ensemble_members_may_share_one_dataset(x64):
+    sel = mp.threshold_fit(
+        student(2),
+        linear_problem(0),
+        LinearLoss(),
+        steps=3,
+        rounds=1,
+        ensemble=True,
+        data_ensemble_axis=None,
+    )
+    estimate = np.asarray(sel.estimate)
+    assert estimate.shape == (2, 2, 2, 2)
+    np.testing.assert_array_equal(estimate[0], estimate[1])
+
+
 def test_frozen_terms_keep_their_value_and_are_never_selected(x64):
     # `1` frozen at 0.2 (not a candidate): it stays, untouched, outside the selection.
     rule = mp.TaylorRule.zeros(FACTORS, order=1)
