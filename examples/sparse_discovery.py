@@ -194,7 +194,7 @@ def main(argv=None):
                     steps=steps,
                     solver=solver,
                     ensemble=True,
-                    key=jr.fold_in(jr.fold_in(key, len(results)), lo),
+                    key=jr.fold_in(jr.fold_in(key, PARTS.index(name)), lo),
                     progress=progress,
                 )
                 stab_sets += stab.term_sets()
