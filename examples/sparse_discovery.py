@@ -72,8 +72,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--chunk",
         type=_cli.positive_int,
-        default=10,
-        help="fly datasets fitted together (memory; default 10)",
+        default=25,
+        help="fly datasets fitted together (memory; default 25)",
     )
     args = p.parse_args(argv)
     if args.level is not None and args.level >= 1:
