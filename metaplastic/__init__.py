@@ -41,6 +41,10 @@ from ._simulate import simulate_dataset as simulate_dataset
 from ._solver import AbstractSolver as AbstractSolver
 from ._solver import LevenbergMarquardt as LevenbergMarquardt
 from ._solver import Optax as Optax
+from ._sparse import Selection as Selection
+from ._sparse import Stability as Stability
+from ._sparse import stability_selection as stability_selection
+from ._sparse import threshold_fit as threshold_fit
 from .rules import AbstractRule as AbstractRule
 from .rules import MLPRule as MLPRule
 from .rules import TaylorRule as TaylorRule

@@ -46,6 +46,7 @@ def test_the_example_scripts():
         "resumable_fit.py",
         "reward_rule.py",
         "rule_sweep.py",
+        "sparse_discovery.py",
         "uncertainty.py",
     ]
 
@@ -257,6 +258,8 @@ BAD_FLAGS = [
     ("uncertainty.py", "--noise", "0", "> 0"),
     ("model_selection.py", "--decay", "-0.05", "> 0"),
     ("model_selection.py", "--prior-std", "0", "> 0"),
+    ("sparse_discovery.py", "--parts", "oja,mlp", "bad item 'mlp'"),
+    ("sparse_discovery.py", "--threshold", "0", r"fraction in \(0, 1\]"),
 ]
 
 
@@ -324,6 +327,21 @@ def test_uncertainty_quick_reports_coverage_per_setting_and_term(tmp_path):
     row = table["fly_covariance"]["x*r"]
     assert row["ci"][0] <= row["coverage"] <= row["ci"][1] and row["truth"] == 1.0
     assert summary["seconds"]["total"] < 60
+
+
+@pytest.mark.slow
+def test_sparse_discovery_quick_reports_how_often_the_true_terms_are_selected(tmp_path):
+    summary = run_example("sparse_discovery.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    assert set(summary["selection"]) == {"oja", "fly"}
+    for name, truth in (("oja", ["x*y", "y^2*w"]), ("fly", ["w", "x*r"])):
+        result = summary["results"][name]
+        assert result["truth"] == truth
+        for method in ("threshold_fit", "stability_selection"):
+            row = result[method]
+            assert row["rate"] == row["recovered"] / row["datasets"]
+            assert summary["selection"][name][method] == row["rate"]
+    assert summary["results"]["oja"]["candidates"] == 27
+    assert summary["results"]["fly"]["candidates"] == 8
 
 
 @pytest.mark.slow

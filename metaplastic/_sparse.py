@@ -1,0 +1,695 @@
+"""Sparse rule discovery: which terms of a Taylor library do the data need?
+
+- `threshold_fit`: a sequential thresholded fit — fit every candidate term, take the Laplace
+  interval of each, drop the terms whose interval contains 0, refit the rest, until the set of
+  terms no longer changes — giving a short, readable rule with intervals.
+- `stability_selection`: the thresholded fit repeated on random subsets of the trajectories
+  (every subset one member of one vmapped fit); how often each term is selected, and the terms
+  selected in at least a given fraction of the subsets.
+
+Every member of a vmapped ensemble needs its own set of terms, but `TaylorRule.trainable` is
+one static mask for all members. Here the term set travels with the data instead: a 0/1 *gate*
+per member (with the trajectory axis, so that minibatches and Jacobian chunks carry it along)
+that multiplies the rule's coefficients inside the loss, and the columns of the Jacobian (the
+chain rule of `f(θ ⊙ g)`: `J(θ ⊙ g) · diag(g)`) inside a differentiation strategy that
+delegates to the one the ungated problem would use (the fly model's sensitivities, forward
+mode, ...). A dropped term is therefore exactly 0 in the rule the simulation sees, has no
+gradient and no curvature, and its row and column of the posterior covariance are zero.
+"""
+
+import typing
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Bool, Float, Int, PyTree
+
+from ._errors import MetaplasticError
+from ._fit import fit, rule_filter_spec
+from ._jacobian import AbstractDifferentiation, as_differentiation
+from ._laplace import Posterior, laplace
+from ._types import Key
+from .losses import AbstractGaussNewtonLoss, AbstractPenalty, Observations, as_penalties
+from .rules import TaylorRule, format_expression, format_monomial
+
+
+DROP = ("all", "weakest")
+
+
+# ---------------------------------------------------------------------- the per-member gate
+def _is_taylor(node: Any) -> bool:
+    return isinstance(node, TaylorRule)
+
+
+def _taylor_rule(tree: PyTree) -> TaylorRule:
+    """The one `TaylorRule` of a model (or of a tree of its structure: its trainable part)."""
+    rules = [n for n in jax.tree.leaves(tree, is_leaf=_is_taylor) if _is_taylor(n)]
+    if len(rules) != 1:
+        raise MetaplasticError(
+            f"sparse rule discovery needs a model with exactly one TaylorRule; this one holds "
+            f"{len(rules)}."
+        )
+    return rules[0]
+
+
+def _gated(tree: PyTree, gate: Array) -> PyTree:
+    """`tree` with the coefficients of its Taylor rule multiplied by `gate` (flat)."""
+    c = _taylor_rule(tree).coefficients
+    new = c * jnp.reshape(gate, c.shape).astype(c.dtype)
+    return eqx.tree_at(lambda t: _taylor_rule(t).coefficients, tree, new)
+
+
+class _GatedData(eqx.Module):
+    """A dataset with the gate of the member that fits it, repeated along the trajectory
+    axis (every row equal)."""
+
+    data: PyTree
+    gate: Float[Array, "*members trajectories n_terms"]
+
+
+class _GatedLoss(AbstractGaussNewtonLoss):
+    """`loss` of the model whose Taylor coefficients are multiplied by the batch's gate."""
+
+    loss: AbstractGaussNewtonLoss
+
+    def observe(
+        self, model: PyTree, batch: _GatedData, *, checkpoint: bool | int = False
+    ) -> tuple[Observations, ...]:
+        gated = _gated(model, batch.gate[0])
+        return self.loss.observe(gated, batch.data, checkpoint=checkpoint)
+
+
+class _GatedDifferentiation(AbstractDifferentiation):
+    """The derivatives of a `_GatedLoss`: those of the ungated loss at `θ ⊙ g` (taken by
+    `inner`, which chooses as it would for the ungated problem), times the gate."""
+
+    inner: AbstractDifferentiation
+
+    def supports(self, loss: Any, model: PyTree, batch: PyTree, *, jacobian: bool) -> bool:
+        return isinstance(loss, _GatedLoss) and self.inner.supports(
+            loss.loss, model, batch.data, jacobian=jacobian
+        )
+
+    def value_and_grad(self, loss, params, static, batch):
+        gate = batch.gate[0]
+        value, grads = self.inner.value_and_grad(
+            loss.loss, _gated(params, gate), static, batch.data
+        )
+        return value, _gated(grads, gate)
+
+    def linearise(self, loss, params, static, batch):
+        gate = batch.gate[0]
+        parts = self.inner.linearise(loss.loss, _gated(params, gate), static, batch.data)
+        flat = ravel_pytree(_gated(jax.tree.map(jnp.ones_like, params), gate))[0]
+        return tuple((obs, jac * flat) for obs, jac in parts)
+
+
+# ---------------------------------------------------------------------- results
+def _significant(value: float, digits: int) -> float:
+    return float(f"{value:.{digits}g}")
+
+
+class Selection(eqx.Module):
+    """The result of `metaplastic.threshold_fit`: the rule made of the selected terms, fitted,
+    with its Laplace posterior. Arrays have a leading member axis for an ensemble.
+
+    - `model`: the fitted model; the coefficients of dropped terms are exactly 0.
+    - `posterior`: the Laplace posterior of the last fit (`metaplastic.Posterior`); dropped
+      terms have zero mean and zero variance (for an ensemble, `posterior.free` is the
+      candidate library; `member(i).posterior.free` that member's selection).
+    - `selected`: `True` on the selected terms, shaped like the rule's coefficients.
+    - `estimate`, `low`, `high`: every term's fitted coefficient and its `level` interval
+      (all 0 for dropped terms).
+    - `library`: the candidate terms (the rule's `trainable` mask, or every term).
+    - `rounds`: the number of fits until the set stopped changing; `converged`: whether it
+      did within the `rounds` allowed (if not, the last fit's terms are reported).
+    - `free`: per flat parameter of `posterior`, whether it is free after the selection.
+    """
+
+    model: PyTree
+    posterior: Posterior
+    selected: Bool[Array, "..."]
+    estimate: Float[Array, "..."]
+    low: Float[Array, "..."]
+    high: Float[Array, "..."]
+    rounds: Int[Array, "*members"]
+    converged: Bool[Array, "*members"]
+    free: Bool[Array, "*members n_params"]
+    library: Bool[Array, "..."]
+    factors: tuple[str, ...] = eqx.field(static=True)
+    level: float = eqx.field(static=True)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.converged.ndim == 1
+
+    def member(self, i: int) -> "Selection":
+        """The selection of ensemble member `i`."""
+        if not self.is_ensemble:
+            raise MetaplasticError("member() needs the selection of an ensemble.")
+        take = lambda a: a[i] if eqx.is_array(a) else a
+        params, static = eqx.partition(self.model, rule_filter_spec(self.model))
+        post = self.posterior.member(i)
+        free = tuple(bool(f) for f in np.asarray(self.free[i]))
+        post = Posterior(
+            post.mean,
+            post.covariance,
+            post.precision,
+            post.noise_scale,
+            post.rank,
+            post.names,
+            free,
+        )
+        return Selection(
+            eqx.combine(jax.tree.map(take, params), static),
+            post,
+            self.selected[i],
+            self.estimate[i],
+            self.low[i],
+            self.high[i],
+            self.rounds[i],
+            self.converged[i],
+            self.free[i],
+            self.library,
+            self.factors,
+            self.level,
+        )
+
+    def _one(self, member: int | None) -> "Selection":
+        if self.is_ensemble:
+            if member is None:
+                raise MetaplasticError("this selection is an ensemble: pass member=i.")
+            return self.member(member)
+        return self
+
+    def terms(self, member: int | None = None) -> tuple[str, ...]:
+        """The selected monomials, in the canonical order of `TaylorRule.to_expression`
+        (`member`: which member of an ensemble)."""
+        one = self._one(member)
+        sel = np.asarray(one.selected)
+        exps = sorted((e for e in np.ndindex(*sel.shape) if sel[e]), reverse=True)
+        return tuple(format_monomial(e, self.factors) for e in exps)
+
+    def term_sets(self) -> list[tuple[str, ...]]:
+        """The selected monomials of every member (a one-item list for a single model)."""
+        if not self.is_ensemble:
+            return [self.terms()]
+        return [self.terms(i) for i in range(self.converged.shape[0])]
+
+    def expression(self, member: int | None = None, *, digits: int = 3) -> str:
+        """The selected rule as an expression with `digits` significant digits, e.g.
+        `"x*r - 0.0496*w"`."""
+        one = self._one(member)
+        sel, est = np.asarray(one.selected), np.asarray(one.estimate, np.float64)
+        terms = {e: _significant(est[e], digits) for e in np.ndindex(*sel.shape) if sel[e]}
+        return format_expression(terms, self.factors)
+
+    def table(self, member: int | None = None) -> list[dict[str, Any]]:
+        """One row per selected term: `term`, `estimate`, `low`, `high`."""
+        one = self._one(member)
+        rows = []
+        for e in sorted(
+            (e for e in np.ndindex(*one.selected.shape) if one.selected[e]), reverse=True
+        ):
+            rows.append(
+                {
+                    "term": format_monomial(e, self.factors),
+                    "estimate": float(one.estimate[e]),
+                    "low": float(one.low[e]),
+                    "high": float(one.high[e]),
+                }
+            )
+        return rows
+
+    def format(self, member: int | None = None, *, digits: int = 3) -> str:
+        """The rule and each selected term's estimate with its interval, as text."""
+        one = self._one(member)
+        pct = f"{100 * self.level:g}%"
+        lines = [f"Δw ∝ {one.expression(digits=digits)}"]
+        for r in one.table():
+            lines.append(
+                f"  {r['term']:<10} {r['estimate']:>+11.{digits}g}  "
+                f"{pct} [{r['low']:.{digits}g}, {r['high']:.{digits}g}]"
+            )
+        if not bool(one.converged):
+            lines.append(f"  (the term set still changed after {int(one.rounds)} fits)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        if self.is_ensemble:
+            return f"Selection of {self.converged.shape[0]} members"
+        return self.format()
+
+
+class Stability(eqx.Module):
+    """The result of `metaplastic.stability_selection` (arrays with a leading member axis for
+    an ensemble).
+
+    - `frequency`: the fraction of the subsets in which each term was selected, shaped like
+      the rule's coefficients.
+    - `threshold`: the frequency at or above which a term counts as stable.
+    - `selections`: the thresholded fits of every subset, one `Selection` ensemble whose
+      members are `(member, subset)` pairs in that order.
+    - `library`, `factors`: the candidate terms and the rule's factors.
+    """
+
+    frequency: Float[Array, "..."]
+    selections: Selection
+    library: Bool[Array, "..."]
+    threshold: float = eqx.field(static=True)
+    resamples: int = eqx.field(static=True)
+    factors: tuple[str, ...] = eqx.field(static=True)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.frequency.ndim == len(self.factors) + 1
+
+    @property
+    def stable(self) -> Bool[Array, "..."]:
+        """`True` on the terms selected in at least `threshold` of the subsets."""
+        return (self.frequency >= self.threshold) & jnp.asarray(self.library)
+
+    def _frequency(self, member: int | None) -> np.ndarray:
+        f = np.asarray(self.frequency)
+        if self.is_ensemble:
+            if member is None:
+                raise MetaplasticError("this stability selection is an ensemble: pass member=i.")
+            return f[member]
+        return f
+
+    def terms(self, member: int | None = None) -> tuple[str, ...]:
+        """The stable monomials, in canonical order (`member`: which member)."""
+        f, lib = self._frequency(member), np.asarray(self.library)
+        exps = sorted(
+            (e for e in np.ndindex(*f.shape) if lib[e] and f[e] >= self.threshold),
+            reverse=True,
+        )
+        return tuple(format_monomial(e, self.factors) for e in exps)
+
+    def term_sets(self) -> list[tuple[str, ...]]:
+        """The stable monomials of every member (a one-item list for a single model)."""
+        if not self.is_ensemble:
+            return [self.terms()]
+        return [self.terms(i) for i in range(self.frequency.shape[0])]
+
+    def table(self, member: int | None = None) -> list[dict[str, Any]]:
+        """One row per candidate term, most often selected first: `term`, `frequency`,
+        `stable`."""
+        f, lib = self._frequency(member), np.asarray(self.library)
+        rows = [
+            {
+                "term": format_monomial(e, self.factors),
+                "frequency": float(f[e]),
+                "stable": bool(f[e] >= self.threshold),
+            }
+            for e in np.ndindex(*f.shape)
+            if lib[e]
+        ]
+        return sorted(rows, key=lambda r: -r["frequency"])
+
+    def format(self, member: int | None = None) -> str:
+        """The selection frequency of every candidate term, as text; `*` marks stable ones."""
+        rows = self.table(member)
+        lines = [f"term        frequency (of {self.resamples} subsets)"]
+        for r in rows:
+            lines.append(f"  {r['term']:<10} {r['frequency']:>6.2f}{' *' if r['stable'] else ''}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        if self.is_ensemble:
+            return f"Stability selection of {self.frequency.shape[0]} members"
+        return self.format()
+
+
+# ---------------------------------------------------------------------- checks
+def _check_level(level: Any) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise MetaplasticError(f"level must be a number between 0 and 1, got {level!r}.")
+    return float(level)
+
+
+def _check_count(name: str, value: Any, least: int = 1) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise MetaplasticError(f"{name} must be an integer >= {least}, got {value!r}.")
+    if value < least:
+        raise MetaplasticError(f"{name} must be an integer >= {least}, got {value!r}.")
+    return int(value)
+
+
+def _check_key(key: Any) -> Key:
+    if key is None:
+        return jr.key(0)
+    if isinstance(key, jax.Array) and (
+        (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ())
+        or (key.dtype == jnp.uint32 and key.shape == (2,))
+    ):
+        return key
+    raise MetaplasticError(f"key must be one JAX PRNG key such as jax.random.key(0), got {key!r}.")
+
+
+def _members_first(data: PyTree, ensemble: bool, axis: int | None, members: int) -> PyTree:
+    """The data with the member axis first: added (one member), moved, or broadcast (every
+    member sees the same data)."""
+    if not ensemble:
+        return jax.tree.map(lambda a: a[None] if eqx.is_array(a) else a, data)
+    if axis is None:
+        return jax.tree.map(
+            lambda a: jnp.broadcast_to(a, (members,) + a.shape) if eqx.is_array(a) else a, data
+        )
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)) or axis < 0:
+        raise MetaplasticError(
+            f"data_ensemble_axis must be a non-negative integer or None, got {axis!r}."
+        )
+    for a in jax.tree.leaves(data):
+        if eqx.is_array(a) and (a.ndim <= axis or a.shape[axis] != members):
+            raise MetaplasticError(
+                f"With data_ensemble_axis={axis}, every data array needs {members} members "
+                f"along that axis (one per model); got shape {a.shape}."
+            )
+    return jax.tree.map(lambda a: jnp.moveaxis(a, axis, 0) if eqx.is_array(a) else a, data)
+
+
+def _trajectories(data: PyTree) -> int:
+    """The size of the trajectory axis (axis 1, after the member axis)."""
+    sizes = {a.shape[1] for a in jax.tree.leaves(data) if eqx.is_array(a) and a.ndim >= 2}
+    if len(sizes) != 1:
+        raise MetaplasticError(
+            f"every data array needs a trajectory axis of one size; found sizes {sorted(sizes)}."
+        )
+    return sizes.pop()
+
+
+def _where_members(keep: np.ndarray, new: PyTree, old: PyTree) -> PyTree:
+    """`new` for the members where `keep` is True, `old` elsewhere (leading member axis)."""
+
+    def one(a, b):
+        if not eqx.is_array(a):
+            return a
+        k = jnp.reshape(jnp.asarray(keep), (-1,) + (1,) * (a.ndim - 1))
+        return jnp.where(k, a, b)
+
+    return jax.tree.map(one, new, old)
+
+
+# ---------------------------------------------------------------------- threshold_fit
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+def threshold_fit(
+    model: PyTree,
+    data: PyTree,
+    loss: AbstractGaussNewtonLoss,
+    *,
+    level: float = 0.95,
+    drop: Literal["all", "weakest"] = "all",
+    rounds: int = 10,
+    steps: int | None = None,
+    solver: Any = None,
+    penalty: AbstractPenalty | Sequence[AbstractPenalty] = (),
+    differentiation: AbstractDifferentiation | None = None,
+    batch_size: int | None = None,
+    ensemble: bool = False,
+    data_ensemble_axis: int | None = 0,
+    key: Key | None = None,
+    progress: bool = False,
+) -> Selection:
+    """Sequential thresholded fit: fit the candidate terms, drop those whose Laplace interval
+    contains 0, refit the others from where they were, and repeat until the set of terms no
+    longer changes.
+
+    The candidates are the trainable terms of the model's one `TaylorRule` (its `trainable`
+    mask, or every term); frozen terms keep their value. Every member of an ensemble has its
+    own term set, in one vmapped `metaplastic.fit` per round; a member whose set has stopped
+    changing keeps the result of the fit that confirmed it, so that it ends exactly where it
+    would have ended fitted alone.
+
+    **Arguments:**
+
+    - `model`: the starting model (e.g. a student with a small random Taylor rule); with
+      `ensemble`, its trainable arrays have a leading member axis.
+    - `data`, `loss`, `solver`, `steps`, `penalty`, `differentiation`, `batch_size`,
+      `ensemble`, `data_ensemble_axis`, `progress`: as for `metaplastic.fit` (`steps` per
+      round). The loss needs Gauss–Newton structure (for the Laplace intervals).
+    - `level`: the level of the intervals (0.95: a term stays if its 95 % interval excludes
+      0). With many candidates, a level such as `1 − 0.05 / n_terms` keeps the chance of
+      any spurious term small.
+    - `drop`: `"all"` drops every term whose interval contains 0 after each fit; `"weakest"`
+      only the one with the smallest `|estimate| / std` (backward elimination, one term per
+      fit: slower, kinder to nearly collinear terms).
+    - `rounds`: the most fits.
+    - `key`: PRNG key of the minibatches (default `jax.random.key(0)`).
+
+    **Returns:**
+
+    A `Selection`: the fitted model, its posterior, the selected terms (`terms()`), the rule
+    as an expression (`expression()`) and its intervals (`format()`).
+    """
+    if not isinstance(loss, AbstractGaussNewtonLoss):
+        raise MetaplasticError(
+            "threshold_fit needs a loss with Gauss-Newton structure (for the Laplace "
+            f"intervals), such as metaplastic.losses.ActivityMSE(); got {type(loss).__name__}."
+        )
+    level = _check_level(level)
+    if drop not in DROP:
+        raise MetaplasticError(f"drop must be one of {DROP}, got {drop!r}.")
+    rounds = _check_count("rounds", rounds)
+    key = _check_key(key)
+    differentiation = as_differentiation(differentiation)
+    penalties = as_penalties(penalty)
+    rule = _taylor_rule(model)
+    spec = rule_filter_spec(model)
+    params, static = eqx.partition(model, spec)
+    if not ensemble:
+        params = jax.tree.map(lambda a: a[None], params)
+    leaves = jax.tree.leaves(params)
+    if ensemble and len({a.shape[0] if a.ndim else None for a in leaves}) != 1:
+        raise MetaplasticError(
+            "ensemble=True needs a leading member axis of one size on every trainable array."
+        )
+    members = leaves[0].shape[0]
+    shape = tuple(rule.coefficients.shape[-len(rule.factors) :])
+    if ensemble and rule.coefficients.shape != (members,) + shape:
+        raise MetaplasticError(
+            f"ensemble=True needs the rule's coefficients shaped (members,) + {shape}, got "
+            f"{rule.coefficients.shape}."
+        )
+    library = np.ones(shape, bool) if rule.trainable is None else np.asarray(rule.trainable, bool)
+    if library.shape != shape:
+        raise MetaplasticError(
+            "threshold_fit needs one trainable mask for every member, shaped like one member's "
+            f"coefficients {shape}; got {library.shape}."
+        )
+    data = _members_first(data, ensemble, data_ensemble_axis, members)
+    n_traj = _trajectories(data)
+    flat_library = library.reshape(-1)
+    dtype = rule.coefficients.dtype
+    chunks = getattr(solver, "chunks", 1)
+    gated_loss = _GatedLoss(loss)
+    gated_diff = _GatedDifferentiation(differentiation)
+
+    selected = np.broadcast_to(flat_library, (members, flat_library.size)).copy()
+    done = np.zeros(members, bool)
+    used = np.zeros(members, np.int32)
+    kept = None  # (params, posterior, flat gates, estimate, low, high) of the last fits
+    for r in range(rounds):
+        active = ~done
+        gate = jnp.asarray(selected | ~flat_library, dtype)
+        start = jax.vmap(_gated)(params, gate)
+        gates = jnp.broadcast_to(gate[:, None, :], (members, n_traj, gate.shape[1]))
+        batch = _GatedData(data, gates)
+        result = fit(
+            eqx.combine(start, static),
+            batch,
+            gated_loss,
+            solver=solver,
+            steps=steps,
+            penalty=penalties,
+            differentiation=gated_diff,
+            batch_size=batch_size,
+            ensemble=True,
+            data_ensemble_axis=0,
+            key=jr.fold_in(key, r),
+            progress=progress,
+        )
+        fitted = jax.vmap(_gated)(eqx.partition(result.model, spec)[0], gate)
+        post = laplace(
+            eqx.combine(fitted, static),
+            batch,
+            gated_loss,
+            penalty=penalties,
+            differentiation=gated_diff,
+            chunks=chunks,
+            ensemble=True,
+            data_ensemble_axis=0,
+        )
+        # Dropped terms: no variance, whatever a penalty's curvature says.
+        ones = jax.tree.map(jnp.ones_like, fitted)
+        flat_gate = jax.vmap(lambda p, g: ravel_pytree(_gated(p, g))[0])(ones, gate)
+        outer = flat_gate[:, :, None] * flat_gate[:, None, :]
+        post = eqx.tree_at(
+            lambda p: (p.covariance, p.precision),
+            post,
+            (post.covariance * outer, post.precision * outer),
+        )
+        low, high = post.interval(level)
+        estimate = np.asarray(_taylor_rule(fitted).coefficients).reshape(members, -1)
+        low = np.asarray(_taylor_rule(low).coefficients).reshape(members, -1)
+        high = np.asarray(_taylor_rule(high).coefficients).reshape(members, -1)
+        std = np.asarray(_taylor_rule(post.std()).coefficients).reshape(members, -1)
+        contains = selected & (low <= 0) & (high >= 0)
+        if drop == "all":
+            new = selected & ~contains
+        else:
+            z = np.where(contains, np.abs(estimate) / np.where(std > 0, std, 1.0), np.inf)
+            z = np.where(contains & (std == 0), 0.0, z)
+            weakest = np.argmin(z, axis=1)
+            new = selected.copy()
+            rows = np.flatnonzero(contains.any(axis=1))
+            new[rows, weakest[rows]] = False
+        now = (fitted, post, flat_gate, estimate, low, high, jnp.asarray(selected))
+        kept = now if kept is None else _where_members(active, now, kept)
+        used = np.where(active, r + 1, used)
+        changed = (new != selected).any(axis=1)
+        done = done | (active & ~changed)
+        if done.all():
+            break
+        if r < rounds - 1:
+            selected = np.where((active & changed)[:, None], new, selected)
+    fitted, post, flat_gate, estimate, low, high, sel = kept
+    free = np.asarray(post.free)[None, :] & (np.asarray(flat_gate) != 0)
+    sel = np.asarray(sel)
+    out_model = eqx.combine(fitted, static)
+    out = Selection(
+        out_model,
+        post,
+        jnp.asarray(sel.reshape((members,) + shape)),
+        jnp.asarray(estimate.reshape((members,) + shape)),
+        jnp.asarray(np.where(sel, low, 0.0).reshape((members,) + shape)),
+        jnp.asarray(np.where(sel, high, 0.0).reshape((members,) + shape)),
+        jnp.asarray(used),
+        jnp.asarray(done),
+        jnp.asarray(free),
+        jnp.asarray(library),
+        rule.factors,
+        level,
+    )
+    return out if ensemble else out.member(0)
+
+
+# ---------------------------------------------------------------------- stability selection
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+def stability_selection(
+    model: PyTree,
+    data: PyTree,
+    loss: AbstractGaussNewtonLoss,
+    *,
+    resamples: int = 20,
+    fraction: float = 0.5,
+    threshold: float = 0.7,
+    level: float = 0.95,
+    drop: Literal["all", "weakest"] = "all",
+    rounds: int = 10,
+    steps: int | None = None,
+    solver: Any = None,
+    penalty: AbstractPenalty | Sequence[AbstractPenalty] = (),
+    differentiation: AbstractDifferentiation | None = None,
+    ensemble: bool = False,
+    data_ensemble_axis: int | None = 0,
+    key: Key | None = None,
+    progress: bool = False,
+) -> Stability:
+    """Stability selection: `metaplastic.threshold_fit` on `resamples` random subsets of the
+    trajectories (each `fraction` of them, drawn without replacement), all subsets (and all
+    members of an ensemble) in one vmapped fit per round; a term is stable when it is selected
+    in at least `threshold` of the subsets.
+
+    **Arguments:**
+
+    - `model`, `data`, `loss`, `level`, `drop`, `rounds`, `steps`, `solver`, `penalty`,
+      `differentiation`, `ensemble`, `data_ensemble_axis`, `progress`: as for
+      `metaplastic.threshold_fit`; every subset starts from `model` (its member's).
+    - `resamples`: the number of subsets per model.
+    - `fraction`: the share of the trajectories in each subset (at least one trajectory).
+    - `threshold`: the selection frequency at or above which a term is stable.
+    - `key`: PRNG key of the subsets (default `jax.random.key(0)`); the same key gives the
+      same subsets and fits.
+
+    **Returns:**
+
+    A `Stability`: `frequency` of every term, `terms()` the stable ones, `selections` the
+    thresholded fit of every subset.
+    """
+    resamples = _check_count("resamples", resamples, 2)
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0 < fraction <= 1
+    ):
+        raise MetaplasticError(f"fraction must be a number in (0, 1], got {fraction!r}.")
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not 0 < threshold <= 1
+    ):
+        raise MetaplasticError(f"threshold must be a number in (0, 1], got {threshold!r}.")
+    key = _check_key(key)
+    if not isinstance(loss, AbstractGaussNewtonLoss):
+        raise MetaplasticError(
+            "stability_selection needs a loss with Gauss-Newton structure (for the Laplace "
+            f"intervals), such as metaplastic.losses.ActivityMSE(); got {type(loss).__name__}."
+        )
+    rule = _taylor_rule(model)
+    spec = rule_filter_spec(model)
+    params, static = eqx.partition(model, spec)
+    if not ensemble:
+        params = jax.tree.map(lambda a: a[None], params)
+    members = jax.tree.leaves(params)[0].shape[0]
+    data = _members_first(data, ensemble, data_ensemble_axis, members)
+    n = _trajectories(data)
+    m = max(1, int(round(fraction * n)))
+    k_subsets, k_fit = jr.split(key)
+
+    def subsets(k):
+        keys = jr.split(k, resamples)
+        return jax.vmap(lambda kk: jr.permutation(kk, n)[:m])(keys)
+
+    idx = jax.vmap(subsets)(jr.split(k_subsets, members))  # (members, resamples, m)
+    rows = jnp.arange(members)[:, None, None]
+
+    def pick(a):
+        if not eqx.is_array(a):
+            return a
+        sub = a[rows, idx]  # (members, resamples, m, ...)
+        return sub.reshape((members * resamples, m) + a.shape[2:])
+
+    stacked = jax.tree.map(pick, data)
+    start = jax.tree.map(lambda a: jnp.repeat(a, resamples, axis=0), params)
+    selections = threshold_fit(
+        eqx.combine(start, static),
+        stacked,
+        loss,
+        level=level,
+        drop=drop,
+        rounds=rounds,
+        steps=steps,
+        solver=solver,
+        penalty=penalty,
+        differentiation=differentiation,
+        ensemble=True,
+        data_ensemble_axis=0,
+        key=k_fit,
+        progress=progress,
+    )
+    shape = selections.selected.shape[1:]
+    frequency = jnp.mean(
+        selections.selected.reshape((members, resamples) + shape).astype(jnp.result_type(float)),
+        axis=1,
+    )
+    if not ensemble:
+        frequency = frequency[0]
+    return Stability(
+        frequency, selections, selections.library, float(threshold), resamples, rule.factors
+    )
