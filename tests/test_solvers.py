@@ -360,3 +360,13 @@ def test_qr_and_normal_fits_agree_in_float64(problem_name, problems, x64):
     np.testing.assert_allclose(
         fits[0].model.rule.coefficients, fits[1].model.rule.coefficients, rtol=1e-6, atol=1e-9
     )
+
+
+@pytest.mark.parametrize("problem_name, expected", [("activity", "qr"), ("choices", "normal")])
+def test_default_linear_solver_in_float32_follows_the_likelihood(problem_name, expected, problems):
+    """Below float64 the default takes QR steps for squared-error residuals (whose normal
+    equations lose Oja's rule in float32) and the cheaper normal equations for choices."""
+    problem = problems(problem_name)
+    default = _fit(problem, mp.LevenbergMarquardt(), steps=2)
+    chosen = _fit(problem, mp.LevenbergMarquardt(linear_solver=expected), steps=2)
+    _bitwise(default.model, chosen.model)
