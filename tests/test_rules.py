@@ -146,14 +146,17 @@ def test_mlp_rule_shapes_and_factors():
     np.testing.assert_array_equal(out, out2)
 
 
+@pytest.mark.parametrize("shape", [(4, 7), (12, 9)])
 @pytest.mark.parametrize("depth", [0, 1, 2])
 @pytest.mark.parametrize("factors", [("x", "y", "w"), ("x", "y", "w", "r"), ("w", "r")])
-def test_mlp_rule_is_its_mlp_applied_to_every_synapse(x64, factors, depth):
-    # The rule evaluates its network unit by unit on broadcast factors; it must equal (value
-    # and gradient) the eqx.nn.MLP applied to each synapse's stacked (x, y, w, r).
+def test_mlp_rule_is_its_mlp_applied_to_every_synapse(x64, factors, depth, shape):
+    # Above SMALL_LAYER synapses the rule evaluates its network unit by unit on broadcast
+    # factors; either way it must equal (value and gradient) the eqx.nn.MLP applied to each
+    # synapse's stacked (x, y, w, r).
+    assert (shape[0] * shape[1] > mp.rules._mlp.SMALL_LAYER) == (shape == (12, 9))
     rule = MLPRule(factors, depth=depth, width=5, key=jr.key(depth))
-    pre, post = jr.normal(jr.key(1), (7,)), jr.normal(jr.key(2), (4,))
-    w, r = jr.normal(jr.key(3), (4, 7)), 0.7
+    pre, post = jr.normal(jr.key(1), (shape[1],)), jr.normal(jr.key(2), (shape[0],))
+    w, r = jr.normal(jr.key(3), shape), 0.7
     columns = {
         "x": jnp.broadcast_to(pre[None, :], w.shape),
         "y": jnp.broadcast_to(post[:, None], w.shape),
