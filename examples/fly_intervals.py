@@ -108,7 +108,6 @@ def simulated_flies(mp, n, truth, input_variance, key):
     import tempfile
 
     import jax.random as jr
-    import scipy.io
 
     k_net, k_gen = jr.split(key)
     rule = mp.TaylorRule.from_expression(truth, factors=("x", "w", "r"), order=1)
@@ -117,20 +116,7 @@ def simulated_flies(mp, n, truth, input_variance, key):
     encoding = mp.behaviour.OdourEncoding(2, variance=input_variance)
     d = mp.behaviour.generate_behaviour(teacher, task, encoding, n, key=k_gen).data
     folder = tempfile.mkdtemp(prefix="fly_intervals_")
-    pm, od, ch = (np.asarray(a) for a in (d.presentation_mask, d.odours, d.choices))
-    rw, tm = np.asarray(d.rewards), np.asarray(d.trial_mask)
-    for b in range(n):
-        x, y, r = [], [], []
-        for t in np.nonzero(tm[b])[0]:
-            for q in np.nonzero(pm[b, t])[0]:
-                x.append([1 - od[b, t, q], od[b, t, q]])
-                y.append(ch[b, t, q])
-                if ch[b, t, q] == 1:
-                    r.append(rw[b, t])
-        scipy.io.savemat(
-            os.path.join(folder, f"Fly{b + 1}.mat"),
-            {"X": np.array(x), "Y": np.array(y)[None], "R": np.array(r)[None]},
-        )
+    mp.flies.save_drosophila(d, folder)
     return mp.flies.load_drosophila(folder), rule
 
 

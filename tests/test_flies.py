@@ -26,21 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _write_flies(generated, folder, first=1):
     """Write simulated flies as `.mat` files in the format of the real recordings."""
-    d = generated.data
-    for b in range(d.odours.shape[0]):
-        pm, od = np.asarray(d.presentation_mask[b]), np.asarray(d.odours[b])
-        ch, rw = np.asarray(d.choices[b]), np.asarray(d.rewards[b])
-        x, y, r = [], [], []
-        for t in np.nonzero(np.asarray(d.trial_mask[b]))[0]:
-            for p in np.nonzero(pm[t])[0]:
-                x.append([1 - od[t, p], od[t, p]])
-                y.append(ch[t, p])
-                if ch[t, p] == 1:
-                    r.append(rw[t])
-        sio.savemat(
-            folder / f"Fly{first + b}.mat",
-            {"X": np.array(x), "Y": np.array(y)[None], "R": np.array(r)[None]},
-        )
+    mp.flies.save_drosophila(generated.data, folder, first=first)
 
 
 @pytest.fixture(scope="module")
@@ -457,3 +443,36 @@ def test_example_published_protocol_on_a_small_dataset(small, tmp_path):
     (run,) = tmp_path.iterdir()
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["protocol"] == "published" and config["noise"] == "trajectory"
+
+
+def test_save_drosophila_round_trips_through_load_drosophila(tmp_path):
+    # Simulated flies written in the recordings' format and read back: the same odours,
+    # choices and rewards, trial by trial; and the accepted-only conversion after trial 6.
+    teacher = mp.behaviour.MushroomBody(mp.rules.reward_modulated(), key=jr.key(0))
+    task = mp.behaviour.OperantTask(((0.2, 0.8), (0.9, 0.1)), 6)
+    encoding = mp.behaviour.OdourEncoding(2, key=jr.key(1))
+    d = mp.behaviour.generate_behaviour(teacher, task, encoding, 2, key=jr.key(2)).data
+    paths = mp.flies.save_drosophila(d, tmp_path, first=3)
+    assert [p.name for p in paths] == ["Fly3.mat", "Fly4.mat"]
+    back = mp.flies.load_drosophila(tmp_path, block_size=6).dataset
+
+    def rows(ds, b, accepted_only_from=None):
+        out = []
+        for t in np.flatnonzero(np.asarray(ds.trial_mask[b])):
+            for p in np.flatnonzero(np.asarray(ds.presentation_mask[b, t])):
+                c = float(ds.choices[b, t, p])
+                if accepted_only_from is None or t < accepted_only_from or c == 1:
+                    out.append((int(ds.odours[b, t, p]), c, float(ds.rewards[b, t]) if c else None))
+        return out
+
+    for b in range(2):
+        assert rows(back, b) == rows(d, b)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    mp.flies.save_drosophila(d, cut, accepted_only_from=6)
+    back = mp.flies.load_drosophila(cut, block_size=6).dataset
+    assert rows(back, 0) == rows(d, 0, accepted_only_from=6)
+    with pytest.raises(mp.MetaplasticError, match="not a folder"):
+        mp.flies.save_drosophila(d, tmp_path / "missing")
+    with pytest.raises(mp.MetaplasticError, match="ChoiceDataset"):
+        mp.flies.save_drosophila(back.odours, tmp_path)

@@ -19,29 +19,8 @@ import time
 
 import jax.random as jr
 import numpy as np
-import scipy.io as sio
 
 import metaplastic as mp
-
-
-def write(generated, folder, accept_only_after_block1):
-    d = generated.data
-    for b in range(d.odours.shape[0]):
-        pm, od = np.asarray(d.presentation_mask[b]), np.asarray(d.odours[b])
-        ch, rw = np.asarray(d.choices[b]), np.asarray(d.rewards[b])
-        x, y, r = [], [], []
-        for t in np.nonzero(np.asarray(d.trial_mask[b]))[0]:
-            for p in np.nonzero(pm[t])[0]:
-                if accept_only_after_block1 and t >= 80 and ch[t, p] == 0:
-                    continue
-                x.append([1 - od[t, p], od[t, p]])
-                y.append(ch[t, p])
-                if ch[t, p] == 1:
-                    r.append(rw[t])
-        sio.savemat(
-            folder / f"Fly{b + 1}.mat",
-            {"X": np.array(x), "Y": np.array(y)[None], "R": np.array(r)[None]},
-        )
 
 
 def main():
@@ -61,7 +40,10 @@ def main():
     for name, accept_only in (("complete", False), ("accept_only_after_block1", True)):
         with tempfile.TemporaryDirectory() as tmp:
             folder = pathlib.Path(tmp)
-            write(generated, folder, accept_only)
+            # The shared conversion of the recordings keeps rejections in block 1 only.
+            mp.flies.save_drosophila(
+                generated.data, folder, accepted_only_from=80 if accept_only else None
+            )
             data = mp.flies.load_drosophila(folder)
             fits = mp.flies.fit_families(
                 data,

@@ -1,7 +1,8 @@
 """The real-fly analyses: load the recordings, fit families of rules to every fly (all flies
 and train/test splits in one vmapped fit per family), and compare the families across flies.
 
-- the recordings: `load_drosophila`, `DrosophilaData`, `FlyInfo`;
+- the recordings: `load_drosophila`, `save_drosophila` (simulated flies in their format),
+  `DrosophilaData`, `FlyInfo`;
 - rule families: `FAMILIES`, `FAMILY_TERMS`, `family_rule`;
 - per-fly fits: `fit_families`, `FlyFits`, `padded_l1`, `presentation_masks`,
   `base_rate_scores`;
@@ -21,6 +22,7 @@ from ._intervals import FlyIntervals as FlyIntervals
 from ._intervals import PopulationSummary as PopulationSummary
 from ._intervals import rule_intervals as rule_intervals
 from ._loader import load_drosophila as load_drosophila
+from ._loader import save_drosophila as save_drosophila
 from ._records import DrosophilaData as DrosophilaData
 from ._records import FlyInfo as FlyInfo
 from ._results import FlyFits as FlyFits

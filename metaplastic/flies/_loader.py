@@ -28,6 +28,7 @@ import os
 import pathlib
 import re
 import struct
+import typing
 import zlib
 from collections.abc import Sequence
 
@@ -369,3 +370,73 @@ def load_drosophila(
         block_size=block_size,
         window=window,
     )
+
+
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+def save_drosophila(
+    data: ChoiceDataset,
+    folder: str | os.PathLike,
+    *,
+    first: int = 1,
+    accepted_only_from: int | None = None,
+) -> list[pathlib.Path]:
+    """Write choice trajectories (e.g. simulated flies, `metaplastic.behaviour.
+    generate_behaviour(...).data`) as `.mat` files in the format of the recordings that
+    `load_drosophila` reads: per presentation the odour one-hot `X` (`[1, 0]` = odour A) and
+    the choice `Y`, and the reward `R` of every accepted presentation. Each file is written
+    atomically.
+
+    **Arguments:**
+
+    - `data`: a `ChoiceDataset`; each trajectory of its batch becomes one fly.
+    - `folder`: an existing folder; the files are `Fly{first}.mat`, `Fly{first + 1}.mat`, ...
+    - `first`: the number of the first fly.
+    - `accepted_only_from`: from this trial on, keep the accepted presentations only (as the
+      shared conversion of the real recordings does after block 1); `None` keeps every
+      presentation.
+
+    **Returns:**
+
+    The paths written, in batch order.
+    """
+    import io
+
+    from .._io import atomic_write_bytes
+
+    if not isinstance(data, ChoiceDataset):
+        raise MetaplasticError(f"data must be a ChoiceDataset, got {type(data).__name__}.")
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise MetaplasticError(f"{folder} is not a folder.")
+    if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+        raise MetaplasticError(f"first must be a non-negative integer, got {first!r}.")
+    if accepted_only_from is not None and (
+        isinstance(accepted_only_from, bool)
+        or not isinstance(accepted_only_from, int)
+        or accepted_only_from < 0
+    ):
+        raise MetaplasticError(
+            f"accepted_only_from must be None or a trial index >= 0, got {accepted_only_from!r}."
+        )
+    sio = _scipy_io()
+    odours, choices = np.asarray(data.odours), np.asarray(data.choices)
+    shown, trials = np.asarray(data.presentation_mask), np.asarray(data.trial_mask)
+    rewards = np.asarray(data.rewards)
+    paths = []
+    for b in range(odours.shape[0]):
+        x, y, r = [], [], []
+        for t in np.flatnonzero(trials[b]):
+            for p in np.flatnonzero(shown[b, t]):
+                accepted = choices[b, t, p] == 1
+                if accepted_only_from is not None and t >= accepted_only_from and not accepted:
+                    continue
+                x.append([1 - odours[b, t, p], odours[b, t, p]])
+                y.append(choices[b, t, p])
+                if accepted:
+                    r.append(rewards[b, t])
+        buffer = io.BytesIO()
+        sio.savemat(buffer, {"X": np.array(x), "Y": np.array(y)[None], "R": np.array(r)[None]})
+        path = folder / f"Fly{first + b}.mat"
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    return paths
