@@ -260,3 +260,24 @@ def test_example_calibrate_quick_writes_coverage_and_intervals(tmp_path):
         summary["flies"] <= 3
         and summary["comparison"]["forgetting_vs_covariance"]["b"] == "forgetting"
     )
+
+
+@pytest.mark.slow
+def test_a_fly_that_never_rejects_is_warned_about(tmp_path):
+    # Acceptances only: the likelihood has no finite optimum, so rule_intervals says so.
+    rng = np.random.default_rng(1)
+    for fly, y in enumerate(([0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 1], [1] * 8)):
+        odour = rng.integers(0, 2, len(y))
+        r = rng.integers(0, 2, int(np.sum(y)))
+        sio.savemat(
+            tmp_path / f"Fly{fly + 1}.mat",
+            {"X": np.stack([1 - odour, odour], 1), "Y": np.array(y)[None], "R": r[None]},
+        )
+    data = mp.flies.load_drosophila(tmp_path, block_size=4)
+    with pytest.warns(
+        UserWarning, match=r"1 of 2 flies never reject an odour in these trials \(Fly2\)"
+    ):
+        iv = mp.flies.rule_intervals(
+            data, ("covariance",), trials="all", draws=1, steps=1, key=jr.key(0)
+        )
+    assert list(iv.accept_only) == [False, True]

@@ -18,6 +18,7 @@ import dataclasses
 import math
 import time
 import typing
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -422,6 +423,17 @@ def rule_intervals(
     if trials == "block1":
         data = data.first_block()
     flies = len(data)
+    shown = np.asarray(data.dataset.presentation_mask)
+    rejections = np.sum(shown & (np.asarray(data.dataset.choices) == 0), axis=(1, 2))
+    never = [f.name for f, n in zip(data.flies, rejections) if n == 0]
+    if never:
+        warnings.warn(
+            f"{len(never)} of {flies} flies never reject an odour in these trials "
+            f"({', '.join(never)}): a likelihood of acceptances only has no finite optimum, so "
+            "their estimates, intervals and evidence mean nothing; fit "
+            "data.without_accept_only() (or select(~intervals.accept_only)).",
+            stacklevel=2,
+        )
     k_noise, k_net, k_rule = jr.split(key, 3)
     encoding = OdourEncoding(n_in, variance=float(input_variance))
     noisy = NoisyChoices.from_choices(data.dataset, encoding, draws, key=k_noise)
