@@ -81,7 +81,9 @@ def _leading_size(data: PyTree, axis: int) -> int:
     return n
 
 
-def _check_key(key: Any, name: str = "key") -> Key:
+def check_key(key: Any, name: str = "key") -> Key:
+    """`key` if it is one JAX PRNG key (a typed key or a raw `uint32[2]`), `jax.random.key(0)`
+    for `None`; a `MetaplasticError` naming `name` otherwise (package-internal)."""
     if key is None:
         return jr.key(0)
     if isinstance(key, jax.Array):
@@ -283,7 +285,7 @@ def fit(
     if steps is None:
         steps = solver.default_steps
     check_scalar_options(steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every)
-    key = _check_key(key)
+    key = check_key(key)
     if resume and checkpoint_dir is None:
         raise MetaplasticError("resume=True needs a checkpoint_dir to resume from.")
     if filter_spec is None:
@@ -298,7 +300,7 @@ def fit(
     if not all(jnp.issubdtype(p.dtype, jnp.inexact) for p in param_leaves):
         raise MetaplasticError("filter_spec selects a non-floating-point array for training.")
     data_axis = data_ensemble_axis if ensemble else None
-    members = _check_ensemble(param_leaves, data, data_axis) if ensemble else None
+    members = check_ensemble(param_leaves, data, data_axis) if ensemble else None
     chunks = getattr(solver, "chunks", 1)
     n = _leading_size(data, 0 if data_axis is None or data_axis != 0 else 1)
     batch = n if batch_size is None else min(batch_size, n)
@@ -479,7 +481,10 @@ def _options(module: Any) -> dict[str, Any]:
     return out
 
 
-def _check_ensemble(param_leaves: list, data: PyTree, data_axis: int | None) -> int:
+def check_ensemble(param_leaves: list, data: PyTree, data_axis: int | None) -> int:
+    """The number of ensemble members: the one leading size of the trainable arrays, which
+    every data array must have along `data_axis` (`None`: shared data); a
+    `MetaplasticError` naming the mismatch otherwise (package-internal)."""
     sizes = {p.shape[0] if p.ndim else None for p in param_leaves}
     if len(sizes) != 1 or None in sizes:
         raise MetaplasticError(

@@ -30,7 +30,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._errors import MetaplasticError
-from ._fit import fit, rule_filter_spec
+from ._fit import check_ensemble, check_key, fit, rule_filter_spec
 from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._laplace import Posterior, laplace
 from ._types import Key
@@ -341,37 +341,30 @@ def _check_count(name: str, value: Any, least: int = 1) -> int:
     return int(value)
 
 
-def _check_key(key: Any) -> Key:
-    if key is None:
-        return jr.key(0)
-    if isinstance(key, jax.Array) and (
-        (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ())
-        or (key.dtype == jnp.uint32 and key.shape == (2,))
-    ):
-        return key
-    raise MetaplasticError(f"key must be one JAX PRNG key such as jax.random.key(0), got {key!r}.")
-
-
-def _members_first(data: PyTree, ensemble: bool, axis: int | None, members: int) -> PyTree:
-    """The data with the member axis first: added (one member), moved, or broadcast (every
-    member sees the same data)."""
+def _members_first(
+    model: PyTree, data: PyTree, ensemble: bool, axis: int | None
+) -> tuple[TaylorRule, PyTree, PyTree, PyTree, PyTree, int]:
+    """The model's Taylor rule, its filter spec, its trainable part with a leading member axis
+    (added for one model), the rest, the data with the member axis first (added, moved, or
+    broadcast when every member sees the same data), and the number of members."""
+    rule = _taylor_rule(model)
+    spec = rule_filter_spec(model)
+    params, static = eqx.partition(model, spec)
     if not ensemble:
-        return jax.tree.map(lambda a: a[None] if eqx.is_array(a) else a, data)
+        params = jax.tree.map(lambda a: a[None], params)
+        return rule, spec, params, static, jax.tree.map(_add_axis, data), 1
+    members = check_ensemble(jax.tree.leaves(params), data, axis)
     if axis is None:
-        return jax.tree.map(
+        data = jax.tree.map(
             lambda a: jnp.broadcast_to(a, (members,) + a.shape) if eqx.is_array(a) else a, data
         )
-    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)) or axis < 0:
-        raise MetaplasticError(
-            f"data_ensemble_axis must be a non-negative integer or None, got {axis!r}."
-        )
-    for a in jax.tree.leaves(data):
-        if eqx.is_array(a) and (a.ndim <= axis or a.shape[axis] != members):
-            raise MetaplasticError(
-                f"With data_ensemble_axis={axis}, every data array needs {members} members "
-                f"along that axis (one per model); got shape {a.shape}."
-            )
-    return jax.tree.map(lambda a: jnp.moveaxis(a, axis, 0) if eqx.is_array(a) else a, data)
+    else:
+        data = jax.tree.map(lambda a: jnp.moveaxis(a, axis, 0) if eqx.is_array(a) else a, data)
+    return rule, spec, params, static, data, members
+
+
+def _add_axis(a: Any) -> Any:
+    return a[None] if eqx.is_array(a) else a
 
 
 def _trajectories(data: PyTree) -> int:
@@ -456,20 +449,12 @@ def threshold_fit(
     if drop not in DROP:
         raise MetaplasticError(f"drop must be one of {DROP}, got {drop!r}.")
     rounds = _check_count("rounds", rounds)
-    key = _check_key(key)
+    key = check_key(key)
     differentiation = as_differentiation(differentiation)
     penalties = as_penalties(penalty)
-    rule = _taylor_rule(model)
-    spec = rule_filter_spec(model)
-    params, static = eqx.partition(model, spec)
-    if not ensemble:
-        params = jax.tree.map(lambda a: a[None], params)
-    leaves = jax.tree.leaves(params)
-    if ensemble and len({a.shape[0] if a.ndim else None for a in leaves}) != 1:
-        raise MetaplasticError(
-            "ensemble=True needs a leading member axis of one size on every trainable array."
-        )
-    members = leaves[0].shape[0]
+    rule, spec, params, static, data, members = _members_first(
+        model, data, ensemble, data_ensemble_axis
+    )
     shape = tuple(rule.coefficients.shape[-len(rule.factors) :])
     if ensemble and rule.coefficients.shape != (members,) + shape:
         raise MetaplasticError(
@@ -482,7 +467,6 @@ def threshold_fit(
             "threshold_fit needs one trainable mask for every member, shaped like one member's "
             f"coefficients {shape}; got {library.shape}."
         )
-    data = _members_first(data, ensemble, data_ensemble_axis, members)
     n_traj = _trajectories(data)
     flat_library = library.reshape(-1)
     dtype = rule.coefficients.dtype
@@ -623,31 +607,18 @@ def stability_selection(
     thresholded fit of every subset.
     """
     resamples = _check_count("resamples", resamples, 2)
-    if (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, (int, float))
-        or not 0 < fraction <= 1
-    ):
-        raise MetaplasticError(f"fraction must be a number in (0, 1], got {fraction!r}.")
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, (int, float))
-        or not 0 < threshold <= 1
-    ):
-        raise MetaplasticError(f"threshold must be a number in (0, 1], got {threshold!r}.")
-    key = _check_key(key)
+    for name, value in (("fraction", fraction), ("threshold", threshold)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise MetaplasticError(f"{name} must be a number in (0, 1], got {value!r}.")
+    key = check_key(key)
     if not isinstance(loss, AbstractGaussNewtonLoss):
         raise MetaplasticError(
             "stability_selection needs a loss with Gauss-Newton structure (for the Laplace "
             f"intervals), such as metaplastic.losses.ActivityMSE(); got {type(loss).__name__}."
         )
-    rule = _taylor_rule(model)
-    spec = rule_filter_spec(model)
-    params, static = eqx.partition(model, spec)
-    if not ensemble:
-        params = jax.tree.map(lambda a: a[None], params)
-    members = jax.tree.leaves(params)[0].shape[0]
-    data = _members_first(data, ensemble, data_ensemble_axis, members)
+    rule, _, params, static, data, members = _members_first(
+        model, data, ensemble, data_ensemble_axis
+    )
     n = _trajectories(data)
     m = max(1, int(round(fraction * n)))
     k_subsets, k_fit = jr.split(key)
