@@ -258,3 +258,12 @@ def jsonable(value: Any) -> Any:
 def print_json(summary: dict[str, Any]) -> None:
     """Print `summary` as one line of JSON: the last line of every example script."""
     print(json.dumps(jsonable(summary), allow_nan=False), flush=True)
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) confidence interval of a binomial proportion `k / n`, as
+    scipy computes it (scipy is an optional dependency: the "test" and "data" extras)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)

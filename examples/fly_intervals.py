@@ -124,8 +124,6 @@ def coverage(intervals, rule):
     """Per family and term: the fraction of flies whose interval holds the true coefficient,
     its Clopper–Pearson 95 % interval, the mean estimate, the sd of the estimates and the
     mean reported std."""
-    from scipy.stats import beta
-
     out = {}
     for family in intervals.families:
         out[family] = {}
@@ -139,10 +137,7 @@ def coverage(intervals, rule):
             est, low, high = intervals.interval(family, term)
             hit = (low <= true) & (true <= high)
             k, n = int(hit.sum()), int(hit.size)
-            ci = (
-                0.0 if k == 0 else float(beta.ppf(0.025, k, n - k + 1)),
-                1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k)),
-            )
+            ci = _cli.clopper_pearson(k, n)
             out[family][term] = {
                 "truth": true,
                 "coverage": k / n,

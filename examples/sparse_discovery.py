@@ -83,23 +83,13 @@ def parse_args(argv=None):
     return args
 
 
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """The exact binomial confidence interval of a proportion `k / n`."""
-    from scipy.stats import beta
-
-    a = 1 - level
-    low = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
-    high = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
-    return low, high
-
-
 def score(term_sets, truth):
     """How many term sets equal the true one, with the most common sets."""
     truth = set(truth)
     k = sum(set(s) == truth for s in term_sets)
     n = len(term_sets)
     common = Counter(" + ".join(s) if s else "(none)" for s in term_sets).most_common(4)
-    lo, hi = clopper_pearson(k, n)
+    lo, hi = _cli.clopper_pearson(k, n)
     return {
         "recovered": k,
         "datasets": n,

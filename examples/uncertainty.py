@@ -75,16 +75,6 @@ def parse_args(argv=None):
 LEVEL = 0.95
 
 
-def clopper_pearson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
-    """The exact (Clopper–Pearson) binomial confidence interval of a proportion `k / n`."""
-    from scipy.stats import beta  # an optional dependency (the "test" and "data" extras)
-
-    a = 1 - level
-    low = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
-    high = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
-    return low, high
-
-
 def coverage_table(names, truth, estimate, low, high, free=None):
     """Per term: the truth, the coverage of `[low, high]` (arrays `(datasets, terms)`) with
     its confidence interval, and the mean and spread of the estimates against the mean
@@ -95,7 +85,7 @@ def coverage_table(names, truth, estimate, low, high, free=None):
             continue
         hit = (low[:, i] <= truth[i]) & (truth[i] <= high[:, i])
         k, n = int(hit.sum()), len(hit)
-        ci = clopper_pearson(k, n)
+        ci = _cli.clopper_pearson(k, n)
         rows[name] = {
             "truth": float(truth[i]),
             "coverage": k / n,
