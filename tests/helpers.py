@@ -45,3 +45,22 @@ def run_example(name, *args):
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_random_flies(folder, trials, seed=0):
+    """Write flies that choose at random as `.mat` files in the recordings' format: fly `i`
+    (`Fly{i + 1}.mat`) has `trials[i]` trials, each 0–2 rejections then an acceptance, odours
+    and rewards drawn at random from `numpy.random.default_rng(seed)`."""
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    for fly, n in enumerate(trials):
+        y = []
+        for _ in range(n):
+            y += [0] * int(rng.integers(0, 3)) + [1]
+        odour = rng.integers(0, 2, len(y))
+        r = rng.integers(0, 2, sum(y))
+        scipy.io.savemat(
+            os.path.join(folder, f"Fly{fly + 1}.mat"),
+            {"X": np.stack([1 - odour, odour], 1), "Y": np.array(y)[None], "R": r[None]},
+        )

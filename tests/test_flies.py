@@ -12,7 +12,7 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
-from helpers import run_example
+from helpers import run_example, write_random_flies
 
 import metaplastic as mp
 from metaplastic.flies._fits import _encode, _masks, _score, _tile
@@ -53,15 +53,7 @@ KEY = jr.key(5)
 def small(tmp_path_factory):
     """Three random flies of 30 trials (blocks of 10), with rejections."""
     folder = tmp_path_factory.mktemp("small")
-    rng = np.random.default_rng(0)
-    for fly in range(3):
-        y = []
-        for _ in range(30 - fly):
-            y += [0] * int(rng.integers(0, 3)) + [1]
-        odour = rng.integers(0, 2, len(y))
-        x = np.stack([1 - odour, odour], axis=1)
-        r = rng.integers(0, 2, sum(y))
-        sio.savemat(folder / f"Fly{fly + 1}.mat", {"X": x, "Y": np.array(y)[None], "R": r[None]})
+    write_random_flies(folder, [30, 29, 28])
     return mp.flies.load_drosophila(folder, block_size=10)
 
 

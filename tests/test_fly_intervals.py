@@ -7,7 +7,7 @@ from pathlib import Path
 import jax.random as jr
 import numpy as np
 import pytest
-from helpers import run_example
+from helpers import run_example, write_random_flies
 from test_flies import _write_flies
 
 import metaplastic as mp
@@ -155,20 +155,7 @@ def simulated(tmp_path_factory):
 def random_flies(tmp_path_factory):
     """Two flies choosing at random, 12 trials in blocks of 4 (no simulation: fast)."""
     folder = tmp_path_factory.mktemp("random")
-    rng = np.random.default_rng(0)
-    for fly in range(2):
-        y = []
-        for _ in range(12):
-            y += [0] * int(rng.integers(0, 3)) + [1]
-        odour = rng.integers(0, 2, len(y))
-        sio.savemat(
-            folder / f"Fly{fly + 1}.mat",
-            {
-                "X": np.stack([1 - odour, odour], 1),
-                "Y": np.array(y)[None],
-                "R": rng.integers(0, 2, 12)[None],
-            },
-        )
+    write_random_flies(folder, [12, 12])
     return mp.flies.load_drosophila(folder, block_size=4)
 
 
