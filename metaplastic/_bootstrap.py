@@ -21,7 +21,7 @@ import numpy as np
 from jaxtyping import PyTree
 
 from ._errors import MetaplasticError
-from ._fit import fit, rule_filter_spec
+from ._fit import fit, partition_trainable
 from ._jacobian import AbstractDifferentiation
 from ._types import Key
 from .losses import AbstractLoss, AbstractPenalty
@@ -146,12 +146,8 @@ def bootstrap(
     if ensemble and data_ensemble_axis not in (0, None):
         raise MetaplasticError("bootstrap takes data_ensemble_axis 0 or None.")
     n = int(n)
-    if filter_spec is None:
-        filter_spec = rule_filter_spec(model)
-    params, static = eqx.partition(model, filter_spec)
+    filter_spec, params, static = partition_trainable(model, filter_spec)
     leaves = jax.tree.leaves(params)
-    if not leaves:
-        raise MetaplasticError("filter_spec selects no trainable array in the model.")
     members = leaves[0].shape[0] if ensemble else 1
     keys = jr.split(key, members)
 

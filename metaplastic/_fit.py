@@ -97,6 +97,25 @@ def check_key(key: Any, name: str = "key") -> Key:
     )
 
 
+def partition_trainable(model: PyTree, filter_spec: PyTree | None) -> tuple[PyTree, PyTree, PyTree]:
+    """`(filter_spec, params, static)`: the model split by `filter_spec` (default
+    `rule_filter_spec(model)`) into its trainable part and the rest, with a
+    `MetaplasticError` when the spec does not fit the model or selects no floating-point
+    array (package-internal: the one check of `fit`, `laplace` and `bootstrap`)."""
+    if filter_spec is None:
+        filter_spec = rule_filter_spec(model)
+    try:
+        params, static = eqx.partition(model, filter_spec)
+    except ValueError as err:
+        raise MetaplasticError(f"filter_spec does not match the model's structure: {err}") from err
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise MetaplasticError("filter_spec selects no trainable array in the model.")
+    if not all(jnp.issubdtype(p.dtype, jnp.inexact) for p in leaves):
+        raise MetaplasticError("filter_spec selects a non-floating-point array for training.")
+    return filter_spec, params, static
+
+
 def check_scalar_options(**options: Any) -> None:
     """Validate the common numeric options of the fitting functions."""
     for name, value in options.items():
@@ -288,17 +307,8 @@ def fit(
     key = check_key(key)
     if resume and checkpoint_dir is None:
         raise MetaplasticError("resume=True needs a checkpoint_dir to resume from.")
-    if filter_spec is None:
-        filter_spec = rule_filter_spec(model)
-    try:
-        params, static = eqx.partition(model, filter_spec)
-    except ValueError as err:
-        raise MetaplasticError(f"filter_spec does not match the model's structure: {err}") from err
+    filter_spec, params, static = partition_trainable(model, filter_spec)
     param_leaves = jax.tree.leaves(params)
-    if not param_leaves:
-        raise MetaplasticError("filter_spec selects no trainable array in the model.")
-    if not all(jnp.issubdtype(p.dtype, jnp.inexact) for p in param_leaves):
-        raise MetaplasticError("filter_spec selects a non-floating-point array for training.")
     data_axis = data_ensemble_axis if ensemble else None
     members = check_ensemble(param_leaves, data, data_axis) if ensemble else None
     chunks = getattr(solver, "chunks", 1)

@@ -21,7 +21,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
 from ._errors import MetaplasticError
-from ._fit import fit, rule_filter_spec
+from ._fit import fit, partition_trainable, rule_filter_spec
 from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._solver import LevenbergMarquardt, Objective
 from .losses import (
@@ -328,12 +328,8 @@ def laplace(
     differentiation = as_differentiation(differentiation)
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise MetaplasticError(f"chunks must be a positive integer, got {chunks!r}.")
-    if filter_spec is None:
-        filter_spec = rule_filter_spec(model)
-    params, static = eqx.partition(model, filter_spec)
+    filter_spec, params, static = partition_trainable(model, filter_spec)
     leaves = jax.tree.leaves(params)
-    if not leaves:
-        raise MetaplasticError("filter_spec selects no trainable array in the model.")
     names, free = _labels(model, params, ensemble)
     n_free = int(free.sum())
     objective = Objective(loss, penalties, static, differentiation)
