@@ -229,7 +229,7 @@ def compare_models(
     - `prior_std`: the standard deviation of the Gaussian prior of every free parameter in
       the evidence.
     - `chunks`: the number of groups the trajectories are cut into for the Jacobian of the
-      posterior (default: the solver's `chunks`, else 1), to bound memory.
+      posterior (default: the solver's `chunks`, else chosen as by `metaplastic.LevenbergMarquardt`).
     - `ensemble`, `data_ensemble_axis`: as for `fit`, for many datasets at once (`test`
       then has its member axis at the same position).
 
@@ -269,7 +269,7 @@ def compare_models(
             model,
             data,
             loss,
-            chunks=chunks if chunks is not None else getattr(solver, "chunks", 1),
+            chunks=chunks if chunks is not None else getattr(solver, "chunks", None),
             penalty=penalty,
             differentiation=differentiation,
             ensemble=ensemble,

@@ -311,11 +311,11 @@ def fit(
     param_leaves = jax.tree.leaves(params)
     data_axis = data_ensemble_axis if ensemble else None
     members = check_ensemble(param_leaves, data, data_axis) if ensemble else None
-    chunks = getattr(solver, "chunks", 1)
+    chunks = getattr(solver, "chunks", None)
     n = _leading_size(data, 0 if data_axis is None or data_axis != 0 else 1)
     batch = n if batch_size is None else min(batch_size, n)
     whole = batch == n
-    if chunks > 1 and batch % chunks:
+    if chunks is not None and chunks > 1 and batch % chunks:
         raise MetaplasticError(f"chunks={chunks} must divide the batch size {batch}.")
     if checkpoint_every is None:
         checkpoint_every = max(1, round(steps / 20))

@@ -287,7 +287,7 @@ def laplace(
     filter_spec: PyTree | None = None,
     penalty: AbstractPenalty | Sequence[AbstractPenalty] = (),
     differentiation: AbstractDifferentiation | None = None,
-    chunks: int = 1,
+    chunks: int | None = None,
     ensemble: bool = False,
     data_ensemble_axis: int | None = 0,
     cutoff: float | None = None,
@@ -316,7 +316,8 @@ def laplace(
 
     - `model`, `data`, `loss`, `filter_spec`, `penalty`, `differentiation`, `ensemble`,
       `data_ensemble_axis`: as for `metaplastic.fit` (pass the fitted model).
-    - `chunks`: the number of groups the trajectories are cut into for the Jacobian.
+    - `chunks`: the number of groups the trajectories are cut into for the Jacobian (`None`:
+      chosen as by `metaplastic.LevenbergMarquardt`).
     - `cutoff`: relative eigenvalue cutoff (default `10 · p · eps` of the dtype).
 
     **Returns:**
@@ -326,8 +327,10 @@ def laplace(
     loss = _check_gn_loss(loss)
     penalties = as_penalties(penalty)
     differentiation = as_differentiation(differentiation)
-    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
-        raise MetaplasticError(f"chunks must be a positive integer, got {chunks!r}.")
+    if chunks is not None and (
+        isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1
+    ):
+        raise MetaplasticError(f"chunks must be None or a positive integer, got {chunks!r}.")
     filter_spec, params, static = partition_trainable(model, filter_spec)
     leaves = jax.tree.leaves(params)
     names, free = _labels(model, params, ensemble)
@@ -339,7 +342,7 @@ def laplace(
 
     def one(p, d):
         theta, unravel = ravel_pytree(p)
-        groups = objective.gauss_newton_groups(p, d, chunks)
+        groups = objective.gauss_newton_groups(p, d, objective.jacobian_chunks(p, d, chunks))
         n_total = sum(jnp.asarray(c, theta.dtype) for _, _, _, c, _, _ in groups)
         prec = jnp.zeros((theta.size, theta.size), theta.dtype)
         scale_sum = jnp.zeros((), theta.dtype)

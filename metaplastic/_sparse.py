@@ -470,7 +470,7 @@ def threshold_fit(
     n_traj = _trajectories(data)
     flat_library = library.reshape(-1)
     dtype = rule.coefficients.dtype
-    chunks = getattr(solver, "chunks", 1)
+    chunks = getattr(solver, "chunks", None)
     gated_loss = _GatedLoss(loss)
     gated_diff = _GatedDifferentiation(differentiation)
 

@@ -345,6 +345,8 @@ def test_levenberg_marquardt_rejects_bad_options():
         mp.LevenbergMarquardt(linear_solver="cholesky")
     with pytest.raises(mp.MetaplasticError, match="min_damping"):
         mp.LevenbergMarquardt(min_damping=-1.0)
+    with pytest.raises(mp.MetaplasticError, match="chunks must be None or a positive integer"):
+        mp.LevenbergMarquardt(chunks=0)
 
 
 @pytest.mark.parametrize("problem_name", ["activity", "choices"])
@@ -370,3 +372,28 @@ def test_default_linear_solver_in_float32_follows_the_likelihood(problem_name, e
     default = _fit(problem, mp.LevenbergMarquardt(), steps=2)
     chosen = _fit(problem, mp.LevenbergMarquardt(linear_solver=expected), steps=2)
     _bitwise(default.model, chosen.model)
+
+
+def test_default_chunks_keep_each_jacobian_group_within_the_cpu_budget(monkeypatch, x64):
+    """`chunks=None` cuts the trajectories into the fewest equal groups whose Jacobian each
+    fits the CPU budget (one trajectory at least), one group on other backends; the fit is
+    then the fit with that many chunks, bit for bit."""
+    from metaplastic._solver import _base
+
+    a, b, _ = _least_squares(kappa=10.0)  # 4000 "trajectories" of one row, 6 parameters
+    data = {"a": jnp.asarray(a), "b": jnp.asarray(b)}
+    model = _Linear(jnp.zeros(a.shape[1]))
+    objective = _base.Objective(_LinearLeastSquares(), (), _Linear(None), mp.Automatic())
+    per_trajectory = 6 * 8  # one row of 6 float64 entries
+    chosen = lambda: objective.jacobian_chunks(model, data, None)
+    assert chosen() == 1  # 4000 rows of 48 bytes: one group of 192 kB
+    monkeypatch.setattr(_base, "CPU_JACOBIAN_BYTES", 800 * per_trajectory)
+    assert chosen() == 5  # groups of at most 800 rows: 4000 = 5 × 800
+    assert objective.jacobian_chunks(model, data, 3) == 3  # an explicit count is kept
+    default = _fit_least_squares(a, b, mp.LevenbergMarquardt(), jnp.float64, steps=2)
+    explicit = _fit_least_squares(a, b, mp.LevenbergMarquardt(chunks=5), jnp.float64, steps=2)
+    assert default.tobytes() == explicit.tobytes()
+    monkeypatch.setattr(_base, "CPU_JACOBIAN_BYTES", per_trajectory - 1)
+    assert chosen() == 4000  # not even one row fits: one trajectory per group
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert chosen() == 1

@@ -68,7 +68,9 @@ class LevenbergMarquardt(AbstractSolver):
 
     - `damping`: the initial `λ`, relative to the largest diagonal entry of `H`.
     - `chunks`: the number of groups the batch is cut into for the Jacobian (must divide the
-      batch size); more groups, less memory.
+      batch size); more groups, less memory. `None` (the default) chooses: on a CPU, groups
+      of as many trajectories as keep one group's Jacobian within 512 KiB (the step is bound
+      by memory traffic beyond; see `Objective.jacobian_chunks`), elsewhere one group.
     - `linear_solver`: `"qr"`, `"normal"`, or `None` (the default: `"qr"` below float64 when
       the loss has a squared-error group, else `"normal"`).
     - `min_damping`: the smallest `λ`, relative to the largest diagonal entry of `H`; `None`
@@ -76,7 +78,7 @@ class LevenbergMarquardt(AbstractSolver):
     """
 
     damping: float = eqx.field(static=True, default=1e-3)
-    chunks: int = eqx.field(static=True, default=1)
+    chunks: int | None = eqx.field(static=True, default=None)
     linear_solver: str | None = eqx.field(static=True, default=None)
     min_damping: float | None = eqx.field(static=True, default=None)
     needs_jacobian: ClassVar[bool] = True
@@ -91,8 +93,12 @@ class LevenbergMarquardt(AbstractSolver):
             isinstance(self.damping, (int, float)) and self.damping > 0
         ):
             raise MetaplasticError(f"damping must be a positive number, got {self.damping!r}.")
-        if isinstance(self.chunks, bool) or not isinstance(self.chunks, int) or self.chunks < 1:
-            raise MetaplasticError(f"chunks must be a positive integer, got {self.chunks!r}.")
+        if self.chunks is not None and (
+            isinstance(self.chunks, bool) or not isinstance(self.chunks, int) or self.chunks < 1
+        ):
+            raise MetaplasticError(
+                f"chunks must be None or a positive integer, got {self.chunks!r}."
+            )
         if self.linear_solver is not None and self.linear_solver not in LINEAR_SOLVERS:
             raise MetaplasticError(
                 f"linear_solver must be None or one of {LINEAR_SOLVERS}, "
@@ -120,24 +126,26 @@ class LevenbergMarquardt(AbstractSolver):
         lam = state
         lams = jnp.maximum(lam * jnp.asarray(CANDIDATES, dtype), jnp.asarray(floor, dtype))
         linear_solver = self.linear_solver
+        single = jnp.finfo(dtype).eps > 1e-10
+        # The loss's groups of observations, from its shapes alone (no compute), when the
+        # defaults need them.
+        shapes = None
+        if self.chunks is None or (linear_solver is None and single):
+            shapes = objective.observation_shapes(params, batch)
+        chunks = objective.jacobian_chunks(params, batch, self.chunks, shapes)
         if linear_solver is None:  # measured: see the class docstring
             linear_solver = "normal"
-            if jnp.finfo(dtype).eps > 1e-10:
-                # The likelihoods of the loss's groups, from its shapes alone (no compute).
-                groups = jax.eval_shape(
-                    lambda p, b: objective.loss.observe(objective.model(p), b), params, batch
-                )
-                if any(g.likelihood == "squared_error" for g in groups):
-                    linear_solver = "qr"
+            if single and any(g.likelihood == "squared_error" for g in shapes):
+                linear_solver = "qr"
         if linear_solver == "qr":
             value, factor, z, grad_pen, hess_pen, finite = objective.gauss_newton_factor(
-                params, batch, self.chunks
+                params, batch, chunks
             )
             diag = jnp.sum(factor**2, axis=0) + jnp.diag(hess_pen)
             scale = jnp.maximum(jnp.max(diag), jnp.finfo(dtype).tiny)
             solve = damped_qr_solve(factor, z, grad_pen, hess_pen)
         else:
-            value, grad, hess, finite = objective.gauss_newton(params, batch, self.chunks)
+            value, grad, hess, finite = objective.gauss_newton(params, batch, chunks)
             scale = jnp.maximum(jnp.max(jnp.diag(hess)), jnp.finfo(dtype).tiny)
             eye = jnp.eye(theta.size, dtype=dtype)
             solve = lambda mu: jnp.linalg.solve(hess + mu * eye, -grad)
