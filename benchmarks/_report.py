@@ -66,6 +66,26 @@ def _targets(records) -> list[str]:
         if lib1:
             text += f", {lib1['speedup_vs_straightforward']:.1f}× at batch 1"
         text += " (against the fastest straightforward `jax.grad` implementation of the run)"
+        forward = _find(records, "oja_forward", batch=50)
+        ref = next(
+            (
+                r
+                for r in records
+                if r.get("name") == "naive_baseline"
+                and r["config"].get("batch") == 50
+                and r.get("reference")
+            ),
+            None,
+        )
+        if ref and forward:
+            fwd, base = forward["synapse_steps_per_s"], ref["synapse_steps_per_s"]
+            text += (
+                f". 12× the baseline would be {_m(12 * base)} M/s, {12 * base / fwd:.0%} of "
+                f"the forward pass alone ({_m(fwd)} M/s in this run); the reverse pass reads "
+                "and writes at least what the forward pass does, so a gradient runs at about "
+                f"half the forward pass's rate at best ({_m(fwd / 2)} M/s, "
+                f"{fwd / 2 / base:.1f}× the baseline)"
+            )
         rows.append(
             [
                 "oja_grad ≥ 12× the straightforward baseline (batch 50, same run)",
@@ -219,9 +239,9 @@ def _limits(records) -> list[str]:
         )
     if five and whole:
         lines.append(
-            f"- With 5 seeds the Levenberg–Marquardt step takes {five['steady_step_s']:.2f} s "
+            f"- With 5 seeds the Levenberg–Marquardt step takes {five['step_s']:.2f} s "
             "with the solver's default on a CPU (the Jacobian of a seed's 18 trajectories taken "
-            f"in groups of 3) against {whole['steady_step_s']:.2f} s with all 18 at once "
+            f"in groups of 3) against {whole['step_s']:.2f} s with all 18 at once "
             f"(`chunks=1`; {whole['end_to_end_s']:.1f} s end to end against "
             f"{five['end_to_end_s']:.1f} s, peak RSS {whole['peak_rss_mb']:.0f} against "
             f"{five['peak_rss_mb']:.0f} MiB): the step is bound by memory traffic once a "
@@ -489,8 +509,8 @@ def _gpu_summary(records) -> list[str]:
 
 
 SHARED_NOTE = (
-    "The machine was shared with other jobs while this ran: a load average above the core "
-    "count means this suite had only part of the CPUs, and every time below is inflated "
+    "A load average above the core count means other jobs shared the machine while this ran, "
+    "so that this suite had only part of the CPUs, and every time below is inflated "
     "accordingly (the ratios measured within one run are the fairer comparison)."
 )
 
@@ -531,6 +551,14 @@ def write_results(
             f"- JAX persistent compilation cache: {machine['compile_cache']} (with it on, "
             "`compile_s` of a program compiled by an earlier run is the time to load it)"
         )
+    loads = [machine.get(k) for k in ("load_avg_1min", "load_avg_1min_end")]
+    cores = machine.get("cores")
+    if note == SHARED_NOTE and cores and all(v is not None for v in loads):
+        if max(loads) <= cores:
+            note = (
+                f"The load average stayed at or below the {cores} cores: nothing else of "
+                "note ran while this suite did."
+            )
     lines += [
         "",
         note,
