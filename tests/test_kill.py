@@ -67,6 +67,10 @@ def _kill_and_resume(script, args, out, env, progress, *, kills, rng, log):
     run folder it made (or starting afresh if it made none); then let it finish. Returns the
     run folder and the number of kills that landed."""
     landed, starts, finished = 0, 0, False
+    # How long the last start that ran to its end took: kills "at a random time from the
+    # start" fall within it, so that they land on a fast workload (or a resumed finished
+    # run) too.
+    window = 5.0
     errors = Path(out).parent / f"{script}.stderr"
     while True:
         folders = _run_folders(out)
@@ -77,6 +81,7 @@ def _kill_and_resume(script, args, out, env, progress, *, kills, rng, log):
         starts += 1
         assert starts <= 3 * kills + 5, "the workload makes no progress between kills"
         with open(errors, "wb") as stderr:
+            started = time.monotonic()
             child = subprocess.Popen(
                 [sys.executable, str(EXAMPLES / script), *args, *resume, "--no-progress"],
                 env=env,
@@ -88,7 +93,7 @@ def _kill_and_resume(script, args, out, env, progress, *, kills, rng, log):
                 return _run_folders(out)[0], landed
             before = progress(out)
             if finished or rng.uniform() < 0.3:  # at a random time from the start
-                deadline, extra = time.monotonic() + rng.uniform(0.0, 5.0), None
+                deadline, extra = time.monotonic() + rng.uniform(0.0, window), None
             else:  # just after the next step of progress
                 deadline, extra = time.monotonic() + 120.0, rng.uniform(0.0, 0.4)
             while child.poll() is None and time.monotonic() < deadline:
@@ -103,6 +108,8 @@ def _kill_and_resume(script, args, out, env, progress, *, kills, rng, log):
         log.append((script, child.returncode, progress(out)))
         # A run that finished before its kill is resumed (and killed) all the same.
         assert child.returncode in (0, -9), errors.read_text()[-3000:]
+        if child.returncode == 0:
+            window = min(5.0, time.monotonic() - started)
         finished = finished or child.returncode == 0
 
 
