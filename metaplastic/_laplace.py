@@ -24,6 +24,7 @@ from ._errors import MetaplasticError
 from ._fit import fit, partition_trainable, rule_filter_spec
 from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._solver import LevenbergMarquardt, Objective
+from ._solver._base import check_chunks
 from .losses import (
     AbstractGaussNewtonLoss,
     AbstractLoss,
@@ -327,10 +328,7 @@ def laplace(
     loss = _check_gn_loss(loss)
     penalties = as_penalties(penalty)
     differentiation = as_differentiation(differentiation)
-    if chunks is not None and (
-        isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1
-    ):
-        raise MetaplasticError(f"chunks must be None or a positive integer, got {chunks!r}.")
+    check_chunks(chunks)
     filter_spec, params, static = partition_trainable(model, filter_spec)
     leaves = jax.tree.leaves(params)
     names, free = _labels(model, params, ensemble)

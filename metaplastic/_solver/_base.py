@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from .._errors import MetaplasticError
 from .._jacobian import AbstractDifferentiation
 from .._types import Scalar
 from ..losses import (
@@ -29,6 +30,15 @@ from ..losses import (
 # groups of this size gave the fastest steps (up to 2× faster than one group of every
 # trajectory) and the smallest memory (7.3 → 1.2 GB with 8 draws and 5 seeds).
 CPU_JACOBIAN_BYTES = 2**19
+
+
+def check_chunks(chunks: object) -> None:
+    """A `MetaplasticError` unless `chunks` is `None` (chosen by `Objective.jacobian_chunks`)
+    or a positive integer: the one check of `LevenbergMarquardt` and `laplace`."""
+    if chunks is not None and (
+        isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1
+    ):
+        raise MetaplasticError(f"chunks must be None or a positive integer, got {chunks!r}.")
 
 
 class Objective(eqx.Module):
@@ -57,6 +67,19 @@ class Objective(eqx.Module):
         pen, pen_grads = jax.value_and_grad(self.penalty)(params)
         grads = jax.tree.map(lambda a, b: a + b.astype(a.dtype), grads, pen_grads)
         return value + pen, grads
+
+    def _flat_penalty(
+        self, params: PyTree
+    ) -> tuple[Scalar, Float[Array, " n"], Float[Array, "n n"]]:
+        """The penalties' value, gradient and Hessian with respect to the flat parameters
+        (zeros without penalties)."""
+        theta, unravel = ravel_pytree(params)
+        n = theta.size
+        if not self.penalties:
+            zero = jnp.zeros((), theta.dtype)
+            return zero, jnp.zeros(n, theta.dtype), jnp.zeros((n, n), theta.dtype)
+        flat_penalty = lambda t: self.penalty(unravel(t))
+        return flat_penalty(theta), jax.grad(flat_penalty)(theta), jax.hessian(flat_penalty)(theta)
 
     def observation_shapes(self, params: PyTree, batch: PyTree) -> tuple:
         """The shapes of the loss's `Observations` on `batch`, from a trace alone (nothing is
@@ -177,7 +200,7 @@ class Objective(eqx.Module):
         **Returns:** `(value, R, z, penalty_grad, penalty_hessian, finite)`, `R` of shape
         `(n, n)` and the others of shape `(n,)` and `(n, n)` for `n` flat parameters.
         """
-        theta, unravel = ravel_pytree(params)
+        theta, _ = ravel_pytree(params)
         n = theta.size
 
         def reduce(value, slope, curve, jac):
@@ -197,14 +220,8 @@ class Objective(eqx.Module):
         factor = jnp.linalg.qr(jnp.concatenate(stacked, 0), mode="r")
         r, z = factor[:n, :n], factor[:n, n]
         finite = jnp.all(jnp.isfinite(factor))
-        grad_penalty = jnp.zeros(n, theta.dtype)
-        hess_penalty = jnp.zeros((n, n), theta.dtype)
-        if self.penalties:
-            flat_penalty = lambda t: self.penalty(unravel(t))
-            value = value + flat_penalty(theta)
-            grad_penalty = jax.grad(flat_penalty)(theta)
-            hess_penalty = jax.hessian(flat_penalty)(theta)
-        return value, r, z, grad_penalty, hess_penalty, finite
+        pen, grad_penalty, hess_penalty = self._flat_penalty(params)
+        return value + pen, r, z, grad_penalty, hess_penalty, finite
 
     def gauss_newton(
         self, params: PyTree, batch: PyTree, chunks: int = 1
@@ -217,7 +234,7 @@ class Objective(eqx.Module):
         For a loss `Σ_k w_k Σ_i ℓ(f_ki)/n_k`: `g = Σ_k w_k J_kᵀ ℓ'_k / n_k` and
         `H = Σ_k w_k J_kᵀ diag(ℓ''_k) J_k / n_k`; the penalties add their exact gradient and
         Hessian."""
-        theta, unravel = ravel_pytree(params)
+        theta, _ = ravel_pytree(params)
         n = theta.size
         groups = self.gauss_newton_groups(params, batch, chunks)
         value = jnp.zeros((), theta.dtype)
@@ -229,11 +246,9 @@ class Objective(eqx.Module):
             grad = grad + w * g / count
             hess = hess + w * h / count
         finite = jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(hess))
-        flat_penalty = lambda t: self.penalty(unravel(t))
         if self.penalties:
-            value = value + flat_penalty(theta)
-            grad = grad + jax.grad(flat_penalty)(theta)
-            hess = hess + jax.hessian(flat_penalty)(theta)
+            pen, grad_penalty, hess_penalty = self._flat_penalty(params)
+            value, grad, hess = value + pen, grad + grad_penalty, hess + hess_penalty
         return value, grad, hess, finite
 
 

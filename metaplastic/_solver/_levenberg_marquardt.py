@@ -19,7 +19,7 @@ from jaxtyping import Array, Float, PyTree
 
 from .._errors import MetaplasticError
 from .._types import Scalar
-from ._base import AbstractSolver, Objective
+from ._base import AbstractSolver, Objective, check_chunks
 
 
 # Damping factors tried in parallel at every step, relative to the current damping.
@@ -93,12 +93,7 @@ class LevenbergMarquardt(AbstractSolver):
             isinstance(self.damping, (int, float)) and self.damping > 0
         ):
             raise MetaplasticError(f"damping must be a positive number, got {self.damping!r}.")
-        if self.chunks is not None and (
-            isinstance(self.chunks, bool) or not isinstance(self.chunks, int) or self.chunks < 1
-        ):
-            raise MetaplasticError(
-                f"chunks must be None or a positive integer, got {self.chunks!r}."
-            )
+        check_chunks(self.chunks)
         if self.linear_solver is not None and self.linear_solver not in LINEAR_SOLVERS:
             raise MetaplasticError(
                 f"linear_solver must be None or one of {LINEAR_SOLVERS}, "
