@@ -35,9 +35,13 @@ from ._laplace import profile as profile
 from ._record import FitResult as FitResult
 from ._record import History as History
 from ._simulate import Simulation as Simulation
+from ._simulate import Trajectory as Trajectory
 from ._simulate import generate_activity as generate_activity
+from ._simulate import generate_recordings as generate_recordings
 from ._simulate import simulate as simulate
 from ._simulate import simulate_dataset as simulate_dataset
+from ._simulate import simulate_network as simulate_network
+from ._simulate import simulate_recordings as simulate_recordings
 from ._solver import AbstractSolver as AbstractSolver
 from ._solver import LevenbergMarquardt as LevenbergMarquardt
 from ._solver import Optax as Optax

@@ -17,7 +17,7 @@ from ._fit import fit, rule_filter_spec
 from ._jacobian import AbstractDifferentiation
 from ._laplace import laplace
 from ._types import Key
-from .losses import AbstractGaussNewtonLoss, AbstractPenalty, per_observation
+from .losses import AbstractGaussNewtonLoss, AbstractLikelihood, AbstractPenalty, per_observation
 
 
 CRITERIA = ("held_out", "aic", "bic", "evidence")
@@ -114,7 +114,7 @@ class Comparison(eqx.Module):
 
 def _group_sums(
     loss: AbstractGaussNewtonLoss, model: PyTree, data: PyTree
-) -> list[tuple[str, Array, Array]]:
+) -> list[tuple[AbstractLikelihood, Array, Array]]:
     """Per group of observations: its likelihood, `Σ ℓ` over the valid entries and their
     number."""
     out = []
@@ -136,24 +136,19 @@ def _log_likelihoods(loss, model, train, test, sigma):
     held = jnp.zeros(()) if test is not None else jnp.full((), jnp.nan)
     n_total = jnp.zeros(())
     sigmas = iter(jnp.atleast_1d(sigma) if sigma is not None else ())
-    gaussian = lambda rss, n, var: -0.5 * (rss / var + n * jnp.log(2 * math.pi * var))
-    for i, (kind, total, count) in enumerate(groups):
+    for i, (likelihood, total, count) in enumerate(groups):
         count = jnp.asarray(count, ll.dtype)
         n_total = n_total + count
-        if kind == "squared_error":
+        var = sigma_var = None
+        if likelihood.estimates_noise:
             var = total / jnp.maximum(count, 1)
-            ll = ll + gaussian(total, count, var)
-            ll_sigma = ll_sigma + gaussian(total, count, next(sigmas) ** 2)
-        else:
-            ll = ll - total
-            ll_sigma = ll_sigma - total
+            sigma_var = next(sigmas) ** 2
+        ll = ll + likelihood.log_likelihood(total, count, var)
+        ll_sigma = ll_sigma + likelihood.log_likelihood(total, count, sigma_var)
         if held_groups is not None:
             _, t_total, t_count = held_groups[i]
-            if kind == "squared_error":
-                held = held + gaussian(t_total, t_count, var)
-            else:
-                held = held - t_total
-    n_noise = sum(1 for kind, _, _ in groups if kind == "squared_error")
+            held = held + likelihood.log_likelihood(t_total, t_count, var)
+    n_noise = sum(1 for likelihood, _, _ in groups if likelihood.estimates_noise)
     return ll, ll_sigma, n_total, n_noise, held
 
 

@@ -48,7 +48,7 @@ from .rules import FACTORS, TaylorRule, powers
 # Activations applied elementwise; the backward pass takes f'(u) from a jvp with a ones
 # tangent, which is only the derivative for elementwise functions.
 _ELEMENTWISE = frozenset({"sigmoid", "tanh", "identity", "relu", "softplus", "exp"})
-_LAYER_FIELDS = frozenset({"rule", "eta", "activation"})
+_LAYER_FIELDS = frozenset({"rule", "eta", "activation", "in_size", "out_size"})
 _RULE_FIELDS = frozenset({"coefficients", "trainable", "factors", "order"})
 
 # Without an explicit `checkpoint`, the backward pass keeps every step's weights while they

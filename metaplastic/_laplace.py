@@ -345,15 +345,14 @@ def laplace(
         prec = jnp.zeros((theta.size, theta.size), theta.dtype)
         scale_sum = jnp.zeros((), theta.dtype)
         noise = []
-        for _, obs_kind, value, count, _, hess in groups:
+        for _, likelihood, value, count, _, hess in groups:
             count = jnp.asarray(count, theta.dtype)
-            if obs_kind == "squared_error":
+            var = None
+            if likelihood.estimates_noise:
                 dof = jnp.maximum(count - n_free * count / jnp.maximum(n_total, 1), 1.0)
                 var = value / dof
                 noise.append(jnp.sqrt(var))
-                c = 1 / (2 * var)
-            else:
-                c = jnp.ones((), theta.dtype)
+            c = jnp.asarray(likelihood.fisher_scale(var), theta.dtype)
             prec = prec + c * hess
             scale_sum = scale_sum + c * count
         weight_sum = sum(w for w, *_ in groups)

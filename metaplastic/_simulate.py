@@ -1,4 +1,4 @@
-"""The scanned step loop of a plastic layer, and generation of activity datasets."""
+"""The one scanned simulation of any network, and generation of synthetic datasets."""
 
 import typing
 
@@ -6,15 +6,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, PyTree
 
 from ._errors import MetaplasticError
 from ._fast import supports_fast_gradient, taylor_simulate
 from ._types import Key
 from ._validate import real_array
-from .data import ActivityDataset
+from .data import ActivityDataset, RecordingDataset
 from .data._activity import float_dtype
-from .nn import ActivityReadout, PlasticDense
+from .nn import AbstractLayer, ActivityReadout, Model, PlasticDense, layer_rules
 
 
 class Simulation(eqx.Module):
@@ -53,6 +53,91 @@ def _scan_segments(body, carry, xs, length: int, segment: int):
     return carry, ys
 
 
+class Trajectory(eqx.Module):
+    """The result of simulating one trajectory of any network.
+
+    - `outputs`: the network's output per step, `(time, n_out)`.
+    - `states`: the network's state after each step (its PyTree with a leading `time`
+      axis), or `None`.
+    - `final_state`: the state at the end.
+    """
+
+    outputs: Float[Array, "time n_out"]
+    states: PyTree | None
+    final_state: PyTree
+
+
+def check_rewards_used(network: AbstractLayer) -> None:
+    """A `MetaplasticError` naming the rule when a rule of `network` takes the reward factor
+    `r` and the data has no rewards."""
+    for rule in layer_rules(network):
+        if "r" in getattr(rule, "factors", ()):
+            raise MetaplasticError(
+                f"A {type(rule).__name__} of the network takes the reward factor 'r' "
+                f"(factors {tuple(rule.factors)}), but the data has no rewards: give the "
+                "dataset its rewards, or use a rule without 'r'."
+            )
+
+
+def simulate_network(
+    network: AbstractLayer,
+    initial_state: PyTree,
+    inputs: Float[Array, "time n_in"],
+    rewards: Float[Array, " time"] | None = None,
+    step_mask: Bool[Array, " time"] | None = None,
+    *,
+    return_states: bool = False,
+    checkpoint: bool | int = False,
+) -> Trajectory:
+    """Run any network over one trajectory with one `jax.lax.scan` (the simulation of every
+    model of the library). Vmap it for batches.
+
+    At each valid step `y_t, s_{t+1} = network.step(s_t, x_t, r_t)`; a padded step
+    (`step_mask` False) leaves the state unchanged.
+
+    **Arguments:**
+
+    - `network`: any `metaplastic.nn.AbstractLayer` (a `PlasticDense`, a
+      `PlasticRecurrent`, a `Chain`, ...).
+    - `initial_state`: the network's state before the first step (as its `init_state`).
+    - `inputs`: the input per step, `(time, n_in)`.
+    - `rewards`: the reward signal per step, `(time,)`; `None` when there is none, which a
+      rule over the reward factor `r` refuses.
+    - `step_mask`: valid steps, `(time,)`; all valid if `None`.
+    - `return_states`: also return the state after every step.
+    - `checkpoint`: `True` checkpoints every step of the scan body; an integer `k` scans in
+      checkpointed segments of `k` steps, storing one state per segment for the backward
+      pass instead of one per step.
+
+    **Returns:**
+
+    A `Trajectory`.
+    """
+    length = inputs.shape[0]
+    if rewards is None:
+        check_rewards_used(network)
+        rewards = jnp.zeros(length, inputs.dtype)
+    if step_mask is None:
+        step_mask = jnp.ones(length, bool)
+
+    def body(state, xs):
+        (pre, reward), valid = xs
+        post, new_state = network.step(state, pre, reward)
+        new_state = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new_state, state)
+        return new_state, (post, new_state if return_states else None)
+
+    xs = ((inputs, rewards), step_mask)
+    if checkpoint is True:
+        final, (outputs, states) = jax.lax.scan(jax.checkpoint(body), initial_state, xs)
+    elif checkpoint is False or checkpoint is None:
+        final, (outputs, states) = jax.lax.scan(body, initial_state, xs)
+    else:
+        if int(checkpoint) < 1:
+            raise MetaplasticError(f"checkpoint segment length must be >= 1, got {checkpoint}.")
+        final, (outputs, states) = _scan_segments(body, initial_state, xs, length, int(checkpoint))
+    return Trajectory(outputs, states, final)
+
+
 def simulate(
     layer: PlasticDense,
     initial_weights: Float[Array, "n_out n_in"],
@@ -64,7 +149,8 @@ def simulate(
     checkpoint: bool | int = False,
     fast_gradient: bool = False,
 ) -> Simulation:
-    """Run a plastic layer over one trajectory with `jax.lax.scan`.
+    """Run a plastic layer over one trajectory (`simulate_network` with the weights as the
+    state, and rewards of zero by default).
 
     At each step `y_t = f(W_t x_t)` and `W_{t+1} = W_t + η · rule(x_t, y_t, W_t, r_t)`. Padded
     steps (`step_mask` False) leave the weights unchanged. Vmap it for batches.
@@ -98,25 +184,16 @@ def simulate(
             layer, initial_weights, inputs, rewards, step_mask, checkpoint=checkpoint
         )
         return Simulation(activity, None, final)
-
-    def body(weight, xs):
-        (pre, reward), valid = xs
-        post, new_weight = layer.step(weight, pre, reward)
-        new_weight = jnp.where(valid, new_weight, weight)
-        return new_weight, (post, new_weight if return_weights else None)
-
-    xs = ((inputs, rewards), step_mask)
-    if checkpoint is True:
-        final, (activity, weights) = jax.lax.scan(jax.checkpoint(body), initial_weights, xs)
-    elif checkpoint is False or checkpoint is None:
-        final, (activity, weights) = jax.lax.scan(body, initial_weights, xs)
-    else:
-        if int(checkpoint) < 1:
-            raise MetaplasticError(f"checkpoint segment length must be >= 1, got {checkpoint}.")
-        final, (activity, weights) = _scan_segments(
-            body, initial_weights, xs, length, int(checkpoint)
-        )
-    return Simulation(activity, weights, final)
+    out = simulate_network(
+        layer,
+        initial_weights,
+        inputs,
+        rewards,
+        step_mask,
+        return_states=return_weights,
+        checkpoint=checkpoint,
+    )
+    return Simulation(out.outputs, out.states, out.final_state)
 
 
 def simulate_dataset(
@@ -207,3 +284,129 @@ def generate_activity(
         inputs, observed, initial_weights, neuron_mask=neuron_mask, rewards=rewards
     )
     return data, sim.weights
+
+
+def simulate_recordings(
+    network: AbstractLayer,
+    data: RecordingDataset,
+    *,
+    return_states: bool = False,
+    checkpoint: bool | int = False,
+) -> Trajectory:
+    """Simulate every trajectory of a `RecordingDataset` from its initial state (vmapped
+    `simulate_network`); the keywords are those of `simulate_network`. Every field of the
+    result has a leading `batch` axis."""
+    rewards_axis = None if data.rewards is None else 0
+    return jax.vmap(
+        lambda s0, x, r, m: simulate_network(
+            network, s0, x, r, m, return_states=return_states, checkpoint=checkpoint
+        ),
+        in_axes=(0, 0, rewards_axis, 0),
+    )(data.initial_state, data.inputs, data.rewards, data.step_mask)
+
+
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+def generate_recordings(
+    model: Model,
+    inputs: Float[Array, "batch time n_in"],
+    initial_state: PyTree | None = None,
+    *,
+    rewards: Float[Array, "batch time"] | None = None,
+    recorded_fraction: float = 1.0,
+    state_scale: float = 0.1,
+    key: Key,
+) -> tuple[RecordingDataset, Trajectory]:
+    """Simulate a ground-truth network and record it through its head: synthetic data for
+    recovery studies.
+
+    **Arguments:**
+
+    - `model`: a `metaplastic.nn.Model` (the true network and the head that records it).
+    - `inputs`: `(batch, time, n_in)`.
+    - `initial_state`: the network's state at the start of each trajectory (its PyTree with a
+      leading `batch` axis); `None` draws one per trajectory with `init_state(scale=
+      state_scale)`.
+    - `rewards`: `(batch, time)`, or `None` for none.
+    - `recorded_fraction`: the fraction of the neurons recorded, in (0, 1]: one random
+      subset for the whole dataset, the others marked unrecorded in `neuron_mask`.
+    - `key`: the PRNG key of the initial states, the subset and the recording noise.
+
+    **Returns:**
+
+    `(data, truth)`: the `RecordingDataset` and the true `Trajectory` (every state,
+    batched).
+    """
+    if not isinstance(model, Model):
+        raise MetaplasticError(
+            f"model must be a metaplastic.nn.Model(network, head), got {type(model).__name__}."
+        )
+    if not (isinstance(key, jax.Array) and key.shape in ((), (2,))):
+        raise MetaplasticError(f"key must be one JAX PRNG key, got {key!r}.")
+    if isinstance(recorded_fraction, bool) or not isinstance(
+        recorded_fraction, (int, float, np.number)
+    ):
+        raise MetaplasticError(f"recorded_fraction must be a number, got {recorded_fraction!r}.")
+    if not 0 < recorded_fraction <= 1:
+        raise MetaplasticError(f"recorded_fraction must be in (0, 1], got {recorded_fraction}.")
+    x = real_array("inputs", inputs)
+    if x.ndim != 3 or 0 in x.shape:
+        raise MetaplasticError(
+            f"inputs must have shape (batch, time, n_in) with no empty axis, got {x.shape}."
+        )
+    batch = x.shape[0]
+    network = model.network
+    if network.in_size is not None and x.shape[2] != network.in_size:
+        raise MetaplasticError(
+            f"inputs have {x.shape[2]} inputs per step but {type(network).__name__} takes "
+            f"{network.in_size}."
+        )
+    k_state, k_mask, k_noise = jax.random.split(key, 3)
+    if initial_state is None:
+        keys = jax.random.split(k_state, batch)
+        initial_state = jax.vmap(lambda k: network.init_state(key=k, scale=state_scale))(keys)
+    dtype = float_dtype(x)
+    inputs = jnp.asarray(x, dtype)
+    if rewards is not None:
+        rewards = jnp.asarray(real_array("rewards", rewards), dtype)
+        if rewards.shape != x.shape[:2]:
+            raise MetaplasticError(
+                f"rewards must have shape {x.shape[:2]} (batch, time), got {rewards.shape}."
+            )
+    state = jax.tree.map(lambda a: jnp.asarray(a, dtype), initial_state)
+    rewards_axis = None if rewards is None else 0
+
+    @jax.jit
+    def run(state, inputs, rewards):
+        sim = jax.vmap(
+            lambda s0, xs, r: simulate_network(network, s0, xs, r, return_states=True),
+            in_axes=(0, 0, rewards_axis),
+        )(state, inputs, rewards)
+        predictions = jax.vmap(model.head.predict)(sim.outputs)
+        keys = jax.random.split(k_noise, batch)
+        recorded = jax.vmap(lambda p, k: model.head.sample(p, key=k))(predictions, keys)
+        return sim, recorded
+
+    try:
+        sim, recorded = run(state, inputs, rewards)
+    except MetaplasticError:
+        raise
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise MetaplasticError(
+            "The network cannot be simulated from this initial state and these inputs — do "
+            f"their shapes match the network's? {type(err).__name__}: {first}"
+        ) from err
+    n = recorded.shape[-1]
+    k = max(1, int(round(recorded_fraction * n)))
+    chosen = jax.random.permutation(k_mask, n)[:k]
+    neuron_mask = np.zeros(n, bool)
+    neuron_mask[np.asarray(chosen)] = True
+    data = RecordingDataset(
+        inputs,
+        np.asarray(recorded),
+        state,
+        neuron_mask=neuron_mask,
+        rewards=rewards,
+        head=model.head,
+    )
+    return data, sim

@@ -59,3 +59,12 @@ def finite_where(
             f"valid ({int(bad.sum())} such value(s) in all); mark it invalid in the mask or "
             "remove it."
         )
+
+
+def is_size(value: Any) -> bool:
+    """Whether `value` is a positive integer (numpy included), not a bool."""
+    return (
+        isinstance(value, (int, np.integer))
+        and not isinstance(value, (bool, np.bool_))
+        and value >= 1
+    )

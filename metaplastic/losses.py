@@ -17,7 +17,6 @@ import abc
 import math
 import typing
 from collections.abc import Callable
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -25,10 +24,17 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
 from ._errors import MetaplasticError
-from ._simulate import simulate_dataset
+from ._likelihood import AbstractExactLikelihood as AbstractExactLikelihood
+from ._likelihood import AbstractLikelihood as AbstractLikelihood
+from ._likelihood import Bernoulli as Bernoulli
+from ._likelihood import Poisson as Poisson
+from ._likelihood import SquaredError as SquaredError
+from ._likelihood import as_likelihood
+from ._likelihood import bernoulli_log_likelihood as bernoulli_log_likelihood
+from ._simulate import simulate_dataset, simulate_recordings
 from ._types import Scalar
-from .data import ActivityDataset
-from .nn import PlasticDense
+from .data import ActivityDataset, RecordingDataset
+from .nn import Model, PlasticDense
 from .rules import TaylorRule
 
 
@@ -39,14 +45,6 @@ def masked_mean(values: Float[Array, "..."], mask: Bool[ArrayLike, "..."]) -> Sc
     return total / jnp.maximum(jnp.sum(mask), 1)
 
 
-def bernoulli_log_likelihood(
-    logits: Float[Array, "..."], targets: Float[ArrayLike, "..."]
-) -> Float[Array, "..."]:
-    """`log p(target)` of 0/1 `targets` under `p(1) = sigmoid(logits)`, elementwise (the one
-    Bernoulli log-likelihood of the package)."""
-    return targets * jax.nn.log_sigmoid(logits) + (1 - targets) * jax.nn.log_sigmoid(-logits)
-
-
 def binary_cross_entropy(
     logits: Float[Array, "..."], targets: Float[ArrayLike, "..."], mask: Bool[ArrayLike, "..."]
 ) -> Scalar:
@@ -54,42 +52,30 @@ def binary_cross_entropy(
     return masked_mean(-bernoulli_log_likelihood(logits, targets), mask)
 
 
-Likelihood = Literal["squared_error", "bernoulli"]
-
-
 class Observations(eqx.Module):
     """A model's predictions, the observations they are scored against, and how.
 
-    - `predictions`: the model's outputs, any shape (activity, or the logits of choices).
+    - `predictions`: the model's outputs, any shape (activity, the logits of choices, the
+      log expected counts of spikes).
     - `targets`: the observations, the same shape.
     - `mask`: `True` on the valid entries, the same shape.
-    - `likelihood`: `"squared_error"` (`(f − t)²`) or `"bernoulli"` (`−log p(t)`, `f` the
-      logit).
+    - `likelihood`: an `AbstractLikelihood` (`SquaredError()`, `Bernoulli()`, `Poisson()`,
+      or one of a user's own), or the name of one of the library's (`"squared_error"`,
+      `"bernoulli"`, `"poisson"`).
     - `weight`: the weight of this group's mean in the loss.
     """
 
     predictions: Float[Array, "..."]
     targets: Float[Array, "..."]
     mask: Bool[Array, "..."]
-    likelihood: Likelihood = eqx.field(static=True)
+    likelihood: AbstractLikelihood = eqx.field(static=True, converter=as_likelihood)
     weight: float = eqx.field(static=True, default=1.0)
-
-    def __check_init__(self):
-        if self.likelihood not in typing.get_args(Likelihood):
-            raise MetaplasticError(
-                f"likelihood must be one of {typing.get_args(Likelihood)}, got {self.likelihood!r}."
-            )
 
 
 def per_observation(obs: Observations) -> tuple[Array, Array, Array]:
     """The per-observation loss `ℓ`, its derivative `ℓ'` and its (Gauss–Newton) curvature
     `ℓ''` with respect to the prediction, zero on masked entries."""
-    f, t = obs.predictions, obs.targets
-    if obs.likelihood == "squared_error":
-        value, slope, curve = (f - t) ** 2, 2 * (f - t), jnp.full_like(f, 2.0)
-    else:
-        p = jax.nn.sigmoid(f)
-        value, slope, curve = -bernoulli_log_likelihood(f, t), p - t, p * (1 - p)
+    value, slope, curve = obs.likelihood.per_observation(obs.predictions, obs.targets)
     zero = lambda a: jnp.where(obs.mask, a, 0.0)
     return zero(value), zero(slope), zero(curve)
 
@@ -153,6 +139,34 @@ class ActivityMSE(AbstractGaussNewtonLoss):
         sim = simulate_dataset(model, batch, checkpoint=checkpoint)
         mask = batch.step_mask[:, :, None] & batch.neuron_mask[:, None, :]
         return (Observations(sim.activity, batch.activity, mask, "squared_error"),)
+
+
+class RecordingLoss(AbstractGaussNewtonLoss):
+    """The negative log-likelihood of recordings under a `metaplastic.nn.Model`: the network
+    is simulated from each trajectory's initial state, its head predicts the recordings, and
+    the head's likelihood scores them over the valid steps and recorded neurons (a mean, so
+    padding never dilutes it). Any network and any head: squared error for activity and
+    fluorescence, Poisson for spike counts, Bernoulli for binary events."""
+
+    def observe(
+        self, model: PyTree, batch: PyTree, *, checkpoint: bool | int = False
+    ) -> tuple[Observations, ...]:
+        """**Arguments:** `model`, a `metaplastic.nn.Model`; `batch`, a
+        `metaplastic.data.RecordingDataset` (each refused with a clear error otherwise)."""
+        if not isinstance(model, Model):
+            raise MetaplasticError(
+                "RecordingLoss fits a metaplastic.nn.Model(network, head), got "
+                f"{type(model).__name__}."
+            )
+        if not isinstance(batch, RecordingDataset):
+            raise MetaplasticError(
+                "RecordingLoss needs a metaplastic.data.RecordingDataset, got "
+                f"{type(batch).__name__}."
+            )
+        sim = simulate_recordings(model.network, batch, checkpoint=checkpoint)
+        predictions = jax.vmap(model.head.predict)(sim.outputs)
+        mask = batch.step_mask[:, :, None] & batch.neuron_mask[:, None, :]
+        return (Observations(predictions, batch.recordings, mask, model.head.likelihood),)
 
 
 def as_loss(loss: typing.Any) -> AbstractLoss:

@@ -1,14 +1,17 @@
 """Metrics: R² of weight and activity trajectories, coefficient errors, deviance."""
 
+import typing
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._errors import MetaplasticError
-from ._simulate import simulate
+from ._simulate import simulate, simulate_recordings
 from ._types import Scalar
-from .nn import PlasticDense
+from .data import RecordingDataset
+from .nn import AbstractLayer, PlasticDense
 from .rules import TaylorRule
 
 
@@ -55,6 +58,50 @@ def compare_layers(
 
     r2w, r2a = score(initial_weights, inputs, rewards)
     return {"r2_weights": np.asarray(r2w), "r2_activity": np.asarray(r2a)}
+
+
+def compare_networks(
+    reference: AbstractLayer, fitted: AbstractLayer, data: RecordingDataset
+) -> dict[str, typing.Any]:
+    """Simulate a reference and a fitted network from the same initial states on the same
+    (held-out) inputs of `data`, and score the fitted one against the reference per
+    trajectory: the R² of its outputs, of every array of its state over the trajectory
+    (for a plastic layer, the weights), and of the *changes* of every state array since the
+    start (`state_t − state_0`: the part of the weights that plasticity wrote, without the
+    initial weights that both simulations share).
+
+    **Returns:**
+
+    `{"r2_outputs": (batch,), "r2_states": {name: (batch,)}, "r2_changes": {name:
+    (batch,)}}`, numpy arrays, with `name` each state array's path in the state PyTree
+    (`""` for a state that is one array).
+    """
+    if not isinstance(data, RecordingDataset):
+        raise MetaplasticError(
+            f"compare_networks needs a metaplastic.data.RecordingDataset, got "
+            f"{type(data).__name__}."
+        )
+
+    @jax.jit
+    def score(data):
+        a = simulate_recordings(reference, data, return_states=True)
+        b = simulate_recordings(fitted, data, return_states=True)
+        valid = data.step_mask
+        r2 = jax.vmap(r2_score)
+        out = {"r2_outputs": r2(a.outputs, b.outputs, valid[:, :, None])}
+        states, changes = {}, {}
+        paths = jax.tree_util.tree_flatten_with_path(a.states)[0]
+        for (path, sa), sb, s0 in zip(
+            paths, jax.tree.leaves(b.states), jax.tree.leaves(data.initial_state)
+        ):
+            name = jax.tree_util.keystr(path)
+            m = valid.reshape(valid.shape + (1,) * (sa.ndim - 2))
+            states[name] = r2(sa, sb, m)
+            changes[name] = r2(sa - s0[:, None], sb - s0[:, None], m)
+        out["r2_states"], out["r2_changes"] = states, changes
+        return out
+
+    return jax.tree.map(np.asarray, score(data))
 
 
 def coefficient_error(fitted: TaylorRule, reference: TaylorRule) -> dict[str, float]:

@@ -13,6 +13,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 from .._errors import MetaplasticError
 from .._jacobian import AbstractDifferentiation
 from .._types import Scalar
+from .._likelihood import AbstractLikelihood
 from ..losses import (
     AbstractGaussNewtonLoss,
     AbstractLoss,
@@ -150,12 +151,21 @@ class Objective(eqx.Module):
 
     def gauss_newton_groups(
         self, params: PyTree, batch: PyTree, chunks: int = 1
-    ) -> list[tuple[float, str, Scalar, Int[Array, ""], Float[Array, " n"], Float[Array, "n n"]]]:
+    ) -> list[
+        tuple[
+            float,
+            AbstractLikelihood,
+            Scalar,
+            Int[Array, ""],
+            Float[Array, " n"],
+            Float[Array, "n n"],
+        ]
+    ]:
         """The sums, over `batch` cut into `chunks` equal groups of trajectories whose
         Jacobians are taken one after another, that the Gauss–Newton matrix is made of: for
         each group `k` of the loss's `Observations`, `(w_k, likelihood_k, Σ ℓ, n_k,
-        J_kᵀ ℓ'_k, J_kᵀ diag(ℓ''_k) J_k)` — its weight, its likelihood (`"squared_error"` or
-        `"bernoulli"`), the sum of its per-observation losses (the residual sum of squares for
+        J_kᵀ ℓ'_k, J_kᵀ diag(ℓ''_k) J_k)` — its weight, its likelihood (an
+        `AbstractLikelihood`), the sum of its per-observation losses (the residual sum of squares for
         squared error), its number of valid observations, and the unnormalised gradient and
         Gauss–Newton matrix with respect to the flat parameters. Penalties are not
         included."""

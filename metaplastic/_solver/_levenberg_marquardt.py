@@ -18,6 +18,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
 from .._errors import MetaplasticError
+from .._likelihood import Bernoulli
 from .._types import Scalar
 from ._base import AbstractSolver, Objective, check_chunks
 
@@ -130,7 +131,7 @@ class LevenbergMarquardt(AbstractSolver):
         chunks = objective.jacobian_chunks(params, batch, self.chunks, shapes)
         if linear_solver is None:  # measured: see the class docstring
             linear_solver = "normal"
-            if single and any(g.likelihood == "squared_error" for g in shapes):
+            if single and not all(isinstance(g.likelihood, Bernoulli) for g in shapes):
                 linear_solver = "qr"
         if linear_solver == "qr":
             value, factor, z, grad_pen, hess_pen, finite = objective.gauss_newton_factor(

@@ -1,6 +1,43 @@
-"""Plastic and fixed layers and readouts."""
+"""The model zoo's pieces: layers (fixed, plastic, recurrent, chains of them), the readout
+heads that say how a network was recorded, and the `Model` that joins the two.
 
+A network is any `AbstractLayer`: a module with a state and a step `state, pre, reward →
+post, state`. A head is any `AbstractHead`: an observation model with its likelihood.
+Writing one subclass of either adds a layer or a head; `metaplastic.simulate_network`
+simulates any layer and `metaplastic.losses.RecordingLoss` fits any `Model`.
+"""
+
+from ._heads import AbstractHead as AbstractHead
+from ._heads import BernoulliHead as BernoulliHead
+from ._heads import CalciumHead as CalciumHead
+from ._heads import GaussianHead as GaussianHead
+from ._heads import Model as Model
+from ._heads import PoissonHead as PoissonHead
+from ._layer import AbstractLayer as AbstractLayer
+from ._layer import Chain as Chain
+from ._layer import layer_rules as layer_rules
 from ._plastic import ACTIVATIONS as ACTIVATIONS
 from ._plastic import FixedDense as FixedDense
 from ._plastic import PlasticDense as PlasticDense
 from ._readout import ActivityReadout as ActivityReadout
+from ._recurrent import PlasticRecurrent as PlasticRecurrent
+from ._recurrent import RecurrentState as RecurrentState
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "AbstractHead",
+    "AbstractLayer",
+    "ActivityReadout",
+    "BernoulliHead",
+    "CalciumHead",
+    "Chain",
+    "FixedDense",
+    "GaussianHead",
+    "Model",
+    "PlasticDense",
+    "PlasticRecurrent",
+    "PoissonHead",
+    "RecurrentState",
+    "layer_rules",
+]
