@@ -43,10 +43,12 @@ def test_the_example_scripts():
         "multihost_fit.py",
         "oja_robustness.py",
         "recover_oja.py",
+        "recurrent.py",
         "resumable_fit.py",
         "reward_rule.py",
         "rule_sweep.py",
         "sparse_discovery.py",
+        "spike_counts.py",
         "uncertainty.py",
     ]
 
@@ -371,3 +373,28 @@ def test_identifiability_quick_explains_the_noisy_oja_fit(tmp_path):
     assert noisy["weakest"] and all(" is " in d for d in noisy["weakest"])
     prof = summary["profile"]
     assert len(prof["values"]) == len(prof["delta_nll"]) and 0 <= min(prof["delta_nll"]) < 1.92
+
+
+@pytest.mark.slow
+def test_recurrent_quick_recovers_the_recurrent_rule_and_both_layer_families(tmp_path):
+    summary = run_example("recurrent.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    rec = summary["recurrent"]
+    assert rec["r2_weights"] > 0.99 and rec["half_units"]["r2_weights"] > 0.99
+    two = summary["two_layers"]
+    for layer, terms in (("layer1", ("x*y", "y^2*w")), ("layer2", ("x*y", "w"))):
+        for term, truth in zip(terms, (1.0, -1.0)):
+            low, high = two[layer]["family_fit"][term]["interval_95"]
+            assert low - 0.05 < truth < high + 0.05
+    assert two["parameters"] == 54 and len(two["weakest_directions"]) == 3
+
+
+@pytest.mark.slow
+def test_spike_counts_quick_recovers_oja_from_counts_and_fluorescence(tmp_path):
+    summary = run_example("spike_counts.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    assert summary["poisson"]["r2_weights"] > 0.99
+    assert summary["calcium"]["r2_weights"] > 0.99
+    coverage = summary["coverage"]
+    assert coverage["datasets"] == 20
+    for term in ("x*y", "y^2*w"):
+        low, high = coverage[term]["clopper_pearson_95"]
+        assert low <= coverage[term]["coverage"] <= high

@@ -12,8 +12,8 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from .._errors import MetaplasticError
 from .._jacobian import AbstractDifferentiation
-from .._types import Scalar
 from .._likelihood import AbstractLikelihood
+from .._types import Scalar
 from ..losses import (
     AbstractGaussNewtonLoss,
     AbstractLoss,

@@ -41,7 +41,12 @@ class PlasticRecurrent(AbstractLayer):
     weights; weights stay bounded when the rule has a decay that grows with the weight (as
     Oja's `x*y − y^2*w`, whose weights settle on a bounded subspace) or when `η` is small
     against the length of a trajectory. A purely Hebbian rule (`x*y`) grows the weights
-    without bound: that is the rule's dynamics, not a fault of the simulation. Without
+    without bound: that is the rule's dynamics, not a fault of the simulation. When a fit
+    explores rules whose weights explode (a 27-term Taylor rule can make `W_rec` grow
+    without bound, and the derivatives through the scan with it, long before the rates
+    show it), `weight_bound` clips every plastic weight to `[−bound, bound]` after each
+    update: choose it above the weights the data could have (a bound that the true
+    weights never reach leaves the true rule's dynamics unchanged). Without
     `self_connections` the diagonal of `W_rec` stays at its initial value (zero by
     `init_state`).
     """
@@ -54,6 +59,7 @@ class PlasticRecurrent(AbstractLayer):
     eta: float = eqx.field(static=True)
     activation: str = eqx.field(static=True)
     self_connections: bool = eqx.field(static=True)
+    weight_bound: float | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -66,6 +72,7 @@ class PlasticRecurrent(AbstractLayer):
         eta: float = 1.0,
         activation: str = "tanh",
         self_connections: bool = False,
+        weight_bound: float | None = None,
     ):
         """**Arguments:**
 
@@ -77,6 +84,8 @@ class PlasticRecurrent(AbstractLayer):
         - `eta`: the plasticity rate η.
         - `activation`: `"tanh"` (default), `"sigmoid"` or `"identity"`.
         - `self_connections`: let the diagonal of `W_rec` be plastic too.
+        - `weight_bound`: if given, every plastic weight is clipped to
+          `[−weight_bound, weight_bound]` after each update (see "Stability").
         """
         for name, r in (("rule", rule), ("input_rule", input_rule)):
             if not (isinstance(r, AbstractRule) or (name == "input_rule" and r is None)):
@@ -102,6 +111,15 @@ class PlasticRecurrent(AbstractLayer):
         self.eta = float(eta)
         self.activation = activation
         self.self_connections = bool(self_connections)
+        if weight_bound is not None and (
+            isinstance(weight_bound, bool)
+            or not isinstance(weight_bound, (int, float, np.number))
+            or not (0 < weight_bound < np.inf)
+        ):
+            raise MetaplasticError(
+                f"weight_bound must be None or a positive finite number, got {weight_bound!r}."
+            )
+        self.weight_bound = None if weight_bound is None else float(weight_bound)
 
     def step(
         self, state: RecurrentState, pre: Pre, reward: Scalar | float = 0.0
@@ -111,10 +129,15 @@ class PlasticRecurrent(AbstractLayer):
         change = self.eta * self.rule(previous, post, w_rec, reward)
         if not self.self_connections:
             change = change * (1 - jnp.eye(self.out_size, dtype=change.dtype))
+        new_rec = w_rec + change
         new_in = w_in
         if self.input_rule is not None:
             new_in = w_in + self.eta * self.input_rule(pre, post, w_in, reward)
-        return post, RecurrentState(new_in, w_rec + change, post)
+        if self.weight_bound is not None:
+            new_rec = jnp.clip(new_rec, -self.weight_bound, self.weight_bound)
+            if self.input_rule is not None:
+                new_in = jnp.clip(new_in, -self.weight_bound, self.weight_bound)
+        return post, RecurrentState(new_in, new_rec, post)
 
     def init_state(self, *, key, scale=0.1):
         """`W_in ~ N(0, 1/n_in)`, `W_rec ~ N(0, scale²/n)` with a zero diagonal (unless
