@@ -25,6 +25,7 @@ ORDER = (
     "oja_forward",
     "oja_grad",
     "naive_baseline",
+    "zoo",
     "scaling",
     "long_trajectory",
     "devices",

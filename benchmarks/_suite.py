@@ -15,6 +15,7 @@ import metaplastic as mp
 from ._harness import (
     REPEATS,
     CompileTimer,
+    coefficient_layer,
     coefficient_loss,
     coefficient_value_and_grad,
     loglog_slope,
@@ -301,6 +302,111 @@ def naive_baseline() -> Iterator[dict]:
                     np.max(np.abs(grad - ref_grad)) / np.max(np.abs(ref_grad))
                 ),
             )
+
+
+def _as_recording(data: mp.data.ActivityDataset) -> mp.data.RecordingDataset:
+    """The same trajectories as a `RecordingDataset` (the weights as the initial state)."""
+    return mp.data.RecordingDataset(
+        data.inputs, data.activity, data.initial_weights, rewards=data.rewards
+    )
+
+
+def zoo() -> Iterator[dict]:
+    """The model zoo's generic path against the single-layer path, on the same 100 → 1000
+    layer and data in one run (batch 50, T = 50): the forward loss of `ActivityMSE` on a
+    `PlasticDense` and of `RecordingLoss` on `Model(PlasticDense, GaussianHead())` (the same
+    scan, `mp.simulate_network`), and the gradient each gets inside `fit` (`Automatic`: the
+    hand-written reverse pass for both), with plain reverse mode through the generic scan
+    for context. Then the gradient throughput of a recurrent network,
+    `PlasticRecurrent` of 300 tanh units driven by 100 inputs (9·10⁴ plastic synapses),
+    batch 50, T = 50, by reverse mode through the scan, plain and checkpointed per step
+    (`automatic_picks` marks the one `Automatic` chooses)."""
+    batch = 50
+    data = oja_dataset(batch, LENGTH)
+    recording = _as_recording(data)
+    theta = student_rule().coefficients
+    head = mp.nn.GaussianHead()
+    rec_loss = mp.losses.RecordingLoss()
+
+    def model(coefficients):
+        return mp.nn.Model(coefficient_layer(coefficients), head)
+
+    def generic_forward(coefficients, d):
+        return rec_loss(model(coefficients), d)
+
+    def generic_grad(strategy):
+        def fn(coefficients, d):
+            m = model(coefficients)
+            params, static = eqx.partition(m, mp.rule_filter_spec(m))
+            value, grads = strategy.value_and_grad(rec_loss, params, static, d)
+            return value, grads.network.rule.coefficients
+
+        return fn
+
+    single_forward, single_grad = coefficient_loss(), coefficient_value_and_grad()
+    # Each pair is timed in turn in one run; every function takes both datasets (the same
+    # arrays) and uses its own.
+    out = {}
+    pairs = {
+        "forward": {
+            "single_layer": lambda c, d, r: single_forward(c, d),
+            "generic": lambda c, d, r: generic_forward(c, r),
+        },
+        "gradient": {
+            "single_layer": lambda c, d, r: single_grad(c, d),
+            "generic": lambda c, d, r: generic_grad(mp.Automatic())(c, r),
+            "generic_reverse_mode": lambda c, d, r: generic_grad(mp.ReverseMode())(c, r),
+        },
+    }
+    for kind, fns in pairs.items():
+        for impl, timed in _timed_round_robin(fns, (theta, data, recording)).items():
+            out[(kind, impl)] = timed
+    for (kind, impl), (compile_s, step_s, value) in out.items():
+        other = out[(kind, "single_layer")]
+        v = np.asarray(value[0] if kind == "gradient" else value)
+        ref = np.asarray(other[2][0] if kind == "gradient" else other[2])
+        yield record(
+            "zoo",
+            {"what": kind, "impl": impl, "batch": batch, "T": LENGTH, **LAYER},
+            compile_s=compile_s,
+            step_s=step_s,
+            throughput=_throughput(data, step_s),
+            time_vs_single_layer=round(step_s / other[1], 3),
+            loss_rel_diff_vs_single_layer=float(abs(v - ref) / abs(ref)),
+        )
+
+    n, n_in = 300, N_IN
+    network = mp.nn.PlasticRecurrent(
+        mp.TaylorRule(theta, ("x", "y", "w")), n_in, n, eta=0.01, weight_bound=2.0
+    )
+    truth = mp.nn.Model(eqx.tree_at(lambda m: m.rule, network, mp.rules.oja()), head)
+    k_x, k_d = jr.split(jr.key(3))
+    x = mp.tasks.gaussian_stimuli(n_in, LENGTH, n_trajectories=batch, std=1.0, key=k_x)
+    rec_data, _ = mp.generate_recordings(truth, x.astype(jnp.float32), key=k_d)
+
+    def recurrent_grad(strategy):
+        def fn(coefficients, d):
+            m = eqx.tree_at(lambda n: n.rule.coefficients, network, coefficients)
+            m = mp.nn.Model(m, head)
+            params, static = eqx.partition(m, mp.rule_filter_spec(m))
+            value, grads = strategy.value_and_grad(rec_loss, params, static, d)
+            return value, grads.network.rule.coefficients
+
+        return fn
+
+    chosen = mp.Automatic().choose(rec_loss, truth, rec_data, jacobian=False)
+    strategies = {"reverse": mp.ReverseMode(), "reverse_checkpointed": mp.ReverseMode(True)}
+    fns = {name: recurrent_grad(s) for name, s in strategies.items()}
+    for name, (compile_s, step_s, _) in _timed_round_robin(fns, (theta, rec_data)).items():
+        config = {"what": "gradient", "impl": f"recurrent_{name}", "batch": batch, "T": LENGTH}
+        yield record(
+            "zoo",
+            {**config, "n": n, "n_in": n_in, "activation": "tanh", "terms": 27},
+            compile_s=compile_s,
+            step_s=step_s,
+            throughput={"synapse_steps_per_s": batch * LENGTH * n * n / step_s},
+            automatic_picks=strategies[name] == chosen,
+        )
 
 
 def long_trajectory() -> Iterator[dict]:
@@ -680,6 +786,7 @@ BENCHMARKS: dict[str, Callable[[], Iterator[dict]]] = {
     "oja_forward": oja_forward,
     "oja_grad": oja_grad,
     "naive_baseline": naive_baseline,
+    "zoo": zoo,
     "scaling": scaling,
     "long_trajectory": long_trajectory,
     "devices": devices,

@@ -20,10 +20,19 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
 from ._errors import MetaplasticError
-from ._fast import supports_fast_gradient, taylor_activity_mse
+from ._fast import supports_fast_gradient, taylor_activity_mse, taylor_simulate
+from ._simulate import check_rewards_used
 from ._types import Scalar
-from .losses import AbstractGaussNewtonLoss, AbstractLoss, ActivityMSE, Observations
-from .nn import PlasticDense
+from .data import RecordingDataset
+from .losses import (
+    AbstractGaussNewtonLoss,
+    AbstractLoss,
+    ActivityMSE,
+    Observations,
+    RecordingLoss,
+    observations_value,
+)
+from .nn import Model, PlasticDense
 from .rules import TaylorRule
 
 
@@ -126,21 +135,60 @@ class ReverseMode(AbstractDifferentiation):
         return tuple(out)
 
 
+def _fast_recording_loss(model: Model, batch: RecordingDataset, checkpoint: bool | int) -> Scalar:
+    """`RecordingLoss()(model, batch)` with the layer simulated by the hand-written pass
+    (`taylor_simulate`, reverse mode only): any head, any likelihood on its activity."""
+    network = model.network
+    rewards = batch.rewards
+    if rewards is None:
+        check_rewards_used(network)
+        rewards = jnp.zeros(batch.step_mask.shape, batch.inputs.dtype)
+    one = lambda xs: taylor_simulate(network, *xs, checkpoint=checkpoint)[0]
+    xs = (batch.initial_state, batch.inputs, rewards, batch.step_mask)
+    if jax.default_backend() == "cpu":
+        # One trajectory at a time, as `taylor_activity_mse` runs them on a CPU: one
+        # trajectory's weight-sized loops already use every core (measured: a vmapped
+        # batch of 50 took 1.8x the time of the single-layer loss's gradient).
+        activity = jax.lax.map(one, xs)
+    else:
+        activity = jax.vmap(one)(xs)
+    predictions = jax.vmap(model.head.predict)(activity)
+    mask = batch.step_mask[:, :, None] & batch.neuron_mask[:, None, :]
+    return observations_value(
+        (Observations(predictions, batch.recordings, mask, model.head.likelihood),)
+    )
+
+
 class TaylorReverse(AbstractDifferentiation):
-    """The hand-written reverse pass of a `PlasticDense` layer with a `TaylorRule` fitted by
-    `ActivityMSE`: several times faster than `jax.grad` through the scan, storing one weight
-    matrix per step (or per `checkpoint` segment) of one trajectory at a time. Gradients
-    only."""
+    """The hand-written reverse pass of a `PlasticDense` layer with a `TaylorRule`:
+    several times faster than `jax.grad` through the scan, storing one weight matrix per step
+    (or per `checkpoint` segment). It takes the gradient of `ActivityMSE` on the layer (one
+    trajectory at a time on a CPU), and of `RecordingLoss` on a `metaplastic.nn.Model` whose
+    network is such a layer, whatever its head. Gradients only."""
 
     checkpoint: bool | int = eqx.field(static=True, default=False)
 
     def supports(self, loss: AbstractLoss, model: PyTree, batch: PyTree, *, jacobian: bool) -> bool:
-        return not jacobian and type(loss) is ActivityMSE and supports_fast_gradient(model)
+        if jacobian:
+            return False
+        if type(loss) is ActivityMSE:
+            return supports_fast_gradient(model)
+        return (
+            type(loss) is RecordingLoss
+            and isinstance(model, Model)
+            and isinstance(batch, RecordingDataset)
+            and supports_fast_gradient(model.network)
+        )
 
     def value_and_grad(self, loss, params, static, batch):
-        fn = lambda p: taylor_activity_mse(
-            eqx.combine(p, static), batch, checkpoint=self.checkpoint
-        )
+        if type(loss) is RecordingLoss:
+            fn = lambda p: _fast_recording_loss(
+                eqx.combine(p, static), batch, checkpoint=self.checkpoint
+            )
+        else:
+            fn = lambda p: taylor_activity_mse(
+                eqx.combine(p, static), batch, checkpoint=self.checkpoint
+            )
         return jax.value_and_grad(fn)(params)
 
     def linearise(self, loss, params, static, batch):
@@ -165,10 +213,13 @@ class Automatic(AbstractDifferentiation):
     """The default: the first registered specialised strategy that supports the problem
     (the Taylor reverse pass, the mushroom-body sensitivities), else `ForwardMode` for
     Jacobians and `ReverseMode` for gradients — `ReverseMode(checkpoint=True)` for a
-    `PlasticDense` layer (a rule without a hand-written pass, such as `MLPRule`), whose
-    per-synapse intermediates would otherwise be stored for every step: recomputing each
-    step's body keeps one weight matrix per step and, measured on the MLP rule of a
-    100 → 1000 layer, also halves the time of a gradient."""
+    `PlasticDense` layer whose rule has no hand-written pass (such as `MLPRule`) and for a
+    `metaplastic.nn.Model` without one (a recurrent network, a chain): their per-synapse
+    intermediates would otherwise be stored for every step. Recomputing each step's body
+    keeps one state per step and, measured, also halves the time of a gradient: on the MLP
+    rule of a 100 → 1000 layer, and on a 300-unit `PlasticRecurrent` network with a
+    27-term rule (batch 50, T = 50: 3.95 s instead of 7.86 s a gradient, `python -m
+    benchmarks --only zoo`)."""
 
     def choose(
         self, loss: AbstractLoss, model: PyTree, batch: PyTree, *, jacobian: bool
@@ -180,7 +231,7 @@ class Automatic(AbstractDifferentiation):
         if jacobian:
             return ForwardMode()
         other_rule = isinstance(model, PlasticDense) and not isinstance(model.rule, TaylorRule)
-        return ReverseMode(checkpoint=other_rule)
+        return ReverseMode(checkpoint=other_rule or isinstance(model, Model))
 
     def supports(self, loss: AbstractLoss, model: PyTree, batch: PyTree, *, jacobian: bool) -> bool:
         return ForwardMode().supports(loss, model, batch, jacobian=jacobian)

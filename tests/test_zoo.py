@@ -230,3 +230,20 @@ def test_observations_take_a_likelihood_object_or_its_name():
     assert isinstance(obs.likelihood, mp.losses.Poisson)
     with pytest.raises(mp.MetaplasticError, match="likelihood must be"):
         mp.losses.Observations(a, a, jnp.ones(3, bool), "gamma")
+
+
+def test_taylor_reverse_takes_the_gradient_of_any_head_on_a_plastic_dense_layer(x64):
+    """`Automatic` picks the hand-written pass for a `RecordingLoss` on a Taylor-rule layer
+    (any head), and its gradient is `jax.grad`'s through the scan."""
+    model, _, data = _recording_problem(mp.nn.PoissonHead(5, gain=2.0, offset=1.0))
+    loss = mp.losses.RecordingLoss()
+    chosen = mp.Automatic().choose(loss, model, data, jacobian=False)
+    assert isinstance(chosen, mp.TaylorReverse)
+    recurrent = mp.nn.Model(mp.nn.PlasticRecurrent(mp.rules.oja(), 6, 5), model.head)
+    assert not mp.TaylorReverse().supports(loss, recurrent, data, jacobian=False)
+    params, static = eqx.partition(model, mp.rule_filter_spec(model))
+    fast = mp.TaylorReverse().value_and_grad(loss, params, static, data)
+    plain = mp.ReverseMode().value_and_grad(loss, params, static, data)
+    np.testing.assert_allclose(fast[0], plain[0], rtol=1e-12)
+    a, b = fast[1].network.rule.coefficients, plain[1].network.rule.coefficients
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.abs(b).max())
