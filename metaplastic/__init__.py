@@ -44,6 +44,7 @@ from ._simulate import simulate_network as simulate_network
 from ._simulate import simulate_recordings as simulate_recordings
 from ._solver import AbstractSolver as AbstractSolver
 from ._solver import LevenbergMarquardt as LevenbergMarquardt
+from ._solver import Objective as Objective
 from ._solver import Optax as Optax
 from ._sparse import Selection as Selection
 from ._sparse import Stability as Stability

@@ -266,3 +266,28 @@ def total_penalty(penalties: tuple[AbstractPenalty, ...], model: PyTree) -> Scal
     for penalty in penalties:
         total = total + penalty(model)
     return total
+
+
+__all__ = [
+    "AbstractExactLikelihood",
+    "AbstractGaussNewtonLoss",
+    "AbstractLikelihood",
+    "AbstractLoss",
+    "AbstractPenalty",
+    "ActivityMSE",
+    "Bernoulli",
+    "FunctionLoss",
+    "L1",
+    "L2",
+    "Observations",
+    "Poisson",
+    "RecordingLoss",
+    "SquaredError",
+    "bernoulli_log_likelihood",
+    "binary_cross_entropy",
+    "masked_mean",
+    "observations_value",
+    "per_observation",
+    "total_penalty",
+    "trainable_taylor_coefficients",
+]

@@ -138,3 +138,12 @@ def percent_deviance_explained(
     d_model = -2.0 * jnp.asarray(model_log_likelihood)
     d_null = -2.0 * jnp.asarray(null_log_likelihood)
     return 100.0 * (d_null - d_model) / d_null
+
+
+__all__ = [
+    "coefficient_error",
+    "compare_layers",
+    "compare_networks",
+    "percent_deviance_explained",
+    "r2_score",
+]

@@ -170,3 +170,13 @@ def data_parallel(
         return jnp.sum(weights * values) / jnp.maximum(jnp.sum(weights), 1)
 
     return wrapped
+
+
+__all__ = [
+    "batch_mesh",
+    "data_parallel",
+    "replicate",
+    "shard_batch",
+    "shard_ensemble",
+    "valid_entries",
+]

@@ -247,3 +247,12 @@ def test_taylor_reverse_takes_the_gradient_of_any_head_on_a_plastic_dense_layer(
     np.testing.assert_allclose(fast[0], plain[0], rtol=1e-12)
     a, b = fast[1].network.rule.coefficients, plain[1].network.rule.coefficients
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.abs(b).max())
+
+
+def test_public_modules_say_what_they_export():
+    for module in (mp.losses, mp.metrics, mp.nn, mp.data, mp.plot, mp.runs, mp.sharding):
+        for name in module.__all__:
+            assert hasattr(module, name), (module.__name__, name)
+    # names a module merely imports are not part of its interface
+    assert "PlasticDense" not in mp.losses.__all__ and "simulate" not in mp.metrics.__all__
+    assert {"RecordingLoss", "Poisson", "AbstractLikelihood"} <= set(mp.losses.__all__)
