@@ -348,6 +348,33 @@ SECTIONS = {
             _f(r["peak_rss_mb"], 5),
         ],
     ),
+    "zoo": (
+        "zoo: the model zoo's generic path (`RecordingLoss` on `Model(PlasticDense, "
+        "GaussianHead())`) against the single-layer one (`ActivityMSE`), same layer and data, "
+        "batch 50, same run; and the gradient of a 300-unit recurrent network",
+        [
+            "what",
+            "implementation",
+            "step (s)",
+            "M synapse-steps/s",
+            "time vs single layer",
+            "loss rel. diff",
+            "Automatic's choice",
+            "compile (s)",
+        ],
+        lambda r: [
+            r["config"]["what"],
+            r["config"]["impl"],
+            _f(r["step_s"], 4),
+            _m(r["synapse_steps_per_s"]),
+            _f(r.get("time_vs_single_layer")),
+            "–"
+            if r.get("loss_rel_diff_vs_single_layer") is None
+            else f"{r['loss_rel_diff_vs_single_layer']:.1e}",
+            {True: "yes", False: "no"}.get(r.get("automatic_picks"), "–"),
+            _f(r["compile_s"]),
+        ],
+    ),
     "scaling": (
         "scaling: gradient step time against T and the number of synapses (batch 1)",
         ["vary", "T", "n_out", "synapses", "step (s)", "M synapse-steps/s", "compile (s)"],
