@@ -513,13 +513,3 @@ def held_out_curve(
     n = _finite_array("values", next(iter(scores.values()))).shape[1]
     ax.set_title(title or f"Held-out deviance (median and IQR over {n} flies)")
     return _finish(fig, path)
-
-
-__all__ = [
-    "coefficient_distributions",
-    "coefficient_trajectories",
-    "deviance_comparison",
-    "held_out_curve",
-    "sweep_heatmap",
-    "weight_trajectories",
-]

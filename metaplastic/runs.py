@@ -462,15 +462,3 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, str]]:
         path = path / "metrics.csv"
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-__all__ = [
-    "Run",
-    "create_run",
-    "default_compile_cache_dir",
-    "disable_compile_cache",
-    "enable_compile_cache",
-    "history_rows",
-    "open_run",
-    "read_metrics",
-]

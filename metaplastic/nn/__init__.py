@@ -8,6 +8,7 @@ simulates any layer and `metaplastic.losses.RecordingLoss` fits any `Model`.
 """
 
 from ._heads import AbstractHead as AbstractHead
+from ._heads import AbstractLinearHead as AbstractLinearHead
 from ._heads import BernoulliHead as BernoulliHead
 from ._heads import CalciumHead as CalciumHead
 from ._heads import GaussianHead as GaussianHead
@@ -28,6 +29,7 @@ __all__ = [
     "ACTIVATIONS",
     "AbstractHead",
     "AbstractLayer",
+    "AbstractLinearHead",
     "ActivityReadout",
     "BernoulliHead",
     "CalciumHead",

@@ -61,17 +61,23 @@ def _check_neurons(n_neurons: object) -> int | None:
     return None if n_neurons is None else int(n_neurons)
 
 
-def _number(name: str, value: object, *, positive: bool = False) -> Array:
+def _number(name: str, value: object) -> Array:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number, jax.Array)):
         raise MetaplasticError(f"{name} must be a number, got {value!r}.")
     if isinstance(value, jax.Array) and value.shape != ():
         raise MetaplasticError(f"{name} must be a scalar, got shape {value.shape}.")
     if not isinstance(value, jax.core.Tracer):
-        v = float(value)
-        if not math.isfinite(v) or (positive and v <= 0):
-            kind = "a positive finite number" if positive else "finite"
-            raise MetaplasticError(f"{name} must be {kind}, got {v}.")
+        if not math.isfinite(float(value)):
+            raise MetaplasticError(f"{name} must be finite, got {float(value)}.")
     return jnp.asarray(value, jnp.result_type(float))
+
+
+def _noise_std(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise MetaplasticError(f"noise_std must be a number, got {value!r}.")
+    if not (math.isfinite(value) and value >= 0):
+        raise MetaplasticError(f"noise_std must be finite and non-negative, got {value}.")
+    return float(value)
 
 
 def _first_bad(name: str, bad: np.ndarray, recordings: np.ndarray, why: str) -> None:
@@ -95,11 +101,7 @@ class GaussianHead(AbstractHead):
     @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def __init__(self, n_neurons: int | None = None, *, noise_std: float = 0.0):
         self.n_neurons = _check_neurons(n_neurons)
-        if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float, np.number)):
-            raise MetaplasticError(f"noise_std must be a number, got {noise_std!r}.")
-        if not (math.isfinite(noise_std) and noise_std >= 0):
-            raise MetaplasticError(f"noise_std must be finite and non-negative, got {noise_std}.")
-        self.noise_std = float(noise_std)
+        self.noise_std = _noise_std(noise_std)
 
     def predict(self, activity):
         return activity
@@ -112,23 +114,21 @@ class GaussianHead(AbstractHead):
         """Any finite value can be recorded."""
 
 
-class PoissonHead(AbstractHead):
-    """Spike counts per time bin, Poisson with an expected count `λ = exp(gain · a + offset)`
-    of the activity `a` (the exponential link, always positive): the prediction is
-    `log λ = gain · a + offset`, scored by the exact Poisson negative log-likelihood."""
+class AbstractLinearHead(AbstractHead):
+    """A head whose prediction is an affine function of the activity, `gain · a + offset`
+    (the natural parameter of its likelihood: a log expected count, a logit). Subclasses set
+    the `likelihood` and implement `sample` and `check_recordings`."""
 
     gain: Float[Array, ""]
     offset: Float[Array, ""]
     n_neurons: int | None = eqx.field(static=True)
-    likelihood: ClassVar[AbstractLikelihood] = Poisson()
 
     @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
     def __init__(self, n_neurons: int | None = None, *, gain: float = 1.0, offset: float = 0.0):
         """**Arguments:**
 
         - `n_neurons`: the number of neurons (checked against the network's outputs).
-        - `gain`, `offset`: the expected count per bin is `exp(gain · a + offset)`; e.g.
-          `offset = log(rate · bin)` for a baseline rate.
+        - `gain`, `offset`: the prediction is `gain · a + offset` of the activity `a`.
         """
         self.n_neurons = _check_neurons(n_neurons)
         self.gain = _number("gain", gain)
@@ -136,6 +136,15 @@ class PoissonHead(AbstractHead):
 
     def predict(self, activity):
         return self.gain * activity + self.offset
+
+
+class PoissonHead(AbstractLinearHead):
+    """Spike counts per time bin, Poisson with an expected count `λ = exp(gain · a + offset)`
+    of the activity `a` (the exponential link, always positive): the prediction is
+    `log λ = gain · a + offset`, scored by the exact Poisson negative log-likelihood. E.g.
+    `offset = log(rate · bin)` for a baseline rate."""
+
+    likelihood: ClassVar[AbstractLikelihood] = Poisson()
 
     def sample(self, predictions, *, key):
         return jr.poisson(key, jnp.exp(predictions)).astype(predictions.dtype)
@@ -187,11 +196,7 @@ class CalciumHead(AbstractHead):
         if not isinstance(scale, jax.core.Tracer) and float(scale) == 0:
             raise MetaplasticError("scale must be non-zero: a zero scale records nothing.")
         self.offset = _number("offset", offset)
-        if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float, np.number)):
-            raise MetaplasticError(f"noise_std must be a number, got {noise_std!r}.")
-        if not (math.isfinite(noise_std) and noise_std >= 0):
-            raise MetaplasticError(f"noise_std must be finite and non-negative, got {noise_std}.")
-        self.noise_std = float(noise_std)
+        self.noise_std = _noise_std(noise_std)
 
     def predict(self, activity):
         # The indicator is a causal linear filter: c = K a with K[t, s] = γ^(t−s) for s <= t,
@@ -210,23 +215,11 @@ class CalciumHead(AbstractHead):
         """Any finite fluorescence can be recorded."""
 
 
-class BernoulliHead(AbstractHead):
+class BernoulliHead(AbstractLinearHead):
     """Binary observations (a choice, a detected event) per step and neuron, with
     `p(1) = sigmoid(gain · a + offset)`: the prediction is the logit."""
 
-    gain: Float[Array, ""]
-    offset: Float[Array, ""]
-    n_neurons: int | None = eqx.field(static=True)
     likelihood: ClassVar[AbstractLikelihood] = Bernoulli()
-
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
-    def __init__(self, n_neurons: int | None = None, *, gain: float = 1.0, offset: float = 0.0):
-        self.n_neurons = _check_neurons(n_neurons)
-        self.gain = _number("gain", gain)
-        self.offset = _number("offset", offset)
-
-    def predict(self, activity):
-        return self.gain * activity + self.offset
 
     def sample(self, predictions, *, key):
         return jr.bernoulli(key, jax.nn.sigmoid(predictions)).astype(predictions.dtype)
