@@ -30,6 +30,7 @@ from .losses import (
     ActivityMSE,
     Observations,
     RecordingLoss,
+    head_observations,
     observations_value,
 )
 from .nn import Model, PlasticDense
@@ -152,11 +153,7 @@ def _fast_recording_loss(model: Model, batch: RecordingDataset, checkpoint: bool
         activity = jax.lax.map(one, xs)
     else:
         activity = jax.vmap(one)(xs)
-    predictions = jax.vmap(model.head.predict)(activity)
-    mask = batch.step_mask[:, :, None] & batch.neuron_mask[:, None, :]
-    return observations_value(
-        (Observations(predictions, batch.recordings, mask, model.head.likelihood),)
-    )
+    return observations_value((head_observations(model.head, batch, activity),))
 
 
 class TaylorReverse(AbstractDifferentiation):

@@ -71,7 +71,7 @@ def check_rewards_used(network: AbstractLayer) -> None:
     """A `MetaplasticError` naming the rule when a rule of `network` takes the reward factor
     `r` and the data has no rewards."""
     for rule in layer_rules(network):
-        if "r" in getattr(rule, "factors", ()):
+        if "r" in rule.factors:
             raise MetaplasticError(
                 f"A {type(rule).__name__} of the network takes the reward factor 'r' "
                 f"(factors {tuple(rule.factors)}), but the data has no rewards: give the "

@@ -34,7 +34,7 @@ from ._likelihood import bernoulli_log_likelihood as bernoulli_log_likelihood
 from ._simulate import simulate_dataset, simulate_recordings
 from ._types import Scalar
 from .data import ActivityDataset, RecordingDataset
-from .nn import Model, PlasticDense
+from .nn import AbstractHead, Model, PlasticDense
 from .rules import TaylorRule
 
 
@@ -164,9 +164,19 @@ class RecordingLoss(AbstractGaussNewtonLoss):
                 f"{type(batch).__name__}."
             )
         sim = simulate_recordings(model.network, batch, checkpoint=checkpoint)
-        predictions = jax.vmap(model.head.predict)(sim.outputs)
-        mask = batch.step_mask[:, :, None] & batch.neuron_mask[:, None, :]
-        return (Observations(predictions, batch.recordings, mask, model.head.likelihood),)
+        return (head_observations(model.head, batch, sim.outputs),)
+
+
+def head_observations(
+    head: AbstractHead, batch: RecordingDataset, outputs: Float[Array, "batch time n_out"]
+) -> Observations:
+    """The observations of `RecordingLoss`: the head's predictions from a network's
+    simulated `outputs` on `batch`, scored against the recordings over the valid steps and
+    recorded neurons with the head's likelihood (shared with the hand-written gradient of
+    `metaplastic.TaylorReverse`)."""
+    predictions = jax.vmap(head.predict)(outputs)
+    mask = batch.step_mask[:, :, None] & batch.neuron_mask[:, None, :]
+    return Observations(predictions, batch.recordings, mask, head.likelihood)
 
 
 def as_loss(loss: typing.Any) -> AbstractLoss:
@@ -285,6 +295,7 @@ __all__ = [
     "SquaredError",
     "bernoulli_log_likelihood",
     "binary_cross_entropy",
+    "head_observations",
     "masked_mean",
     "observations_value",
     "per_observation",
