@@ -35,7 +35,7 @@ from ._record import (
 from ._solver import AbstractSolver, LevenbergMarquardt, Objective, Optax
 from ._types import Key, Scalar
 from .losses import AbstractGaussNewtonLoss, AbstractLoss, AbstractPenalty, as_loss, as_penalties
-from .rules import AbstractRule
+from .nn import layer_rules
 
 
 logger = logging.getLogger("metaplastic")
@@ -45,17 +45,11 @@ def rule_filter_spec(model: PyTree) -> PyTree:
     """The default filter spec: `True` on the floating-point arrays inside plasticity rules
     (the rule parameters θ), `False` everywhere else (weights, fixed layers, data)."""
     spec = jax.tree.map(lambda _: False, model)
-
-    def is_rule(node: Any) -> bool:
-        return isinstance(node, AbstractRule)
-
-    rules = [leaf for leaf in jax.tree.leaves(model, is_leaf=is_rule) if is_rule(leaf)]
+    rules = layer_rules(model)
     if not rules:
         raise MetaplasticError("The model contains no plasticity rule to fit; pass a filter_spec.")
     return eqx.tree_at(
-        lambda m: [leaf for leaf in jax.tree.leaves(m, is_leaf=is_rule) if is_rule(leaf)],
-        spec,
-        [jax.tree.map(eqx.is_inexact_array, rule) for rule in rules],
+        layer_rules, spec, [jax.tree.map(eqx.is_inexact_array, rule) for rule in rules]
     )
 
 

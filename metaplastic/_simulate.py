@@ -342,12 +342,7 @@ def generate_recordings(
         )
     if not (isinstance(key, jax.Array) and key.shape in ((), (2,))):
         raise MetaplasticError(f"key must be one JAX PRNG key, got {key!r}.")
-    if isinstance(recorded_fraction, bool) or not isinstance(
-        recorded_fraction, (int, float, np.number)
-    ):
-        raise MetaplasticError(f"recorded_fraction must be a number, got {recorded_fraction!r}.")
-    if not 0 < recorded_fraction <= 1:
-        raise MetaplasticError(f"recorded_fraction must be in (0, 1], got {recorded_fraction}.")
+    readout = ActivityReadout(recorded_fraction)  # checks the fraction; draws the subset
     x = real_array("inputs", inputs)
     if x.ndim != 3 or 0 in x.shape:
         raise MetaplasticError(
@@ -396,11 +391,7 @@ def generate_recordings(
             "The network cannot be simulated from this initial state and these inputs — do "
             f"their shapes match the network's? {type(err).__name__}: {first}"
         ) from err
-    n = recorded.shape[-1]
-    k = max(1, int(round(recorded_fraction * n)))
-    chosen = jax.random.permutation(k_mask, n)[:k]
-    neuron_mask = np.zeros(n, bool)
-    neuron_mask[np.asarray(chosen)] = True
+    neuron_mask = np.asarray(readout.neuron_mask(recorded.shape[-1], key=k_mask))
     data = RecordingDataset(
         inputs,
         np.asarray(recorded),

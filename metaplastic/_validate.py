@@ -68,3 +68,33 @@ def is_size(value: Any) -> bool:
         and not isinstance(value, (bool, np.bool_))
         and value >= 1
     )
+
+
+def trajectory_masks(
+    step_mask: Any, neuron_mask: Any, batch: int, time: int, neurons: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The step mask `(batch, time)` and the neuron mask `(batch, neurons)` of a dataset
+    (all valid where `None`; a neuron mask `(neurons,)` is shared by every trajectory), or a
+    `MetaplasticError` for a wrong shape or dtype, or a trajectory without a valid step or
+    recorded neuron: the one check of `ActivityDataset` and `RecordingDataset`."""
+    b, t, n = batch, time, neurons
+    sm = np.ones((b, t), bool) if step_mask is None else mask_array("step_mask", step_mask)
+    if sm.shape != (b, t):
+        raise MetaplasticError(
+            f"step_mask must be a boolean array of shape ({b}, {t}), got {sm.dtype} {sm.shape}."
+        )
+    if not sm.any(axis=1).all():
+        empty = int(np.argmin(sm.any(axis=1)))
+        raise MetaplasticError(f"Trajectory {empty} has no valid step in step_mask.")
+    nm = np.ones((b, n), bool) if neuron_mask is None else mask_array("neuron_mask", neuron_mask)
+    if nm.ndim == 1 and nm.shape == (n,):
+        nm = np.broadcast_to(nm, (b,) + nm.shape)
+    if nm.shape != (b, n):
+        raise MetaplasticError(
+            f"neuron_mask must be a boolean array of shape ({n},) or ({b}, {n}), "
+            f"got {nm.dtype} {nm.shape}."
+        )
+    if not nm.any(axis=1).all():
+        empty = int(np.argmin(nm.any(axis=1)))
+        raise MetaplasticError(f"Trajectory {empty} records no neuron in neuron_mask.")
+    return sm, nm

@@ -8,7 +8,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from .._errors import MetaplasticError
-from .._validate import finite_where, mask_array, real_array
+from .._validate import finite_where, real_array, trajectory_masks
 
 
 logger = logging.getLogger("metaplastic")
@@ -99,29 +99,7 @@ class ActivityDataset(eqx.Module):
                 f"initial_weights must have shape (batch={b}, n_out={n_out}, n_in={n_in}) or "
                 f"(n_out={n_out}, n_in={n_in}), got {w0.shape}."
             )
-        sm = np.ones((b, t), bool) if step_mask is None else mask_array("step_mask", step_mask)
-        if sm.shape != (b, t):
-            raise MetaplasticError(
-                f"step_mask must be a boolean array of shape ({b}, {t}), got {sm.dtype} {sm.shape}."
-            )
-        if not sm.any(axis=1).all():
-            empty = int(np.argmin(sm.any(axis=1)))
-            raise MetaplasticError(f"Trajectory {empty} has no valid step in step_mask.")
-        nm = (
-            np.ones((b, n_out), bool)
-            if neuron_mask is None
-            else mask_array("neuron_mask", neuron_mask)
-        )
-        if nm.ndim == 1 and nm.shape == (n_out,):
-            nm = np.broadcast_to(nm, (b,) + nm.shape)
-        if nm.shape != (b, n_out):
-            raise MetaplasticError(
-                f"neuron_mask must be a boolean array of shape ({n_out},) or ({b}, {n_out}), "
-                f"got {nm.dtype} {nm.shape}."
-            )
-        if not nm.any(axis=1).all():
-            empty = int(np.argmin(nm.any(axis=1)))
-            raise MetaplasticError(f"Trajectory {empty} records no neuron in neuron_mask.")
+        sm, nm = trajectory_masks(step_mask, neuron_mask, b, t, n_out)
         rw = (
             np.zeros((b, t), inputs_np.dtype) if rewards is None else real_array("rewards", rewards)
         )

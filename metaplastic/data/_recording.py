@@ -7,7 +7,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
 from .._errors import MetaplasticError
-from .._validate import finite_where, mask_array, real_array
+from .._validate import finite_where, real_array, trajectory_masks
 from ..nn import AbstractHead
 from ._activity import float_dtype
 
@@ -82,28 +82,7 @@ class RecordingDataset(eqx.Module):
                     f"{type(head).__name__} records {head.n_neurons} neurons but the "
                     f"recordings have {n_out}."
                 )
-        sm = np.ones((b, t), bool) if step_mask is None else mask_array("step_mask", step_mask)
-        if sm.shape != (b, t):
-            raise MetaplasticError(f"step_mask must have shape ({b}, {t}), got {sm.shape}.")
-        if not sm.any(axis=1).all():
-            raise MetaplasticError(
-                f"Trajectory {int(np.argmin(sm.any(axis=1)))} has no valid step in step_mask."
-            )
-        nm = (
-            np.ones((b, n_out), bool)
-            if neuron_mask is None
-            else mask_array("neuron_mask", neuron_mask)
-        )
-        if nm.shape == (n_out,):
-            nm = np.broadcast_to(nm, (b, n_out))
-        if nm.shape != (b, n_out):
-            raise MetaplasticError(
-                f"neuron_mask must have shape ({n_out},) or ({b}, {n_out}), got {nm.shape}."
-            )
-        if not nm.any(axis=1).all():
-            raise MetaplasticError(
-                f"Trajectory {int(np.argmin(nm.any(axis=1)))} records no neuron in neuron_mask."
-            )
+        sm, nm = trajectory_masks(step_mask, neuron_mask, b, t, n_out)
         valid = sm[:, :, None] & nm[:, None, :]
         finite_where("inputs", x, np.broadcast_to(sm[:, :, None], x.shape), _AXES[:2] + ("input",))
         finite_where("recordings", rec, valid, _AXES)
@@ -115,11 +94,11 @@ class RecordingDataset(eqx.Module):
             if rw.shape != (b, t):
                 raise MetaplasticError(f"rewards must have shape ({b}, {t}), got {rw.shape}.")
             finite_where("rewards", rw, sm, _AXES[:2])
-        leaves, treedef = jax.tree.flatten(initial_state)
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(initial_state)
         if not leaves:
             raise MetaplasticError("initial_state holds no array.")
         state = []
-        for path, leaf in jax.tree_util.tree_flatten_with_path(initial_state)[0]:
+        for path, leaf in leaves:
             name = "initial_state" + jax.tree_util.keystr(path)
             arr = real_array(name, leaf)
             if arr.ndim < 1 or arr.shape[0] != b:
