@@ -127,12 +127,12 @@ def coefficient_layer(coefficients) -> mp.nn.PlasticDense:
     return mp.nn.PlasticDense(mp.TaylorRule(coefficients, ("x", "y", "w")), eta=1.0)
 
 
-def coefficient_loss(checkpoint: bool | int = False) -> Callable:
+def coefficient_loss() -> Callable:
     """`(coefficients, data) -> ActivityMSE` of a sigmoid `PlasticDense` layer (η = 1): the
-    value of the loss alone (the plain simulation scan, checkpointed as `checkpoint` says)."""
+    value of the loss alone (the plain simulation scan)."""
 
     def loss(coefficients, data):
-        return mp.losses.ActivityMSE()(coefficient_layer(coefficients), data, checkpoint=checkpoint)
+        return mp.losses.ActivityMSE()(coefficient_layer(coefficients), data)
 
     return loss
 

@@ -34,8 +34,10 @@ from ._laplace import laplace as laplace
 from ._laplace import profile as profile
 from ._record import FitResult as FitResult
 from ._record import History as History
+from ._simulate import AbstractEnvironment as AbstractEnvironment
 from ._simulate import Simulation as Simulation
 from ._simulate import Trajectory as Trajectory
+from ._simulate import checkpointing as checkpointing
 from ._simulate import generate_activity as generate_activity
 from ._simulate import generate_recordings as generate_recordings
 from ._simulate import simulate as simulate

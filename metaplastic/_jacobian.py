@@ -21,7 +21,7 @@ from jaxtyping import Array, Float, PyTree
 
 from ._errors import MetaplasticError
 from ._fast import supports_fast_gradient, taylor_activity_mse, taylor_simulate
-from ._simulate import check_rewards_used
+from ._simulate import check_rewards_used, checkpointing
 from ._types import Scalar
 from .data import RecordingDataset
 from .losses import (
@@ -73,9 +73,9 @@ class AbstractDifferentiation(eqx.Module):
         raise NotImplementedError
 
 
-def _observe_fn(loss, static, unravel, batch, checkpoint=False):
+def _observe_fn(loss, static, unravel, batch):
     def fn(theta):
-        obs = loss.observe(eqx.combine(unravel(theta), static), batch, checkpoint=checkpoint)
+        obs = loss.observe(eqx.combine(unravel(theta), static), batch)
         return tuple(o.predictions for o in obs), obs
 
     return fn
@@ -104,7 +104,8 @@ class ForwardMode(AbstractDifferentiation):
 class ReverseMode(AbstractDifferentiation):
     """Reverse-mode differentiation through the scan (`jax.grad`). `checkpoint=True`
     recomputes each step in the backward pass instead of storing it, an integer `k` stores
-    one state per segment of `k` steps (memory ~ √T for `k ≈ √T`)."""
+    one state per segment of `k` steps (memory ~ √T for `k ≈ √T`): every simulation the loss
+    runs is checkpointed so (`metaplastic.checkpointing`), without the loss knowing."""
 
     checkpoint: bool | int = eqx.field(static=True, default=False)
 
@@ -112,13 +113,15 @@ class ReverseMode(AbstractDifferentiation):
         return not jacobian or isinstance(loss, AbstractGaussNewtonLoss)
 
     def value_and_grad(self, loss, params, static, batch):
-        fn = lambda p: loss(eqx.combine(p, static), batch, checkpoint=self.checkpoint)
-        return jax.value_and_grad(fn)(params)
+        fn = lambda p: loss(eqx.combine(p, static), batch)
+        with checkpointing(self.checkpoint):
+            return jax.value_and_grad(fn)(params)
 
     def linearise(self, loss, params, static, batch):
         theta, unravel = ravel_pytree(params)
-        fn = _observe_fn(loss, static, unravel, batch, self.checkpoint)
-        _, vjp, obs = jax.vjp(fn, theta, has_aux=True)
+        fn = _observe_fn(loss, static, unravel, batch)
+        with checkpointing(self.checkpoint):
+            _, vjp, obs = jax.vjp(fn, theta, has_aux=True)
         out = []
         for k, o in enumerate(obs):
             size = o.predictions.size

@@ -1,6 +1,10 @@
 """The one scanned simulation of any network, and generation of synthetic datasets."""
 
+import abc
+import contextlib
+import contextvars
 import typing
+from collections.abc import Iterator
 
 import equinox as eqx
 import jax
@@ -9,12 +13,39 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
 from ._errors import MetaplasticError
-from ._fast import supports_fast_gradient, taylor_simulate
 from ._types import Key
 from ._validate import real_array
 from .data import ActivityDataset, RecordingDataset
 from .data._activity import float_dtype
 from .nn import AbstractLayer, ActivityReadout, Model, PlasticDense, layer_rules
+
+
+_CHECKPOINT: contextvars.ContextVar[bool | int] = contextvars.ContextVar(
+    "metaplastic_checkpoint", default=False
+)
+
+
+@contextlib.contextmanager
+def checkpointing(checkpoint: bool | int) -> Iterator[None]:
+    """Within this context every simulation traced without its own `checkpoint=` checkpoints
+    its scan as `checkpoint` says (`True`: every step; an integer `k`: segments of `k` steps;
+    `False`: store every step). A differentiation strategy sets it around the loss it
+    differentiates (`metaplastic.ReverseMode(checkpoint=...)`), so losses and models never
+    carry the option: how a scan is differentiated is the strategy's business."""
+    if not (isinstance(checkpoint, bool) or (isinstance(checkpoint, int) and checkpoint >= 1)):
+        raise MetaplasticError(
+            f"checkpoint must be True, False or a segment length >= 1, got {checkpoint!r}."
+        )
+    token = _CHECKPOINT.set(checkpoint)
+    try:
+        yield
+    finally:
+        _CHECKPOINT.reset(token)
+
+
+def current_checkpoint() -> bool | int:
+    """The checkpointing of simulations in the current context (see `checkpointing`)."""
+    return _CHECKPOINT.get()
 
 
 class Simulation(eqx.Module):
@@ -56,15 +87,52 @@ def _scan_segments(body, carry, xs, length: int, segment: int):
 class Trajectory(eqx.Module):
     """The result of simulating one trajectory of any network.
 
-    - `outputs`: the network's output per step, `(time, n_out)`.
+    - `outputs`: the network's output per step, `(time, n_out)` (closed loop: what the
+      environment records per step).
     - `states`: the network's state after each step (its PyTree with a leading `time`
       axis), or `None`.
     - `final_state`: the state at the end.
     """
 
-    outputs: Float[Array, "time n_out"]
+    outputs: Float[Array, "time n_out"] | PyTree
     states: PyTree | None
     final_state: PyTree
+
+
+class AbstractEnvironment(eqx.Module):
+    """A task stepped beside a network, closed loop: at each step it lets the network respond
+    to what the task presents, decides from the response what happens (a choice, a reward)
+    and what the network learns from. `simulate_network(..., environment=...)` scans it; a
+    new task is one subclass.
+
+    The environment's `inputs` to `simulate_network` are whatever it needs per step (its
+    schedule and its random draws, drawn up front), any PyTree with a leading `time` axis.
+    """
+
+    @abc.abstractmethod
+    def init_state(self) -> PyTree:
+        """What the task remembers between steps, at the start."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def step(
+        self, network: AbstractLayer, state: PyTree, task_state: PyTree, inputs: PyTree
+    ) -> tuple[PyTree, PyTree, PyTree]:
+        """One step of the loop.
+
+        **Arguments:**
+
+        - `network`: the network.
+        - `state`: the network's state before the step.
+        - `task_state`: the task's state before the step.
+        - `inputs`: this step's slice of the environment's inputs.
+
+        **Returns:**
+
+        `(outputs, state, task_state)`: what the step records (any PyTree), the network's
+        state and the task's state after it.
+        """
+        raise NotImplementedError
 
 
 def check_rewards_used(network: AbstractLayer) -> None:
@@ -82,37 +150,58 @@ def check_rewards_used(network: AbstractLayer) -> None:
 def simulate_network(
     network: AbstractLayer,
     initial_state: PyTree,
-    inputs: Float[Array, "time n_in"],
+    inputs: Float[Array, "time n_in"] | PyTree,
     rewards: Float[Array, " time"] | None = None,
     step_mask: Bool[Array, " time"] | None = None,
     *,
+    environment: AbstractEnvironment | None = None,
     return_states: bool = False,
-    checkpoint: bool | int = False,
+    checkpoint: bool | int | None = None,
 ) -> Trajectory:
     """Run any network over one trajectory with one `jax.lax.scan` (the simulation of every
-    model of the library). Vmap it for batches.
+    model of the library, open loop or closed loop). Vmap it for batches.
 
     At each valid step `y_t, s_{t+1} = network.step(s_t, x_t, r_t)`; a padded step
-    (`step_mask` False) leaves the state unchanged.
+    (`step_mask` False) leaves the state unchanged. With an `environment` the loop is closed:
+    each step is `environment.step(network, s_t, e_t, inputs_t)`, which decides what the
+    network sees and learns from (the fly's operant task: `behaviour.OperantEnvironment`).
 
     **Arguments:**
 
     - `network`: any `metaplastic.nn.AbstractLayer` (a `PlasticDense`, a
       `PlasticRecurrent`, a `Chain`, ...).
     - `initial_state`: the network's state before the first step (as its `init_state`).
-    - `inputs`: the input per step, `(time, n_in)`.
+    - `inputs`: the input per step, `(time, n_in)` (closed loop: the environment's).
     - `rewards`: the reward signal per step, `(time,)`; `None` when there is none, which a
       rule over the reward factor `r` refuses.
     - `step_mask`: valid steps, `(time,)`; all valid if `None`.
+    - `environment`: a closed-loop task (`AbstractEnvironment`); `inputs` are then its
+      per-step inputs (any PyTree with a leading `time` axis), and `rewards` and
+      `step_mask` must be `None` (the environment decides both).
     - `return_states`: also return the state after every step.
     - `checkpoint`: `True` checkpoints every step of the scan body; an integer `k` scans in
       checkpointed segments of `k` steps, storing one state per segment for the backward
-      pass instead of one per step.
+      pass instead of one per step; `None` (default) follows the differentiation strategy
+      (`checkpointing`), which stores every step unless it says otherwise.
 
     **Returns:**
 
-    A `Trajectory`.
+    A `Trajectory`; with an environment its `outputs` are what the environment's steps
+    record and its `final_state` the network's.
     """
+    if checkpoint is None:
+        checkpoint = current_checkpoint()
+    if environment is not None:
+        return _closed_loop(
+            network,
+            environment,
+            initial_state,
+            inputs,
+            rewards,
+            step_mask,
+            return_states,
+            checkpoint,
+        )
     length = inputs.shape[0]
     if rewards is None:
         check_rewards_used(network)
@@ -127,14 +216,49 @@ def simulate_network(
         return new_state, (post, new_state if return_states else None)
 
     xs = ((inputs, rewards), step_mask)
+    final, (outputs, states) = _scan(body, initial_state, xs, length, checkpoint)
+    return Trajectory(outputs, states, final)
+
+
+def _scan(body, carry, xs, length: int, checkpoint: bool | int):
+    """`jax.lax.scan` of `body` (whose `xs` are `(inputs, valid)`), checkpointed as asked."""
     if checkpoint is True:
-        final, (outputs, states) = jax.lax.scan(jax.checkpoint(body), initial_state, xs)
-    elif checkpoint is False or checkpoint is None:
-        final, (outputs, states) = jax.lax.scan(body, initial_state, xs)
-    else:
-        if int(checkpoint) < 1:
-            raise MetaplasticError(f"checkpoint segment length must be >= 1, got {checkpoint}.")
-        final, (outputs, states) = _scan_segments(body, initial_state, xs, length, int(checkpoint))
+        return jax.lax.scan(jax.checkpoint(body), carry, xs)
+    if checkpoint is False:
+        return jax.lax.scan(body, carry, xs)
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1:
+        raise MetaplasticError(
+            f"checkpoint must be True, False or a segment length >= 1, got {checkpoint!r}."
+        )
+    return _scan_segments(body, carry, xs, length, checkpoint)
+
+
+def _closed_loop(
+    network, environment, initial_state, inputs, rewards, step_mask, return_states, checkpoint
+):
+    if not isinstance(environment, AbstractEnvironment):
+        raise MetaplasticError(
+            f"environment must be an AbstractEnvironment, got {type(environment).__name__}."
+        )
+    if rewards is not None or step_mask is not None:
+        raise MetaplasticError(
+            "With an environment, the environment decides the rewards and which steps count: "
+            "pass rewards=None and step_mask=None."
+        )
+    leaves = jax.tree.leaves(inputs)
+    if not leaves:
+        raise MetaplasticError("The environment's inputs hold no array (a leading time axis).")
+    length = leaves[0].shape[0]
+
+    def body(carry, xs):
+        step_inputs, valid = xs  # only the padding of checkpointed segments is invalid
+        out, state, task_state = environment.step(network, *carry, step_inputs)
+        new = jax.tree.map(lambda n, o: jnp.where(valid, n, o), (state, task_state), carry)
+        return new, (out, new[0] if return_states else None)
+
+    xs = (inputs, jnp.ones(length, bool))
+    carry = (initial_state, environment.init_state())
+    (final, _), (outputs, states) = _scan(body, carry, xs, length, checkpoint)
     return Trajectory(outputs, states, final)
 
 
@@ -146,8 +270,7 @@ def simulate(
     step_mask: Bool[Array, " time"] | None = None,
     *,
     return_weights: bool = False,
-    checkpoint: bool | int = False,
-    fast_gradient: bool = False,
+    checkpoint: bool | int | None = None,
 ) -> Simulation:
     """Run a plastic layer over one trajectory (`simulate_network` with the weights as the
     state, and rewards of zero by default).
@@ -163,27 +286,14 @@ def simulate(
     - `rewards`: the reward signal per step, `(time,)`; zeros if `None`.
     - `step_mask`: valid steps, `(time,)`; all valid if `None`.
     - `return_weights`: also return the weight trajectory.
-    - `checkpoint`: `True` checkpoints every step of the scan body; an integer `k` scans in
-      checkpointed segments of `k` steps, storing one weight matrix per segment for the
-      backward pass instead of one per step.
-    - `fast_gradient`: for a `PlasticDense` layer with a `TaylorRule` and without
-      `return_weights`, differentiate with the hand-written reverse pass (faster than
-      `jax.grad` through the scan; reverse mode only, so not under `jax.jvp`/`jax.jacfwd`).
+    - `checkpoint`: as for `simulate_network`.
 
     **Returns:**
 
     A `Simulation`.
     """
-    length = inputs.shape[0]
     if rewards is None:
-        rewards = jnp.zeros(length, inputs.dtype)
-    if step_mask is None:
-        step_mask = jnp.ones(length, bool)
-    if fast_gradient and not return_weights and supports_fast_gradient(layer):
-        activity, final = taylor_simulate(
-            layer, initial_weights, inputs, rewards, step_mask, checkpoint=checkpoint
-        )
-        return Simulation(activity, None, final)
+        rewards = jnp.zeros(inputs.shape[0], inputs.dtype)
     out = simulate_network(
         layer,
         initial_weights,
@@ -201,21 +311,13 @@ def simulate_dataset(
     data: ActivityDataset,
     *,
     return_weights: bool = False,
-    checkpoint: bool | int = False,
-    fast_gradient: bool = False,
+    checkpoint: bool | int | None = None,
 ) -> Simulation:
     """Simulate every trajectory of a dataset from its initial weights (vmapped); the
     keywords are those of `simulate`."""
     return jax.vmap(
         lambda w0, x, r, m: simulate(
-            layer,
-            w0,
-            x,
-            r,
-            m,
-            return_weights=return_weights,
-            checkpoint=checkpoint,
-            fast_gradient=fast_gradient,
+            layer, w0, x, r, m, return_weights=return_weights, checkpoint=checkpoint
         )
     )(data.initial_weights, data.inputs, data.rewards, data.step_mask)
 
@@ -291,7 +393,7 @@ def simulate_recordings(
     data: RecordingDataset,
     *,
     return_states: bool = False,
-    checkpoint: bool | int = False,
+    checkpoint: bool | int | None = None,
 ) -> Trajectory:
     """Simulate every trajectory of a `RecordingDataset` from its initial state (vmapped
     `simulate_network`); the keywords are those of `simulate_network`. Every field of the

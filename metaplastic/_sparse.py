@@ -77,11 +77,9 @@ class _GatedLoss(AbstractGaussNewtonLoss):
 
     loss: AbstractGaussNewtonLoss
 
-    def observe(
-        self, model: PyTree, batch: _GatedData, *, checkpoint: bool | int = False
-    ) -> tuple[Observations, ...]:
+    def observe(self, model: PyTree, batch: _GatedData) -> tuple[Observations, ...]:
         gated = _gated(model, batch.gate[0])
-        return self.loss.observe(gated, batch.data, checkpoint=checkpoint)
+        return self.loss.observe(gated, batch.data)
 
 
 class _GatedDifferentiation(AbstractDifferentiation):

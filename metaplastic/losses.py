@@ -92,13 +92,13 @@ def observations_value(observations: tuple[Observations, ...]) -> Scalar:
 class AbstractLoss(eqx.Module):
     """A loss `loss(model, batch) -> scalar` to minimise.
 
-    `checkpoint` is a hint from the differentiation strategy (`metaplastic.ReverseMode`):
-    `True` or a segment length asks a loss that scans a simulation to checkpoint the scan;
-    a loss may ignore it.
+    A loss only says what is compared with what: how its simulation is differentiated
+    (checkpointed or not) is the differentiation strategy's business
+    (`metaplastic.ReverseMode(checkpoint=...)` sets it around the loss).
     """
 
     @abc.abstractmethod
-    def __call__(self, model: PyTree, batch: PyTree, *, checkpoint: bool | int = False) -> Scalar:
+    def __call__(self, model: PyTree, batch: PyTree) -> Scalar:
         raise NotImplementedError
 
 
@@ -107,14 +107,12 @@ class AbstractGaussNewtonLoss(AbstractLoss):
     the groups of `Observations` that `observe` returns."""
 
     @abc.abstractmethod
-    def observe(
-        self, model: PyTree, batch: PyTree, *, checkpoint: bool | int = False
-    ) -> tuple[Observations, ...]:
+    def observe(self, model: PyTree, batch: PyTree) -> tuple[Observations, ...]:
         """The model's predictions on `batch` with their targets and masks."""
         raise NotImplementedError
 
-    def __call__(self, model: PyTree, batch: PyTree, *, checkpoint: bool | int = False) -> Scalar:
-        return observations_value(self.observe(model, batch, checkpoint=checkpoint))
+    def __call__(self, model: PyTree, batch: PyTree) -> Scalar:
+        return observations_value(self.observe(model, batch))
 
 
 class FunctionLoss(AbstractLoss):
@@ -123,8 +121,7 @@ class FunctionLoss(AbstractLoss):
     fn: Callable = eqx.field(static=True)
 
     @typing.no_type_check  # `fit` checks what the function returns, with a clear error
-    def __call__(self, model: PyTree, batch: PyTree, *, checkpoint: bool | int = False) -> Scalar:
-        del checkpoint
+    def __call__(self, model: PyTree, batch: PyTree) -> Scalar:
         return self.fn(model, batch)
 
 
@@ -133,10 +130,8 @@ class ActivityMSE(AbstractGaussNewtonLoss):
     over valid steps and recorded neurons only. The simulation starts from each trajectory's
     initial weights."""
 
-    def observe(
-        self, model: PlasticDense, batch: ActivityDataset, *, checkpoint: bool | int = False
-    ) -> tuple[Observations, ...]:
-        sim = simulate_dataset(model, batch, checkpoint=checkpoint)
+    def observe(self, model: PlasticDense, batch: ActivityDataset) -> tuple[Observations, ...]:
+        sim = simulate_dataset(model, batch)
         mask = batch.step_mask[:, :, None] & batch.neuron_mask[:, None, :]
         return (Observations(sim.activity, batch.activity, mask, "squared_error"),)
 
@@ -148,9 +143,7 @@ class RecordingLoss(AbstractGaussNewtonLoss):
     padding never dilutes it). Any network and any head: squared error for activity and
     fluorescence, Poisson for spike counts, Bernoulli for binary events."""
 
-    def observe(
-        self, model: PyTree, batch: PyTree, *, checkpoint: bool | int = False
-    ) -> tuple[Observations, ...]:
+    def observe(self, model: PyTree, batch: PyTree) -> tuple[Observations, ...]:
         """**Arguments:** `model`, a `metaplastic.nn.Model`; `batch`, a
         `metaplastic.data.RecordingDataset` (each refused with a clear error otherwise)."""
         if not isinstance(model, Model):
@@ -163,7 +156,7 @@ class RecordingLoss(AbstractGaussNewtonLoss):
                 "RecordingLoss needs a metaplastic.data.RecordingDataset, got "
                 f"{type(batch).__name__}."
             )
-        sim = simulate_recordings(model.network, batch, checkpoint=checkpoint)
+        sim = simulate_recordings(model.network, batch)
         return (head_observations(model.head, batch, sim.outputs),)
 
 

@@ -51,7 +51,10 @@ def loss_of_coefficients(rule, data, *, eta=0.8, activation="sigmoid", fast=True
             eta=eta,
             activation=activation,
         )
-        return (fast_mse if fast else MSE)(layer, data, checkpoint=checkpoint)
+        if fast:
+            return fast_mse(layer, data, checkpoint=checkpoint)
+        with mp.checkpointing(checkpoint):
+            return MSE(layer, data)
 
     return jax.jit(loss)
 
@@ -147,8 +150,9 @@ def test_gradients_with_respect_to_the_data_and_initial_weights(x64):
         mp.TaylorRule.random(("x", "y", "w", "r"), key=jr.key(4), scale=0.3), eta=0.8
     )
     fast = jax.grad(lambda d: fast_mse(layer, d, checkpoint=4), allow_int=True)
-    plain = jax.grad(lambda d: MSE(layer, d, checkpoint=4), allow_int=True)
-    fast, plain = fast(data), plain(data)
+    plain = jax.grad(lambda d: MSE(layer, d), allow_int=True)
+    with mp.checkpointing(4):
+        fast, plain = fast(data), plain(data)
     for name in ("initial_weights", "inputs", "rewards", "activity"):
         ref = np.asarray(getattr(plain, name))
         assert np.abs(ref).max() > 1e-4, name
@@ -223,24 +227,24 @@ def test_trajectories_vmapped_in_chunks(x64, monkeypatch, chunk):
         )
 
 
-def test_simulate_fast_gradient_for_any_loss(x64):
-    """`simulate(..., fast_gradient=True)`: cotangents of the activity and of the final
-    weights, through `jax.vjp` and `jax.jacrev`."""
+def test_taylor_simulate_for_any_cotangent(x64):
+    """The hand-written pass behind `TaylorReverse` (`taylor_simulate`, which differentiates
+    `RecordingLoss` for any head): cotangents of the activity and of the final weights,
+    through `jax.grad` and `jax.jacrev`, against the generic simulation."""
     data = padded_data(("x", "y", "w", "r"))
     rule = mp.TaylorRule.random(("x", "y", "w", "r"), key=jr.key(7), scale=0.3)
 
+    def one(layer, w0, x, r, m, fast):
+        if fast:
+            return _fast.taylor_simulate(layer, w0, x, r, m, checkpoint=3)
+        sim = mp.simulate(layer, w0, x, r, m, checkpoint=3)
+        return sim.activity, sim.final_weights
+
     def run(coefficients, w0, fast):
         layer = mp.nn.PlasticDense(mp.TaylorRule(coefficients, rule.factors), eta=0.8)
-        sim = mp.simulate(
-            layer,
-            w0,
-            data.inputs[0],
-            data.rewards[0],
-            data.step_mask[0],
-            checkpoint=3,
-            fast_gradient=fast,
-        )
-        return jnp.sum(jnp.sin(sim.activity)) + jnp.sum(sim.final_weights**2)
+        xs = (data.inputs[0], data.rewards[0], data.step_mask[0])
+        activity, final = one(layer, w0, *xs, fast)
+        return jnp.sum(jnp.sin(activity)) + jnp.sum(final**2)
 
     args = (rule.coefficients, data.initial_weights[0])
     fast = jax.grad(lambda *a: run(*a, True), argnums=(0, 1))(*args)
@@ -251,10 +255,10 @@ def test_simulate_fast_gradient_for_any_loss(x64):
     w0 = data.initial_weights
 
     def residuals(w, fast):
-        d = eqx.tree_at(lambda d: d.initial_weights, data, w)
-        sim = mp.simulate_dataset(layer, d, fast_gradient=fast)
-        mask = d.step_mask[:, :, None] & d.neuron_mask[:, None, :]
-        return jnp.where(mask, sim.activity - d.activity, 0.0)
+        xs = (w, data.inputs, data.rewards, data.step_mask)
+        activity = jax.vmap(lambda *a: one(layer, *a, fast)[0])(*xs)
+        mask = data.step_mask[:, :, None] & data.neuron_mask[:, None, :]
+        return jnp.where(mask, activity - data.activity, 0.0)
 
     jac = jax.jacrev(lambda w: residuals(w, True))(w0)
     ref = jax.jacfwd(lambda w: residuals(w, False))(w0)

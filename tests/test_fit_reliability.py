@@ -94,7 +94,7 @@ def test_gradient_clipping_through_optax_keeps_the_fit_finite():
 class SqrtResiduals(mp.losses.AbstractGaussNewtonLoss):
     """Squared residuals sqrt(θ) against zero targets: NaN for a negative θ."""
 
-    def observe(self, model, batch, *, checkpoint=False):
+    def observe(self, model, batch):
         residuals = jnp.sqrt(model["theta"]) + 0.0 * batch["z"][:, 0]
         ones = jnp.ones(residuals.shape, bool)
         return (

@@ -19,7 +19,7 @@ class LinearLoss(mp.losses.AbstractGaussNewtonLoss):
 
     likelihood: str = eqx.field(static=True, default="squared_error")
 
-    def observe(self, model, batch, *, checkpoint=False):
+    def observe(self, model, batch):
         theta = model["rule"].effective_coefficients.reshape(-1)
         pred = batch["X"] @ theta
         return (Observations(pred, batch["y"], batch["mask"], self.likelihood),)

@@ -281,7 +281,7 @@ class _LinearLeastSquares(mp.losses.AbstractGaussNewtonLoss):
     """`mean (A θ − b)²` over the rows of `A` (the "trajectories"): a least-squares problem
     with a closed-form solution, posed as a loss with Gauss–Newton structure."""
 
-    def observe(self, model, batch, *, checkpoint=False):
+    def observe(self, model, batch):
         f = batch["a"] @ model.theta
         return (mp.losses.Observations(f, batch["b"], jnp.ones(f.shape, bool), "squared_error"),)
 

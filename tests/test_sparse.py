@@ -18,7 +18,7 @@ class LinearLoss(mp.losses.AbstractGaussNewtonLoss):
     """Predictions linear in the 8 first-order Taylor coefficients over (x, w, r):
     `X @ θ` with squared error."""
 
-    def observe(self, model, batch, *, checkpoint=False):
+    def observe(self, model, batch):
         theta = model["rule"].effective_coefficients.reshape(-1)
         return (Observations(batch["X"] @ theta, batch["y"], batch["mask"], "squared_error"),)
 

@@ -252,3 +252,60 @@ def test_public_modules_say_what_they_export():
     # names a module merely imports are not part of its interface
     assert "PlasticDense" not in mp.losses.__all__ and "simulate" not in mp.metrics.__all__
     assert {"RecordingLoss", "Poisson", "AbstractLikelihood"} <= set(mp.losses.__all__)
+
+
+def test_the_mushroom_body_is_a_layer_of_the_one_scan(x64):
+    """The fly's network is a zoo layer: scanning its plasticity step over the accepted
+    presentations with `simulate_network` gives the replayed weights, and a closed-loop task
+    is an environment of the same scan."""
+    rule = mp.TaylorRule.from_expression("x*r - 0.3*y*w", ("x", "y", "w", "r"))
+    net = mp.behaviour.MushroomBody(rule, n_in=4, hidden=6, key=jr.key(0))
+    assert (net.in_size, net.out_size) == (4, 6)
+    task = mp.behaviour.OperantTask(block_lengths=15)
+    encoding = mp.behaviour.OdourEncoding(4, key=jr.key(1))
+    gen = mp.behaviour.generate_behaviour(net, task, encoding, 2, key=jr.key(2))
+    data = gen.data
+    accepted = (data.choices > 0.5) & data.presentation_mask
+    x_acc = jnp.einsum("btp,btpi->bti", accepted.astype(data.inputs.dtype), data.inputs)
+    signals = data.rewards - data.expected_rewards
+    sim = jax.vmap(lambda w0, x, r, m: mp.simulate_network(net, w0, x, r, m, return_states=True))(
+        gen.initial_weights, x_acc, signals, accepted.any(axis=-1) & data.trial_mask
+    )
+    replayed = mp.behaviour.replay(net, data, gen.initial_weights)
+    np.testing.assert_array_equal(sim.states, replayed.weights)
+    # Replayed on the inputs that generated the choices, the weights are the true ones.
+    generating = eqx.tree_at(lambda d: d.inputs, data, gen.generating_inputs)
+    truth = mp.behaviour.replay(net, generating, gen.initial_weights).weights
+    np.testing.assert_allclose(truth, gen.weights, rtol=1e-12, atol=1e-14)
+    env = mp.behaviour.OperantEnvironment(task)
+    with pytest.raises(mp.MetaplasticError, match="environment decides"):
+        mp.simulate_network(
+            net, net.initial_weights, jnp.zeros((3, 4)), jnp.zeros(3), environment=env
+        )
+
+
+def test_checkpointing_is_the_strategys_business(x64):
+    """`ReverseMode(checkpoint=...)` checkpoints every simulation of the loss without the
+    loss taking an option: the same gradient, and the traced program holds the remat."""
+    layer = _layer(mp.TaylorRule.from_expression(OJA))
+    data, _ = mp.generate_activity(
+        layer,
+        jr.normal(jr.key(3), (2, 10, 6)),
+        0.3 * jr.normal(jr.key(4), (2, 5, 6)),
+        key=jr.key(5),
+    )
+    params, static = eqx.partition(layer, mp.rule_filter_spec(layer))
+    loss = mp.losses.ActivityMSE()
+    grads = {}
+    for checkpoint in (False, True, 3):
+        strategy = mp.ReverseMode(checkpoint=checkpoint)
+        fn = lambda p: strategy.value_and_grad(loss, p, static, data)[1]
+        grads[checkpoint] = fn(params).rule.coefficients
+        remat = "remat" in str(jax.make_jaxpr(fn)(params))
+        assert remat == (checkpoint is not False)
+    np.testing.assert_allclose(grads[True], grads[False], rtol=1e-12)
+    np.testing.assert_allclose(grads[3], grads[False], rtol=1e-12)
+    assert mp._simulate.current_checkpoint() is False  # the context ends with the strategy
+    with pytest.raises(mp.MetaplasticError, match="segment length"):
+        with mp.checkpointing(0):
+            pass

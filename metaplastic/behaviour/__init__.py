@@ -30,6 +30,7 @@ from ._ensembles import stack_rules as stack_rules
 from ._ensembles import taylor_student as taylor_student
 from ._ensembles import taylor_students as taylor_students
 from ._generate import GeneratedBehaviour as GeneratedBehaviour
+from ._generate import OperantEnvironment as OperantEnvironment
 from ._generate import encode_odours as encode_odours
 from ._generate import generate_behaviour as generate_behaviour
 from ._metrics import compare_behaviour as compare_behaviour

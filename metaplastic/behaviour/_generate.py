@@ -16,11 +16,12 @@ from jaxtyping import Array, Bool, Float
 
 from .._errors import MetaplasticError
 from .._random import host_rng
+from .._simulate import AbstractEnvironment, simulate_network
 from .._types import Key
 from ..nn import ActivityReadout
 from ._data import ChoiceDataset
 from ._network import MushroomBody, OdourEncoding
-from ._task import OperantTask
+from ._task import OperantTask, TaskState
 
 
 def encode_odours(data: ChoiceDataset, encoding: OdourEncoding, *, key: Key) -> ChoiceDataset:
@@ -70,6 +71,47 @@ class GeneratedBehaviour(eqx.Module):
     neuron_mask: Bool[Array, "batch n"] | None
 
 
+class OperantEnvironment(AbstractEnvironment):
+    """The operant task as the environment of a `MushroomBody`, closed loop: one step is one
+    trial. The task baits the odours; the network sees the trial's bounded run of
+    presentations at once (its weights do not change within a trial) and accepts with
+    `p = sigmoid(logit)`; the first acceptance ends the trial, collects the reward and
+    drives the network's plasticity step with the reward signal.
+
+    Its per-trial inputs are `(probabilities, bait_uniforms, odours, encoded_inputs,
+    accept_uniforms)`: the block's reward probabilities `(2,)`, the baiting draws `(2,)`, the
+    odours `(presentations,)`, their encodings `(presentations, n_in)` and the acceptance
+    draws `(presentations,)`, all drawn up front. Each trial records `(choices, valid,
+    reward, expected, weights, baited, hidden, logits)`.
+    """
+
+    task: OperantTask
+
+    def init_state(self) -> TaskState:
+        return self.task.init_state()
+
+    def step(self, network, state, task_state, inputs):
+        weight = state
+        p, bait_u, odours, x, accept_u = inputs
+        positions = jnp.arange(odours.shape[0])
+        task_state = self.task.start_trial(task_state, p, bait_u)
+        baited = task_state.baited
+        y, logits = network.forward(weight, x)
+        accepts = accept_u < jax.nn.sigmoid(logits)
+        accepted = jnp.any(accepts)
+        first = jnp.argmax(accepts)
+        valid = jnp.where(accepted, positions <= first, True)
+        choices = (positions == first) & accepted
+        expected = self.task.expected_reward(task_state)
+        reward, task_state = self.task.end_trial(task_state, odours[first], accepted)
+        signal = network.signal(reward, expected)
+        # The update with the activity of the accepted presentation, already computed.
+        updated = network.update(weight, x[first], y[first], signal)
+        weight = jnp.where(accepted, updated, weight)
+        out = (choices, valid, reward, expected, weight, baited, y, logits)
+        return out, weight, task_state
+
+
 @eqx.filter_jit
 def _closed_loop(
     network: MushroomBody,
@@ -81,37 +123,15 @@ def _closed_loop(
 ):
     probabilities = task.trial_probabilities()
     n_pres = task.max_presentations
-    positions = jnp.arange(n_pres)
-
-    def trial(carry, xs):
-        weight, state = carry
-        p, bait_u, odours, x, accept_u = xs
-        state = task.start_trial(state, p, bait_u)
-        baited = state.baited
-        # All presentations of a trial see the same weights, so the whole bounded run of
-        # presentations is evaluated at once; the first acceptance ends the trial.
-        y, logits = network.forward(weight, x)
-        accepts = accept_u < jax.nn.sigmoid(logits)
-        accepted = jnp.any(accepts)
-        first = jnp.argmax(accepts)
-        valid = jnp.where(accepted, positions <= first, True)
-        choices = (positions == first) & accepted
-        expected = task.expected_reward(state)
-        reward, state = task.end_trial(state, odours[first], accepted)
-        signal = network.signal(reward, expected)
-        updated = network.update(weight, x[first], y[first], signal)
-        weight = jnp.where(accepted, updated, weight)
-        out = (choices, valid, reward, expected, weight, baited, y, logits)
-        return (weight, state), out
+    environment = OperantEnvironment(task)
 
     def one(w0, u, z):
         bait_u, odour_u, accept_u = u[:, :2], u[:, 2 : 2 + n_pres], u[:, 2 + n_pres :]
         odours = (odour_u < 0.5).astype(jnp.int32)
         x = encoding.with_noise(odours, z[0])
         xs = (probabilities, bait_u, odours, x, accept_u)
-        _, (choices, valid, reward, expected, weights, baited, y, logits) = jax.lax.scan(
-            trial, (w0, task.init_state()), xs
-        )
+        sim = simulate_network(network, w0, xs, environment=environment, checkpoint=False)
+        choices, valid, reward, expected, weights, baited, y, logits = sim.outputs
         fresh = encoding.with_noise(odours, z[1])
         return (odours, choices, valid, reward, expected, weights, baited, x, fresh, y, logits)
 
@@ -131,9 +151,10 @@ def generate_behaviour(
 ) -> GeneratedBehaviour:
     """Simulate a ground-truth network choosing in the operant task, closed loop.
 
-    One jitted function scans over trials; within a trial a bounded run of
-    `task.max_presentations` presentations is drawn at once (the weights do not change within
-    a trial) and the first acceptance ends it; trajectories are vmapped. Each trajectory starts
+    One jitted function scans over trials (`simulate_network` with the task as its
+    `OperantEnvironment`); within a trial a bounded run of `task.max_presentations`
+    presentations is drawn at once (the weights do not change within a trial) and the first
+    acceptance ends it; trajectories are vmapped. Each trajectory starts
     from fresh weights `N(0, network.init_std²)`. The random numbers (initial weights,
     baiting, odours, input noise, choices) are drawn up front by a numpy generator seeded from
     `key`, so a key always gives the same behaviour. The presentation axis of the result is

@@ -9,7 +9,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._errors import MetaplasticError
 from .._types import Key, Post, Pre, Scalar, Weight
-from ..nn import FixedDense, PlasticDense
+from ..nn import AbstractLayer, FixedDense, PlasticDense
 from ..rules import AbstractRule
 
 
@@ -77,7 +77,7 @@ class OdourEncoding(eqx.Module):
         return self.means[jnp.asarray(odours)] + jnp.sqrt(self.variance) * noise
 
 
-class MushroomBody(eqx.Module):
+class MushroomBody(AbstractLayer):
     """The mushroom-body model of a fly choosing whether to accept an odour.
 
     Input units `x` (the odour encoding) drive a plastic layer `y = tanh(W x)` (Kenyon cells to
@@ -89,6 +89,12 @@ class MushroomBody(eqx.Module):
 
     `initial_weights` are the weights a fitted model starts every trajectory from (not trained
     by default).
+
+    As a layer of the model zoo (`metaplastic.nn.AbstractLayer`) its state is the weights and
+    one step is one trial's plasticity step at the accepted presentation: `step(W, x_a, r)`
+    gives `y = tanh(W x_a)` and the clipped updated weights. `metaplastic.simulate_network`
+    scans it over trials, teacher-forced on recorded choices (`replay`) or closed loop in the
+    task (`OperantEnvironment`).
     """
 
     plastic: PlasticDense
@@ -145,11 +151,19 @@ class MushroomBody(eqx.Module):
 
     @property
     def n_in(self) -> int:
-        return self.initial_weights.shape[1]
+        return self.initial_weights.shape[-1]
 
     @property
     def hidden(self) -> int:
-        return self.initial_weights.shape[0]
+        return self.initial_weights.shape[-2]
+
+    @property
+    def in_size(self) -> int:
+        return self.n_in
+
+    @property
+    def out_size(self) -> int:
+        return self.hidden
 
     @property
     def rule(self) -> AbstractRule:
@@ -185,3 +199,15 @@ class MushroomBody(eqx.Module):
         if self.weight_bound is not None:
             new = jnp.clip(new, -self.weight_bound, self.weight_bound)
         return new
+
+    def step(self, state: Weight, pre: Pre, reward: Scalar | float) -> tuple[Post, Weight]:
+        """One trial's plasticity step: the plastic layer's activity `y = tanh(W x)` at the
+        accepted presentation `x` and the weights after the update with the reward signal
+        `reward` (`signal`, not the raw reward)."""
+        post = self.plastic.forward(state, pre)
+        return post, self.update(state, pre, post, reward)
+
+    def init_state(self, *, key: Key, scale: float | None = None) -> Weight:
+        """Initial weights `N(0, scale²)`, `scale` defaulting to `init_std`."""
+        scale = self.init_std if scale is None else scale
+        return scale * jr.normal(key, (self.hidden, self.n_in), self.initial_weights.dtype)

@@ -27,10 +27,8 @@ class ChoiceBCE(AbstractGaussNewtonLoss):
         self,
         model: MushroomBody,
         batch: ChoiceDataset | PackedChoiceDataset | NoisyChoices,
-        *,
-        checkpoint: bool | int = False,
     ) -> tuple[Observations, ...]:
-        logits = choice_logits(model, batch, checkpoint=bool(checkpoint))
+        logits = choice_logits(model, batch)
         return (Observations(logits, batch.choices, batch.presentation_mask, "bernoulli"),)
 
 
@@ -68,10 +66,10 @@ class ChoiceActivity(AbstractGaussNewtonLoss):
     activity_weight: float = eqx.field(static=True, default=1.0)
 
     def observe(
-        self, model: MushroomBody, batch: ChoiceActivityDataset, *, checkpoint: bool | int = False
+        self, model: MushroomBody, batch: ChoiceActivityDataset
     ) -> tuple[Observations, ...]:
         choices = batch.choices
-        rep = replay(model, choices, checkpoint=bool(checkpoint))
+        rep = replay(model, choices)
         predicted = rep.hidden if batch.record == "hidden" else rep.logits[..., None]
         mask = choices.presentation_mask[..., None] & batch.neuron_mask[:, None, None, :]
         return (

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from .._errors import MetaplasticError
+from .._simulate import current_checkpoint, simulate_network
 from ..losses import bernoulli_log_likelihood
+from ..nn import ACTIVATIONS
 from ._data import ChoiceDataset, NoisyChoices, PackedChoiceDataset, marginal_logits
 from ._network import MushroomBody
 
@@ -44,18 +46,18 @@ def _check_inputs(network: MushroomBody, data: Choices) -> None:
 
 
 def _weight_trajectory(network, w0, accepted_inputs, accepted, signals, checkpoint):
-    """The weights after each trial: one plasticity step per trial with an acceptance."""
-
-    def trial(weight, xs):
-        x, valid, signal = xs
-        y = network.plastic.forward(weight, x)
-        updated = network.update(weight, x, y, signal)
-        weight = jnp.where(valid, updated, weight)
-        return weight, weight
-
-    body = jax.checkpoint(trial) if checkpoint else trial
-    _, after = jax.lax.scan(body, w0, (accepted_inputs, accepted, signals))
-    return after
+    """The weights after each trial: the network's plasticity step at each trial with an
+    acceptance, scanned over trials by the one simulation."""
+    sim = simulate_network(
+        network,
+        w0,
+        accepted_inputs,
+        signals,
+        accepted,
+        return_states=True,
+        checkpoint=checkpoint,
+    )
+    return sim.states
 
 
 def _replay_padded(network, w0, inputs, choices, pmask, tmask, rewards, expected, checkpoint):
@@ -79,25 +81,27 @@ def _replay_packed(
     after = _weight_trajectory(network, w0, x_acc, accepted & tmask, signals, checkpoint)
     before = jnp.concatenate([w0[None], after[:-1]])
     weight = before[trial_index]
-    hidden = jnp.tanh(jnp.einsum("nji,ni->nj", weight, inputs))
+    activation = ACTIVATIONS[network.plastic.activation]
+    hidden = activation(jnp.einsum("nji,ni->nj", weight, inputs))
     logits = jax.vmap(network.readout)(hidden)[:, 0]
     return logits, hidden, after
 
 
-@eqx.filter_jit
 def replay(
     network: MushroomBody,
     data: ChoiceDataset | PackedChoiceDataset | NoisyChoices,
     initial_weights: Float[Array, "batch hidden n_in"] | None = None,
     *,
-    checkpoint: bool = False,
+    checkpoint: bool | int | None = None,
 ) -> Replay:
     """Teacher-force a network on recorded odours, choices and rewards.
 
     Within trial `t` every presentation sees the weights `W_t`; after the trial,
     `W_{t+1} = W_t + η · rule(x_a, y_a, W_t, r_t)` where `a` is the trial's accepted
     presentation. Trials without an accepted presentation (the cap) and padded trials leave
-    the weights unchanged.
+    the weights unchanged. The trials are scanned by `metaplastic.simulate_network` with the
+    network's plasticity step, the accepted presentations as its inputs and the trials
+    without one masked out.
 
     **Arguments:**
 
@@ -107,12 +111,19 @@ def replay(
       refused with a pointer to `choice_logits`.
     - `initial_weights`: per-trajectory starting weights, `(batch, hidden, n_in)`; default
       `network.initial_weights` for every trajectory.
-    - `checkpoint`: recompute each trial in the backward pass instead of storing it.
+    - `checkpoint`: as for `simulate_network` (default: as the differentiation strategy says).
 
     **Returns:**
 
     A `Replay`.
     """
+    if checkpoint is None:
+        checkpoint = current_checkpoint()
+    return _replay(network, data, initial_weights, checkpoint)
+
+
+@eqx.filter_jit
+def _replay(network, data, initial_weights, checkpoint):
     if isinstance(data, NoisyChoices):
         raise MetaplasticError(
             "replay takes one encoding of the odours; for NoisyChoices replay each draw "
@@ -144,7 +155,7 @@ def choice_logits(
     data: ChoiceDataset | PackedChoiceDataset | NoisyChoices,
     initial_weights: Float[Array, "batch hidden n_in"] | None = None,
     *,
-    checkpoint: bool = False,
+    checkpoint: bool | int | None = None,
 ) -> Float[Array, "batch ..."]:
     """The teacher-forced logit of accepting at every presentation (see `replay`). On
     `NoisyChoices` every draw of the input noise is replayed (vmapped) and the result is the

@@ -120,8 +120,8 @@ def _member_network(model: MushroomBody, batch: _FlyBatch) -> MushroomBody:
 class _FlyChoices(AbstractGaussNewtonLoss):
     """`ChoiceBCE` of the member's network (`_member_network`)."""
 
-    def observe(self, model: MushroomBody, batch: _FlyBatch, *, checkpoint: bool | int = False):
-        return ChoiceBCE().observe(_member_network(model, batch), batch.data, checkpoint=checkpoint)
+    def observe(self, model: MushroomBody, batch: _FlyBatch):
+        return ChoiceBCE().observe(_member_network(model, batch), batch.data)
 
 
 def _choices_with_l1(model: MushroomBody, batch: _FlyBatch) -> Array:
