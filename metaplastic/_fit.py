@@ -212,6 +212,7 @@ def fit(
     callback: Callable[[int, float, PyTree], bool | None] | None = None,
     ensemble: bool = False,
     data_ensemble_axis: int | None = 0,
+    per_member: Callable[[PyTree], PyTree] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
@@ -250,6 +251,11 @@ def fit(
     - `ensemble`: fit a batch of models at once (vmapped): every trainable array of `model`
       has a leading member axis; `data` has one too at `data_ensemble_axis` (`None`: every
       member sees the same data).
+    - `per_member`: with `ensemble=True`, the arrays of `model` that do not train but differ
+      between members, as a function of the model, e.g. `lambda m: m.initial_weights` or
+      `lambda m: (m.initial_weights, m.rule.trainable)` (each member's own initial state,
+      its own set of frozen terms). They carry the leading member axis and are vmapped with
+      the trainable arrays; every other non-trainable array is shared. `None`: all shared.
     - `checkpoint_dir`: a folder (one per fit) for the checkpoint file `fit.ckpt`: the model,
       the solver's state, the step, the PRNG key and the history, written atomically.
     - `checkpoint_every`: save every this many steps (default: about 20 times per fit). A
@@ -305,6 +311,7 @@ def fit(
     param_leaves = jax.tree.leaves(params)
     data_axis = data_ensemble_axis if ensemble else None
     members = check_ensemble(param_leaves, data, data_axis) if ensemble else None
+    own, static = split_per_member(model, params, static, per_member, members)
     chunks = getattr(solver, "chunks", None)
     n = _leading_size(data, 0 if data_axis is None or data_axis != 0 else 1)
     batch = n if batch_size is None else min(batch_size, n)
@@ -315,9 +322,14 @@ def fit(
         checkpoint_every = max(1, round(steps / 20))
     objective = Objective(loss, penalties, static, differentiation)
     expected_shape = () if not ensemble else (members,)
+
+    def objective_value(p_own, d):
+        obj = with_member_arrays(objective, p_own[1])
+        return loss(obj.model(p_own[0]), d) + obj.penalty(p_own[0])
+
     loss_shape = preflight(
-        lambda p, d: loss(objective.model(p), d) + objective.penalty(p),
-        params,
+        objective_value,
+        (params, own),
         data,
         None if whole else np.arange(batch),
         in_axes=None if not ensemble else (0, data_axis),
@@ -330,20 +342,20 @@ def fit(
 
     traces = [0]
 
-    def member_step(p, s, obj, d, sub):
+    def member_step(p, s, obj, o, d, sub):
         b = d if whole else take(d, jr.choice(sub, n, (batch,), replace=False))
-        p, s, value = solver.step(obj, p, s, b)
+        p, s, value = solver.step(with_member_arrays(obj, o), p, s, b)
         finite = jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(p)])
         return p, s, value, finite
 
     if ensemble:
-        member_step = eqx.filter_vmap(member_step, in_axes=(0, 0, None, data_axis, None))
+        member_step = eqx.filter_vmap(member_step, in_axes=(0, 0, None, 0, data_axis, None))
 
     @eqx.filter_jit
-    def run_step(p, s, obj, d, k):
+    def run_step(p, s, obj, o, d, k):
         traces[0] += 1
         k, sub = jr.split(k)
-        return (*member_step(p, s, obj, d, sub), k)
+        return (*member_step(p, s, obj, o, d, sub), k)
 
     init = lambda p: solver.init(objective, p)
     state = eqx.filter_vmap(init)(params) if ensemble else init(params)
@@ -379,7 +391,7 @@ def fit(
         {"checkpoint_every": checkpoint_every},
     )
     path = record.path
-    as_model = lambda p: eqx.combine(p, static)
+    as_model = lambda p: eqx.combine(p, static) if own is None else eqx.combine(p, own, static)
 
     done = 0
     resumed = record.resume(resume, as_model(params), key, state)
@@ -421,7 +433,7 @@ def fit(
         while done < steps:
             i = done
             new_params, new_state, value, finite, new_key = run_step(
-                params, state, objective, data, key
+                params, state, objective, own, data, key
             )
             value_np = host_array(value)
             finite_np = host_array(finite).reshape(expected_shape + (len(param_leaves),))
@@ -483,6 +495,60 @@ def _options(module: Any) -> dict[str, Any]:
         if isinstance(value, (bool, int, float, str)) or value is None:
             out[f.name] = value
     return out
+
+
+def split_per_member(
+    model: PyTree,
+    params: PyTree,
+    static: PyTree,
+    per_member: Callable[[PyTree], PyTree] | None,
+    members: int | None,
+) -> tuple[PyTree, PyTree]:
+    """`(own, shared)`: the non-trainable part `static` of `model` split into the arrays
+    `per_member(model)` selects (each member's own, leading member axis) and the rest
+    (shared by every member); `own` is `None` without `per_member` (package-internal, shared
+    by `fit` and `laplace`)."""
+    if per_member is None:
+        return None, static
+    if members is None:
+        raise MetaplasticError("per_member needs ensemble=True (it names per-member arrays).")
+    if not callable(per_member):
+        raise MetaplasticError(
+            "per_member must be a function of the model returning the per-member arrays, "
+            f"e.g. lambda m: m.initial_weights; got {type(per_member).__name__}."
+        )
+    false = jax.tree.map(lambda _: False, model)
+    try:
+        mask = eqx.tree_at(
+            per_member, false, replace_fn=lambda node: jax.tree.map(lambda _: True, node)
+        )
+    except Exception as err:
+        raise MetaplasticError(
+            f"per_member does not select part of the model: {type(err).__name__}: {err}"
+        ) from err
+    names = _path_names(eqx.filter(params, mask))
+    if names:
+        raise MetaplasticError(
+            f"per_member selects arrays that train ({', '.join(names)}); it names arrays "
+            "that do not train (trainable ones are per member already)."
+        )
+    own, shared = eqx.partition(static, mask)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(own)[0]:
+        if not eqx.is_array(leaf) or leaf.ndim == 0 or leaf.shape[0] != members:
+            raise MetaplasticError(
+                f"per_member array {jax.tree_util.keystr(path) or '(root)'} needs a leading "
+                f"member axis of {members}; got shape {getattr(leaf, 'shape', type(leaf))}."
+            )
+    if not jax.tree.leaves(own):
+        raise MetaplasticError("per_member selects no array of the model.")
+    return own, shared
+
+
+def with_member_arrays(objective: Objective, own: PyTree) -> Objective:
+    """`objective` with one member's own arrays put back into its model."""
+    if own is None:
+        return objective
+    return eqx.tree_at(lambda o: o.static, objective, eqx.combine(own, objective.static))
 
 
 def check_ensemble(param_leaves: list, data: PyTree, data_axis: int | None) -> int:

@@ -21,7 +21,14 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
 from ._errors import MetaplasticError
-from ._fit import fit, partition_trainable, rule_filter_spec
+from ._fit import (
+    check_ensemble,
+    fit,
+    partition_trainable,
+    rule_filter_spec,
+    split_per_member,
+    with_member_arrays,
+)
 from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._solver import LevenbergMarquardt, Objective
 from ._solver._base import check_chunks
@@ -48,13 +55,17 @@ def _is_taylor(node: Any) -> bool:
 
 def _labels(model: PyTree, params: PyTree, ensemble: bool) -> tuple[list[str], np.ndarray]:
     """The name of every flat trainable parameter (`ravel_pytree` order) and whether it is
-    free (False: a term frozen by a `TaylorRule.trainable` mask)."""
+    free (False: a term frozen by a `TaylorRule.trainable` mask), `(n,)`, or per member,
+    `(members, n)`, for an ensemble whose masks carry the member axis."""
     rules = {
         path: node
         for path, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_taylor)[0]
         if _is_taylor(node)
     }
     prefix_rules = len(rules) > 1
+    members = None
+    if ensemble:
+        members = jax.tree.leaves(params)[0].shape[0]
     names: list[str] = []
     free: list[np.ndarray] = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -66,19 +77,17 @@ def _labels(model: PyTree, params: PyTree, ensemble: bool) -> tuple[list[str], n
             mask = np.ones(shape, bool)
             if rule.trainable is not None:
                 mask = np.asarray(rule.trainable)
-                if mask.ndim > len(shape):  # a mask with a member axis: one for all members
-                    if not np.all(mask == mask[:1]):
-                        raise MetaplasticError(
-                            "laplace needs the same trainable mask for every ensemble member."
-                        )
-                    mask = mask[0]
-            free.append(mask.reshape(-1))
+            if mask.ndim == len(shape):  # one mask for every member
+                mask = np.broadcast_to(mask, (members,) + shape) if ensemble else mask
+            free.append(mask.reshape((members, -1) if ensemble else -1))
         else:
             key = jax.tree_util.keystr(path)
             size = math.prod(shape)
             names += [key] if size == 1 else [f"{key}{list(i)}" for i in np.ndindex(*shape)]
-            free.append(np.ones(size, bool))
-    return names, np.concatenate(free) if free else np.zeros(0, bool)
+            free.append(np.ones((members, size) if ensemble else size, bool))
+    if not free:
+        return names, np.zeros((members, 0) if ensemble else 0, bool)
+    return names, np.concatenate(free, axis=-1)
 
 
 class Posterior(eqx.Module):
@@ -291,6 +300,7 @@ def laplace(
     chunks: int | None = None,
     ensemble: bool = False,
     data_ensemble_axis: int | None = 0,
+    per_member: Callable[[PyTree], PyTree] | None = None,
     cutoff: float | None = None,
 ) -> Posterior:
     """The Laplace approximation of the posterior of the trainable parameters of a fitted
@@ -309,14 +319,15 @@ def laplace(
       the penalty is added (the smoothed L1 has a large curvature near zero).
 
     Frozen Taylor terms (`TaylorRule.trainable` masks) are fixed: zero variance, left out of
-    the inverse. The rest is inverted by eigen-decomposition: directions whose precision is
+    the inverse and of the count of free parameters; in an ensemble whose masks differ
+    between members (`per_member`), each member's own frozen terms. The rest is inverted by eigen-decomposition: directions whose precision is
     at or below `cutoff · λ_max` are undetermined and left out (a pseudo-inverse; `rank`
     counts the others, `Posterior.identifiability()` names them).
 
     **Arguments:**
 
     - `model`, `data`, `loss`, `filter_spec`, `penalty`, `differentiation`, `ensemble`,
-      `data_ensemble_axis`: as for `metaplastic.fit` (pass the fitted model).
+      `data_ensemble_axis`, `per_member`: as for `metaplastic.fit` (pass the fitted model).
     - `chunks`: the number of groups the trajectories are cut into for the Jacobian (`None`:
       chosen as by `metaplastic.LevenbergMarquardt`).
     - `cutoff`: relative eigenvalue cutoff (default `10 · p · eps` of the dtype).
@@ -331,16 +342,25 @@ def laplace(
     check_chunks(chunks)
     filter_spec, params, static = partition_trainable(model, filter_spec)
     leaves = jax.tree.leaves(params)
-    names, free = _labels(model, params, ensemble)
-    n_free = int(free.sum())
+    members = None
+    if ensemble:
+        members = check_ensemble(leaves, data, data_ensemble_axis)
+    own, static = split_per_member(model, params, static, per_member, members)
+    names, member_free = _labels(model, params, ensemble)
+    # The parameters free in any member; a member's own frozen terms among them are fixed
+    # inside its posterior.
+    free = member_free.any(axis=0) if ensemble else member_free
+    n_free_any = int(free.sum())
     objective = Objective(loss, penalties, static, differentiation)
     dtype = jnp.result_type(*leaves)
-    rel = _default_cutoff(n_free, dtype) if cutoff is None else float(cutoff)
+    rel = _default_cutoff(n_free_any, dtype) if cutoff is None else float(cutoff)
     free_idx = np.flatnonzero(free)
 
-    def one(p, d):
+    def one(p, o, own_free, d):
+        objective_m = with_member_arrays(objective, o)
+        n_free = jnp.sum(own_free)
         theta, unravel = ravel_pytree(p)
-        groups = objective.gauss_newton_groups(p, d, objective.jacobian_chunks(p, d, chunks))
+        groups = objective_m.gauss_newton_groups(p, d, objective_m.jacobian_chunks(p, d, chunks))
         n_total = sum(jnp.asarray(c, theta.dtype) for _, _, _, c, _, _ in groups)
         prec = jnp.zeros((theta.size, theta.size), theta.dtype)
         scale_sum = jnp.zeros((), theta.dtype)
@@ -357,8 +377,10 @@ def laplace(
             scale_sum = scale_sum + c * count
         weight_sum = sum(w for w, *_ in groups)
         if penalties:
-            flat_penalty = lambda t: objective.penalty(unravel(t))
+            flat_penalty = lambda t: objective_m.penalty(unravel(t))
             prec = prec + scale_sum / weight_sum * jax.hessian(flat_penalty)(theta)
+        fixed = ~jnp.asarray(own_free)
+        prec = jnp.where(fixed[:, None] | fixed[None, :], 0.0, prec)
         sub = prec[np.ix_(free_idx, free_idx)]
         sub = 0.5 * (sub + sub.T)
         values, vectors = jnp.linalg.eigh(sub)
@@ -366,8 +388,7 @@ def laplace(
         inv = jnp.where(keep, 1 / jnp.where(keep, values, 1.0), 0.0)
         cov_sub = (vectors * inv) @ vectors.T
         cov = jnp.zeros_like(prec).at[np.ix_(free_idx, free_idx)].set(cov_sub)
-        fixed = ~jnp.asarray(free)
-        prec = jnp.where(fixed[:, None] | fixed[None, :], 0.0, prec)
+        cov = jnp.where(fixed[:, None] | fixed[None, :], 0.0, cov)
         if not noise:
             sigma = None
         elif len(noise) == 1:
@@ -376,8 +397,8 @@ def laplace(
             sigma = jnp.stack(noise)
         return cov, prec, sigma, jnp.sum(keep)
 
-    fn = eqx.filter_vmap(one, in_axes=(0, data_ensemble_axis)) if ensemble else one
-    cov, prec, sigma, rank = eqx.filter_jit(fn)(params, data)
+    fn = eqx.filter_vmap(one, in_axes=(0, 0, 0, data_ensemble_axis)) if ensemble else one
+    cov, prec, sigma, rank = eqx.filter_jit(fn)(params, own, member_free, data)
     return Posterior(params, cov, prec, sigma, rank, tuple(names), tuple(bool(f) for f in free))
 
 

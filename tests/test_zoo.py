@@ -299,7 +299,7 @@ def test_checkpointing_is_the_strategys_business(x64):
     grads = {}
     for checkpoint in (False, True, 3):
         strategy = mp.ReverseMode(checkpoint=checkpoint)
-        fn = lambda p: strategy.value_and_grad(loss, p, static, data)[1]
+        fn = lambda p, strategy=strategy: strategy.value_and_grad(loss, p, static, data)[1]
         grads[checkpoint] = fn(params).rule.coefficients
         remat = "remat" in str(jax.make_jaxpr(fn)(params))
         assert remat == (checkpoint is not False)
@@ -309,3 +309,65 @@ def test_checkpointing_is_the_strategys_business(x64):
     with pytest.raises(mp.MetaplasticError, match="segment length"):
         with mp.checkpointing(0):
             pass
+
+
+def test_fit_and_laplace_vmap_per_member_arrays_that_do_not_train(x64):
+    """`per_member=`: each ensemble member with its own frozen-term mask is fitted, and its
+    posterior taken, exactly as it would be alone."""
+    rule = mp.TaylorRule.from_expression(OJA)
+    truth = mp.nn.PlasticDense(rule, eta=0.5, activation="identity")
+    x = 0.5 * jr.normal(jr.key(0), (2, 6, 20, 4))
+    w0 = 0.3 * jr.normal(jr.key(1), (2, 6, 3, 4))
+    datas = [mp.generate_activity(truth, x[i], w0[i], key=jr.key(2 + i))[0] for i in range(2)]
+    datas = [
+        eqx.tree_at(
+            lambda d: d.activity, d, d.activity + 0.01 * jr.normal(jr.key(9 + i), d.activity.shape)
+        )
+        for i, d in enumerate(datas)
+    ]
+    masks = np.zeros((2, 3, 3, 3), bool)
+    for i, terms in enumerate((["x*y", "y^2*w"], ["x*y", "y^2*w", "x"])):
+        masks[i] = rule.mask(terms)
+
+    def student(mask):
+        return mp.nn.PlasticDense(
+            mp.TaylorRule(jnp.zeros((3, 3, 3)), trainable=mask), eta=0.5, activation="identity"
+        )
+
+    loss = mp.losses.ActivityMSE()
+    alone = [
+        mp.fit(student(m), d, loss, steps=10, progress=False).model for m, d in zip(masks, datas)
+    ]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *datas)
+    start = eqx.tree_at(
+        lambda m: (m.rule.coefficients, m.rule.trainable),
+        student(masks[0]),
+        (jnp.zeros((2, 3, 3, 3)), jnp.asarray(masks)),
+    )
+    own = lambda m: m.rule.trainable
+    together = mp.fit(start, stacked, loss, steps=10, progress=False, ensemble=True, per_member=own)
+    fitted = np.asarray(together.model.rule.coefficients)
+    for i in range(2):
+        np.testing.assert_allclose(fitted[i], alone[i].rule.coefficients, rtol=1e-9, atol=1e-12)
+        assert np.all(fitted[i][~masks[i]] == 0.0)  # frozen terms never move
+    post = mp.laplace(together.model, stacked, loss, ensemble=True, per_member=own)
+    for i in range(2):
+        single = mp.laplace(alone[i], datas[i], loss)
+        np.testing.assert_allclose(post.covariance[i], single.covariance, rtol=1e-6, atol=1e-14)
+        np.testing.assert_allclose(post.noise_scale[i], single.noise_scale, rtol=1e-9)
+        assert int(post.rank[i]) == int(single.rank) == masks[i].sum()
+    with pytest.raises(mp.MetaplasticError, match="needs ensemble=True"):
+        mp.fit(alone[0], datas[0], loss, steps=1, progress=False, per_member=own)
+    with pytest.raises(mp.MetaplasticError, match="arrays that train"):
+        mp.fit(
+            start,
+            stacked,
+            loss,
+            steps=1,
+            progress=False,
+            ensemble=True,
+            per_member=lambda m: m.rule.coefficients,
+        )
+    bad = eqx.tree_at(lambda m: m.rule.trainable, start, jnp.asarray(masks[:1]))
+    with pytest.raises(mp.MetaplasticError, match="leading member axis of 2"):
+        mp.fit(bad, stacked, loss, steps=1, progress=False, ensemble=True, per_member=own)
