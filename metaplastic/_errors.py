@@ -63,6 +63,13 @@ class MissingDependencyError(MetaplasticError, ImportError):
     """An optional dependency (an extra such as `metaplastic[plot]`) is not installed."""
 
 
+def first_line(err: BaseException) -> str:
+    """`"TypeName: first line of the message"`: an exception summed up in one line, for a
+    `MetaplasticError` that wraps it with what the user should check."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def require(module: str, extra: str, purpose: str) -> Any:
     """Import an optional dependency, or raise `MissingDependencyError` naming the extra."""
     import importlib

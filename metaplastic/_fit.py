@@ -20,7 +20,7 @@ import optax
 from jaxtyping import PyTree
 
 from . import _checkpoint as ckpt
-from ._errors import CheckpointError, FitDivergedError, MetaplasticError
+from ._errors import CheckpointError, FitDivergedError, MetaplasticError, first_line
 from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._multihost import host_array, is_main_process, put
 from ._progress import Progress
@@ -148,10 +148,9 @@ def preflight(
     except MetaplasticError:
         raise
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise MetaplasticError(
             "The loss cannot be evaluated on this data with this model — do the data's shapes "
-            f"(e.g. the number of inputs) match the model's? {type(err).__name__}: {first}"
+            f"(e.g. the number of inputs) match the model's? {first_line(err)}"
         ) from err
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise MetaplasticError(f"The loss must return one array, got {type(out).__name__}.")

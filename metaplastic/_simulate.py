@@ -5,6 +5,7 @@ import contextlib
 import contextvars
 import typing
 from collections.abc import Iterator
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -12,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
-from ._errors import MetaplasticError
+from ._errors import MetaplasticError, first_line
 from ._types import Key
-from ._validate import real_array
+from ._validate import batched_inputs, real_array
 from .data import ActivityDataset, RecordingDataset
 from .data._activity import float_dtype
 from .nn import AbstractLayer, ActivityReadout, Model, PlasticDense, layer_rules
@@ -32,15 +33,20 @@ def checkpointing(checkpoint: bool | int) -> Iterator[None]:
     `False`: store every step). A differentiation strategy sets it around the loss it
     differentiates (`metaplastic.ReverseMode(checkpoint=...)`), so losses and models never
     carry the option: how a scan is differentiated is the strategy's business."""
-    if not (isinstance(checkpoint, bool) or (isinstance(checkpoint, int) and checkpoint >= 1)):
-        raise MetaplasticError(
-            f"checkpoint must be True, False or a segment length >= 1, got {checkpoint!r}."
-        )
-    token = _CHECKPOINT.set(checkpoint)
+    token = _CHECKPOINT.set(_check_checkpoint(checkpoint))
     try:
         yield
     finally:
         _CHECKPOINT.reset(token)
+
+
+def _check_checkpoint(checkpoint: Any) -> bool | int:
+    """`checkpoint` itself if it is `True`, `False` or a segment length >= 1."""
+    if not (isinstance(checkpoint, bool) or (isinstance(checkpoint, int) and checkpoint >= 1)):
+        raise MetaplasticError(
+            f"checkpoint must be True, False or a segment length >= 1, got {checkpoint!r}."
+        )
+    return checkpoint
 
 
 def current_checkpoint() -> bool | int:
@@ -224,12 +230,8 @@ def _scan(body, carry, xs, length: int, checkpoint: bool | int):
     """`jax.lax.scan` of `body` (whose `xs` are `(inputs, valid)`), checkpointed as asked."""
     if checkpoint is True:
         return jax.lax.scan(jax.checkpoint(body), carry, xs)
-    if checkpoint is False:
+    if _check_checkpoint(checkpoint) is False:
         return jax.lax.scan(body, carry, xs)
-    if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1:
-        raise MetaplasticError(
-            f"checkpoint must be True, False or a segment length >= 1, got {checkpoint!r}."
-        )
     return _scan_segments(body, carry, xs, length, checkpoint)
 
 
@@ -344,12 +346,8 @@ def generate_activity(
         raise MetaplasticError(f"readout must be an ActivityReadout, got {type(readout).__name__}.")
     if not (isinstance(key, jax.Array) and key.shape in ((), (2,))):
         raise MetaplasticError(f"key must be one JAX PRNG key, got {key!r}.")
-    x = real_array("inputs", inputs)
+    x = batched_inputs(inputs)
     w0 = real_array("initial_weights", initial_weights)
-    if x.ndim != 3 or 0 in x.shape:
-        raise MetaplasticError(
-            f"inputs must have shape (batch, time, n_in) with no empty axis, got {x.shape}."
-        )
     batch, length, n_in = x.shape
     if w0.ndim == 2:
         w0 = np.broadcast_to(w0, (batch,) + w0.shape)
@@ -445,11 +443,7 @@ def generate_recordings(
     if not (isinstance(key, jax.Array) and key.shape in ((), (2,))):
         raise MetaplasticError(f"key must be one JAX PRNG key, got {key!r}.")
     readout = ActivityReadout(recorded_fraction)  # checks the fraction; draws the subset
-    x = real_array("inputs", inputs)
-    if x.ndim != 3 or 0 in x.shape:
-        raise MetaplasticError(
-            f"inputs must have shape (batch, time, n_in) with no empty axis, got {x.shape}."
-        )
+    x = batched_inputs(inputs)
     batch = x.shape[0]
     network = model.network
     if network.in_size is not None and x.shape[2] != network.in_size:
@@ -488,10 +482,9 @@ def generate_recordings(
     except MetaplasticError:
         raise
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise MetaplasticError(
             "The network cannot be simulated from this initial state and these inputs — do "
-            f"their shapes match the network's? {type(err).__name__}: {first}"
+            f"their shapes match the network's? {first_line(err)}"
         ) from err
     neuron_mask = np.asarray(readout.neuron_mask(recorded.shape[-1], key=k_mask))
     data = RecordingDataset(

@@ -34,6 +34,16 @@ def real_array(name: str, value: Any, *, allow_traced: bool = False) -> np.ndarr
     return arr
 
 
+def batched_inputs(inputs: Any) -> np.ndarray:
+    """`inputs` as a real array of shape `(batch, time, n_in)` with no empty axis."""
+    x = real_array("inputs", inputs)
+    if x.ndim != 3 or 0 in x.shape:
+        raise MetaplasticError(
+            f"inputs must have shape (batch, time, n_in) with no empty axis, got {x.shape}."
+        )
+    return x
+
+
 def mask_array(name: str, value: Any) -> np.ndarray:
     """`value` as a numpy boolean array, or `MetaplasticError`."""
     arr = _as_numpy(name, value, "a boolean array", False)

@@ -7,7 +7,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
 from .._errors import MetaplasticError
-from .._validate import finite_where, real_array, trajectory_masks
+from .._validate import batched_inputs, finite_where, real_array, trajectory_masks
 from ..nn import AbstractHead
 from ._activity import float_dtype
 
@@ -60,12 +60,8 @@ class RecordingDataset(eqx.Module):
         masks mark an entry valid (mark missing samples in the masks instead). Entries the
         masks mark invalid are set to zero.
         """
-        x = real_array("inputs", inputs)
+        x = batched_inputs(inputs)
         rec = real_array("recordings", recordings)
-        if x.ndim != 3 or 0 in x.shape:
-            raise MetaplasticError(
-                f"inputs must have shape (batch, time, n_in) with no empty axis, got {x.shape}."
-            )
         b, t, _ = x.shape
         if rec.ndim != 3 or rec.shape[:2] != (b, t) or rec.shape[2] < 1:
             raise MetaplasticError(
