@@ -24,6 +24,8 @@ answers at once.
   own `may_differ`), or a new one under `--out`.
 - `recovery_options(p, seeds=...)`: the flags of a simulated rule-recovery experiment.
 - `print_json(summary)`: the last line of every script, one JSON object.
+- `finish(run, summary)`: the end of a script: the run folder named in the summary, the
+  summary written to it and printed as the last line.
 """
 
 import argparse
@@ -258,6 +260,15 @@ def jsonable(value: Any) -> Any:
 def print_json(summary: dict[str, Any]) -> None:
     """Print `summary` as one line of JSON: the last line of every example script."""
     print(json.dumps(jsonable(summary), allow_nan=False), flush=True)
+
+
+def finish(run: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    """The end of a script: name the run folder in `summary`, write it as the run's
+    `summary.json` and print it as the JSON last line. Returns `summary`."""
+    summary["run"] = str(run.path)
+    run.finish(summary)
+    print_json(summary)
+    return summary
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:

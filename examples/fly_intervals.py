@@ -337,10 +337,7 @@ def main(argv=None):
                 f: {t: c["coverage"] for t, c in rows.items()} for f, rows in calibration.items()
             },
         }
-    summary["run"] = str(run.path)
-    run.finish(summary)
-    _cli.print_json(summary)
-    return summary
+    return _cli.finish(run, summary)
 
 
 if __name__ == "__main__":

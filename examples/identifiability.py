@@ -255,10 +255,7 @@ def main(argv=None):
         summary["figure"] = str(path)
     except ImportError:  # matplotlib is an optional extra
         pass
-    summary["run"] = str(run.path)
-    run.finish(summary)
-    _cli.print_json(summary)
-    return summary
+    return _cli.finish(run, summary)
 
 
 if __name__ == "__main__":

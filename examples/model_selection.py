@@ -178,10 +178,7 @@ def main(argv=None):
         "seconds": {**seconds, "total": round(time.perf_counter() - start, 1)},
     }
     run = _cli.open_run(args, "model_selection")
-    summary["run"] = str(run.path)
-    run.finish(summary)
-    _cli.print_json(summary)
-    return summary
+    return _cli.finish(run, summary)
 
 
 if __name__ == "__main__":

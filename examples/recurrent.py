@@ -191,11 +191,7 @@ def main(argv=None):
         "seconds": time.perf_counter() - t0,
     }
     summary["seconds"] = time.perf_counter() - start
-    with mp.runs.create_run(args.out, name="recurrent", config=vars(args)) as run:
-        summary["run"] = str(run.path)
-        run.finish(summary)
-    _cli.print_json(summary)
-    return summary
+    return _cli.finish(_cli.open_run(args, "recurrent"), summary)
 
 
 if __name__ == "__main__":

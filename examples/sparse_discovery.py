@@ -301,10 +301,7 @@ def main(argv=None):
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
     run = _cli.open_run(args, "sparse_discovery")
-    summary["run"] = str(run.path)
-    run.finish(summary)
-    _cli.print_json(summary)
-    return summary
+    return _cli.finish(run, summary)
 
 
 if __name__ == "__main__":

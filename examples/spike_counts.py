@@ -143,11 +143,7 @@ def main(argv=None):
         f"{datasets} datasets: " + ", ".join(f"{t} {coverage[t]['coverage']:.2f}" for t in terms)
     )
     summary["seconds"] = time.perf_counter() - start
-    with mp.runs.create_run(args.out, name="spike_counts", config=vars(args)) as run:
-        summary["run"] = str(run.path)
-        run.finish(summary)
-    _cli.print_json(summary)
-    return summary
+    return _cli.finish(_cli.open_run(args, "spike_counts"), summary)
 
 
 if __name__ == "__main__":
