@@ -7,14 +7,11 @@
   (every subset one member of one vmapped fit); how often each term is selected, and the terms
   selected in at least a given fraction of the subsets.
 
-Every member of a vmapped ensemble needs its own set of terms, but `TaylorRule.trainable` is
-one static mask for all members. Here the term set travels with the data instead: a 0/1 *gate*
-per member (with the trajectory axis, so that minibatches and Jacobian chunks carry it along)
-that multiplies the rule's coefficients inside the loss, and the columns of the Jacobian (the
-chain rule of `f(θ ⊙ g)`: `J(θ ⊙ g) · diag(g)`) inside a differentiation strategy that
-delegates to the one the ungated problem would use (the fly model's sensitivities, forward
-mode, ...). A dropped term is therefore exactly 0 in the rule the simulation sees, has no
-gradient and no curvature, and its row and column of the posterior covariance are zero.
+Every member of a vmapped ensemble has its own set of terms: its own `TaylorRule.trainable`
+mask, which `metaplastic.fit` and `metaplastic.laplace` vmap with the member
+(`per_member=`). A dropped term is set to 0 and frozen there, so it is exactly 0 in the rule
+the simulation sees, has no gradient and no curvature, and its row and column of the
+posterior covariance are zero.
 """
 
 import typing
@@ -34,14 +31,14 @@ from ._fit import check_ensemble, check_key, fit, rule_filter_spec
 from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._laplace import Posterior, laplace
 from ._types import Key
-from .losses import AbstractGaussNewtonLoss, AbstractPenalty, Observations, as_penalties
+from .losses import AbstractGaussNewtonLoss, AbstractPenalty, as_penalties
 from .rules import TaylorRule, format_expression, format_monomial
 
 
 DROP = ("all", "weakest")
 
 
-# ---------------------------------------------------------------------- the per-member gate
+# ---------------------------------------------------------------------- the per-member terms
 def _is_taylor(node: Any) -> bool:
     return isinstance(node, TaylorRule)
 
@@ -58,53 +55,11 @@ def _taylor_rule(tree: PyTree) -> TaylorRule:
 
 
 def _gated(tree: PyTree, gate: Array) -> PyTree:
-    """`tree` with the coefficients of its Taylor rule multiplied by `gate` (flat)."""
+    """`tree` with the coefficients of its Taylor rule multiplied by `gate` (flat): a 0/1
+    gate zeroes the dropped terms."""
     c = _taylor_rule(tree).coefficients
     new = c * jnp.reshape(gate, c.shape).astype(c.dtype)
     return eqx.tree_at(lambda t: _taylor_rule(t).coefficients, tree, new)
-
-
-class _GatedData(eqx.Module):
-    """A dataset with the gate of the member that fits it, repeated along the trajectory
-    axis (every row equal)."""
-
-    data: PyTree
-    gate: Float[Array, "*members trajectories n_terms"]
-
-
-class _GatedLoss(AbstractGaussNewtonLoss):
-    """`loss` of the model whose Taylor coefficients are multiplied by the batch's gate."""
-
-    loss: AbstractGaussNewtonLoss
-
-    def observe(self, model: PyTree, batch: _GatedData) -> tuple[Observations, ...]:
-        gated = _gated(model, batch.gate[0])
-        return self.loss.observe(gated, batch.data)
-
-
-class _GatedDifferentiation(AbstractDifferentiation):
-    """The derivatives of a `_GatedLoss`: those of the ungated loss at `θ ⊙ g` (taken by
-    `inner`, which chooses as it would for the ungated problem), times the gate."""
-
-    inner: AbstractDifferentiation
-
-    def supports(self, loss: Any, model: PyTree, batch: PyTree, *, jacobian: bool) -> bool:
-        return isinstance(loss, _GatedLoss) and self.inner.supports(
-            loss.loss, model, batch.data, jacobian=jacobian
-        )
-
-    def value_and_grad(self, loss, params, static, batch):
-        gate = batch.gate[0]
-        value, grads = self.inner.value_and_grad(
-            loss.loss, _gated(params, gate), static, batch.data
-        )
-        return value, _gated(grads, gate)
-
-    def linearise(self, loss, params, static, batch):
-        gate = batch.gate[0]
-        parts = self.inner.linearise(loss.loss, _gated(params, gate), static, batch.data)
-        flat = ravel_pytree(_gated(jax.tree.map(jnp.ones_like, params), gate))[0]
-        return tuple((obs, jac * flat) for obs, jac in parts)
 
 
 # ---------------------------------------------------------------------- results
@@ -465,12 +420,11 @@ def threshold_fit(
             "threshold_fit needs one trainable mask for every member, shaped like one member's "
             f"coefficients {shape}; got {library.shape}."
         )
-    n_traj = _trajectories(data)
+    _trajectories(data)  # every data array has the trajectory axis
     flat_library = library.reshape(-1)
     dtype = rule.coefficients.dtype
     chunks = getattr(solver, "chunks", None)
-    gated_loss = _GatedLoss(loss)
-    gated_diff = _GatedDifferentiation(differentiation)
+    own_terms = lambda m: _taylor_rule(m).trainable
 
     selected = np.broadcast_to(flat_library, (members, flat_library.size)).copy()
     done = np.zeros(members, bool)
@@ -478,43 +432,53 @@ def threshold_fit(
     kept = None  # (params, posterior, flat gates, estimate, low, high) of the last fits
     for r in range(rounds):
         active = ~done
+        # Dropped terms start at 0 and are frozen there; terms outside the library keep
+        # their values, frozen; the selected terms train.
         gate = jnp.asarray(selected | ~flat_library, dtype)
         start = jax.vmap(_gated)(params, gate)
-        gates = jnp.broadcast_to(gate[:, None, :], (members, n_traj, gate.shape[1]))
-        batch = _GatedData(data, gates)
+        masks = jnp.asarray(selected.reshape((members,) + shape))
+        start_model = eqx.tree_at(
+            own_terms, eqx.combine(start, static), masks, is_leaf=lambda x: x is None
+        )
         result = fit(
-            eqx.combine(start, static),
-            batch,
-            gated_loss,
+            start_model,
+            data,
+            loss,
             solver=solver,
             steps=steps,
             penalty=penalties,
-            differentiation=gated_diff,
+            differentiation=differentiation,
             batch_size=batch_size,
             ensemble=True,
             data_ensemble_axis=0,
+            per_member=own_terms,
             key=jr.fold_in(key, r),
             progress=progress,
         )
-        fitted = jax.vmap(_gated)(eqx.partition(result.model, spec)[0], gate)
+        fitted = eqx.partition(result.model, rule_filter_spec(result.model))[0]
         post = laplace(
-            eqx.combine(fitted, static),
-            batch,
-            gated_loss,
+            result.model,
+            data,
+            loss,
             penalty=penalties,
-            differentiation=gated_diff,
+            differentiation=differentiation,
             chunks=chunks,
             ensemble=True,
             data_ensemble_axis=0,
+            per_member=own_terms,
         )
-        # Dropped terms: no variance, whatever a penalty's curvature says.
         ones = jax.tree.map(jnp.ones_like, fitted)
         flat_gate = jax.vmap(lambda p, g: ravel_pytree(_gated(p, g))[0])(ones, gate)
-        outer = flat_gate[:, :, None] * flat_gate[:, None, :]
-        post = eqx.tree_at(
-            lambda p: (p.covariance, p.precision),
-            post,
-            (post.covariance * outer, post.precision * outer),
+        # The candidates are free in every round (each member's dropped terms are fixed
+        # inside its posterior), so that the rounds' posteriors have one structure.
+        post = Posterior(
+            post.mean,
+            post.covariance,
+            post.precision,
+            post.noise_scale,
+            post.rank,
+            post.names,
+            tuple(bool(f) for f in flat_library),
         )
         low, high = post.interval(level)
         estimate = np.asarray(_taylor_rule(fitted).coefficients).reshape(members, -1)

@@ -17,11 +17,12 @@ enter its score. Each fly's data are several draws of the unobserved noisy odour
 (each with its own odour split and initial weights), fitted together: by their marginal
 likelihood, or each as a trajectory of its own.
 
-Each member carries its own initial weights in its batch (`_FlyBatch`): the network it
-fits is the shared network with the member's initial weights substituted, inside the loss
-and inside the sensitivity Jacobian. The small families (covariance, forgetting,
-forgetting_y) are one rule over `(x, y, w, r)` to first order whose coefficients are
-multiplied by a per-member 0/1 gate, so all are fitted in one compiled fit. The null model of every score is the same network with every rule parameter zero (no
+Each member starts from its own initial weights: the network's `initial_weights` carry the
+member axis and `fit` vmaps them with the member (`per_member=`). The small families
+(covariance, forgetting, forgetting_y) are one rule over `(x, y, w, r)` to first order, each
+member with its family's terms trainable (its own `TaylorRule.trainable` mask, the other
+terms frozen at 0), so all are fitted in one compiled fit.
+The null model of every score is the same network with every rule parameter zero (no
 plasticity; its p(accept) stays near 0.5). `base_rate_scores` gives, on the same splits, what a
 constant acceptance rate per fly earns against p = 0.5: on accept-only stretches (blocks 2–3 of
 the published conversion, and five flies throughout) that alone is close to 100 %, and the
@@ -39,11 +40,10 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array
 
 from .._errors import MetaplasticError
 from .._fit import fit
-from .._jacobian import AbstractDifferentiation
 from .._random import host_rng
 from .._solver import AbstractSolver, LevenbergMarquardt
 from ..behaviour import (
@@ -53,7 +53,6 @@ from ..behaviour import (
     TAYLOR_STUDENT_SCALE,
     ChoiceBCE,
     ChoiceDataset,
-    ChoiceSensitivities,
     MushroomBody,
     NoisyChoices,
     OdourEncoding,
@@ -64,7 +63,7 @@ from ..behaviour import (
     stack_members,
     taylor_students,
 )
-from ..losses import L1, AbstractGaussNewtonLoss
+from ..losses import L1
 from ..rules import AbstractRule, TaylorRule
 from ._families import (
     FAMILIES,
@@ -92,67 +91,17 @@ def _students(family: str, members: int, key: jax.Array, scale: float) -> Abstra
     return taylor_students(members, key=key, scale=scale)
 
 
-class _FlyBatch(eqx.Module):
-    """One member's data with what the member's network starts from: its initial weights,
-    the gate (1 = free, 0 = absent) of every coefficient of the small families' shared rule
-    (`None` for the other families) and its L1 weight. Every array has the member's
-    trajectory axis (all copies equal), so that minibatches select along it."""
-
-    data: PackedChoiceDataset | NoisyChoices
-    initial_weights: Float[Array, "*members trajectories hidden n_in"]
-    l1: Float[Array, "*members trajectories"]
-    gate: Float[Array, "*members trajectories n_params"] | None = None
-
-
-def _gated_rule(rule: TaylorRule, gate: Array) -> TaylorRule:
-    c = rule.coefficients * gate.reshape(rule.coefficients.shape)
-    return eqx.tree_at(lambda r: r.coefficients, rule, c)
-
-
-def _member_network(model: MushroomBody, batch: _FlyBatch) -> MushroomBody:
-    """The member's network: its own initial weights, its rule gated."""
-    model = eqx.tree_at(lambda m: m.initial_weights, model, batch.initial_weights[0])
-    if batch.gate is not None:
-        model = model.with_rule(_gated_rule(model.rule, batch.gate[0]))
-    return model
-
-
-class _FlyChoices(AbstractGaussNewtonLoss):
-    """`ChoiceBCE` of the member's network (`_member_network`)."""
-
-    def observe(self, model: MushroomBody, batch: _FlyBatch):
-        return ChoiceBCE().observe(_member_network(model, batch), batch.data)
-
-
-def _choices_with_l1(model: MushroomBody, batch: _FlyBatch) -> Array:
-    """`_FlyChoices` plus the member's exact L1 penalty on its (gated) Taylor coefficients,
-    for first-order solvers (the L1 weight may differ between members)."""
-    value = _FlyChoices()(model, batch)
-    rule = _member_network(model, batch).rule
-    if isinstance(rule, TaylorRule):
-        value = value + batch.l1[0] * jnp.sum(jnp.abs(rule.coefficients))
+def _choices_with_l1(model: MushroomBody, batch: tuple) -> Array:
+    """`ChoiceBCE` plus the member's exact L1 penalty on its Taylor coefficients, for
+    first-order solvers: `batch` is the member's choices and its L1 weight (one per
+    trajectory, all equal, so that minibatches select along it; the weight may differ
+    between members)."""
+    data, l1 = batch
+    value = ChoiceBCE()(model, data)
+    if isinstance(model.rule, TaylorRule):
+        # Frozen terms (exactly 0) get no gradient from the penalty either.
+        value = value + l1[0] * jnp.sum(jnp.abs(model.rule.effective_coefficients))
     return value
-
-
-class _FlySensitivities(AbstractDifferentiation):
-    """The sensitivity Jacobian of the member's network: its initial weights substituted,
-    and for a gated rule logits(θ ⊙ g) has the Jacobian J(θ ⊙ g) · diag(g), so absent terms
-    never move."""
-
-    def supports(self, loss, model, batch, *, jacobian):
-        return jacobian and isinstance(loss, _FlyChoices)
-
-    def value_and_grad(self, loss, params, static, batch):
-        raise MetaplasticError("the per-fly Gauss-Newton fit takes Jacobians only")
-
-    def linearise(self, loss, params, static, batch):
-        static = eqx.tree_at(lambda m: m.initial_weights, static, batch.initial_weights[0])
-        if batch.gate is None:
-            return ChoiceSensitivities().linearise(ChoiceBCE(), params, static, batch.data)
-        gate = batch.gate[0]
-        gated = eqx.tree_at(lambda m: m.rule, params, _gated_rule(params.rule, gate))
-        ((obs, jac),) = ChoiceSensitivities().linearise(ChoiceBCE(), gated, static, batch.data)
-        return ((obs, jac * gate),)
 
 
 def _encode(data, draws, n_in, input_variance, noise, init_std, hidden, key):
@@ -457,49 +406,51 @@ def fit_families(
         with_l1 = group[0] in TAYLOR_FAMILIES
         batch_l1 = rep(member_l1) if with_l1 else np.zeros_like(rep(member_l1))
         if group[0] in FAMILY_TERMS:
+            # One rule over (x, y, w, r) to first order for every small family, each member
+            # with its family's terms: the others start at 0 and are frozen there.
             template = TaylorRule.zeros(SMALL_FACTORS, order=1)
-            gates = np.stack([template.mask(list(FAMILY_TERMS[f])) for f in group])
-            gates = np.repeat(gates.reshape(n, 1, -1), members, axis=1)
-            gates = gates.reshape(n * members, -1).astype(template.coefficients.dtype)
-            c = init_scale * host_rng(k).standard_normal(gates.shape) * gates
-            c = c.reshape((-1,) + template.coefficients.shape)
+            shape = template.coefficients.shape
+            masks = np.stack([template.mask(list(FAMILY_TERMS[f])) for f in group])
+            masks = np.repeat(masks.reshape(n, 1, -1), members, axis=1).reshape(n * members, -1)
+            c = init_scale * host_rng(k).standard_normal(masks.shape) * masks
+            c = jnp.asarray(c.reshape((-1,) + shape), template.coefficients.dtype)
+            masks = jnp.asarray(masks.reshape((-1,) + shape))
             students = eqx.tree_at(
-                lambda r: r.coefficients, template, jnp.asarray(c, template.coefficients.dtype)
+                lambda r: (r.coefficients, r.trainable),
+                template,
+                (c, masks),
+                is_leaf=lambda x: x is None,
             )
-            gate = jnp.asarray(np.repeat(gates[:, None, :], trajectories, axis=1))
+            per_member = lambda m: (m.initial_weights, m.rule.trainable)
         else:
             students = _students(group[0], members, k, init_scale)
-            gate = None
-        batch = _FlyBatch(
-            jax.tree.map(lambda a, rep=rep: jnp.asarray(rep(a)), train),
-            jnp.asarray(rep(start_w)),
-            jnp.asarray(batch_l1, dtype=start_w.dtype),
-            gate,
+            per_member = lambda m: m.initial_weights
+        # Each member starts from its own initial weights (the fly's first draw's).
+        start_model = eqx.tree_at(
+            lambda m: m.initial_weights,
+            network.with_rule(students),
+            jnp.asarray(rep(start_w[:, 0])),
         )
+        member_data = jax.tree.map(lambda a, rep=rep: jnp.asarray(rep(a)), train)
         common = dict(
             solver=solver,
             steps=steps,
             batch_size=batch_size,
             ensemble=True,
+            per_member=per_member,
             progress=False,
             key=k,
         )
         if first_order:
-            result = fit(network.with_rule(students), batch, _choices_with_l1, **common)
+            l1_batch = jnp.asarray(batch_l1, dtype=start_w.dtype)
+            result = fit(start_model, (member_data, l1_batch), _choices_with_l1, **common)
         else:
             penalty = L1(float(l1[0])) if with_l1 and l1[0] > 0 else ()
-            result = fit(
-                network.with_rule(students),
-                batch,
-                _FlyChoices(),
-                penalty=penalty,
-                differentiation=_FlySensitivities(),
-                **common,
-            )
+            result = fit(start_model, member_data, ChoiceBCE(), penalty=penalty, **common)
         rule = result.model.rule
-        if gate is not None:
-            c = np.asarray(rule.coefficients) * gates.reshape(rule.coefficients.shape)
-            rule = eqx.tree_at(lambda r: r.coefficients, rule, c)
+        if group[0] in FAMILY_TERMS:
+            # The fitted rules without the per-member masks (frozen terms are exactly 0).
+            rule = eqx.tree_at(lambda r: r.trainable, rule, None, is_leaf=lambda x: x is None)
         rule = jax.tree.map(lambda a: np.asarray(a) if eqx.is_inexact_array(a) else a, rule)
         deviance, largest = _score(
             network,
