@@ -156,10 +156,14 @@ def coefficient_value_and_grad(
     return value_and_grad
 
 
+# The programs `mp.fit` compiles: one step per call, or several (`steps_per_call`).
+FIT_PROGRAMS = ("run_step", "run_steps")
+
+
 class CompileTimer:
     """JAX's own timings of tracing, lowering and XLA compilation (its `jax.monitoring`
-    events), summed while the timer is entered; with `name`, only those of that function
-    (e.g. `run_step`, the one step function `fit` jits)."""
+    events), summed while the timer is entered; with `name` (one name or several), only those
+    of those functions (e.g. `run_step` and `run_steps`, the step functions `fit` jits)."""
 
     EVENTS = {
         "/jax/core/compile/jaxpr_trace_duration": "trace",
@@ -167,8 +171,9 @@ class CompileTimer:
         "/jax/core/compile/backend_compile_duration": "xla",
     }
 
-    def __init__(self, name: str | None = None):
-        self.names = None if name is None else {name, f"jit({name})"}
+    def __init__(self, name: str | tuple[str, ...] | None = None):
+        names = (name,) if isinstance(name, str) else name
+        self.names = None if names is None else {f for n in names for f in (n, f"jit({n})")}
         self.seconds = dict.fromkeys(self.EVENTS.values(), 0.0)
 
     def _listen(self, event: str, duration: float, **meta) -> None:

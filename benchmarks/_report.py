@@ -66,31 +66,16 @@ def _targets(records) -> list[str]:
         if lib1:
             text += f", {lib1['speedup_vs_straightforward']:.1f}× at batch 1"
         text += " (against the fastest straightforward `jax.grad` implementation of the run)"
-        forward = _find(records, "oja_forward", batch=50)
-        ref = next(
-            (
-                r
-                for r in records
-                if r.get("name") == "naive_baseline"
-                and r["config"].get("batch") == 50
-                and r.get("reference")
-            ),
-            None,
-        )
-        if ref and forward:
-            fwd, base = forward["synapse_steps_per_s"], ref["synapse_steps_per_s"]
-            text += (
-                f". 12× the baseline would be {_m(12 * base)} M/s, {12 * base / fwd:.0%} of "
-                f"the forward pass alone ({_m(fwd)} M/s in this run); the reverse pass reads "
-                "and writes at least what the forward pass does, so a gradient runs at about "
-                f"half the forward pass's rate at best ({_m(fwd / 2)} M/s, "
-                f"{fwd / 2 / base:.1f}× the baseline)"
-            )
+        rows.append(["oja_grad against the straightforward baseline (context)", text, "–"])
+    forward50 = _find(records, "oja_forward", batch=50)
+    if grad50 and forward50:
+        share = grad50["synapse_steps_per_s"] / forward50["synapse_steps_per_s"]
         rows.append(
             [
-                "oja_grad ≥ 12× the straightforward baseline (batch 50, same run)",
-                text,
-                verdict(ratio >= 12),
+                "oja_grad ≥ 25 % of the forward pass's throughput (batch 50, same run)",
+                f"{share:.1%} ({_m(grad50['synapse_steps_per_s'])} against "
+                f"{_m(forward50['synapse_steps_per_s'])} M synapse-steps/s)",
+                verdict(share >= 0.25),
             ]
         )
     if grad50 and "fit_compile_s" in grad50:
@@ -118,11 +103,12 @@ def _targets(records) -> list[str]:
         seeds = fly["config"]["seeds"]
         rows.append(
             [
-                f"fly_fit ≤ 10 s end to end ({seeds} seed{'s' if seeds > 1 else ''})",
+                f"fly_fit ≤ {3 if seeds == 1 else 5} s end to end, cold "
+                f"({seeds} seed{'s' if seeds > 1 else ''})",
                 f"{fly['end_to_end_s']:.1f} s (generate {fly['generate_s']:.1f}, fit "
                 f"{fly['fit_s']:.1f}, score {fly['evaluate_s']:.1f}); whole process with "
                 f"imports {fly['process_s']:.1f} s",
-                verdict(fly["end_to_end_s"] <= 10.0),
+                verdict(fly["end_to_end_s"] <= (3.0 if seeds == 1 else 5.0)),
             ]
         )
         parts = fly["fit_compile_parts_s"]
@@ -138,12 +124,12 @@ def _targets(records) -> list[str]:
     if paper:
         rows.append(
             [
-                "paper_protocol ≤ 20 s end to end (cold)",
+                "paper_protocol ≤ 8 s end to end (cold)",
                 f"{paper['end_to_end_s']:.1f} s (generate {paper['generate_s']:.1f}, fit "
                 f"{paper['fit_s']:.1f} for {paper['config']['steps']} steps, score "
                 f"{paper['evaluate_s']:.1f}); whole process with imports "
                 f"{paper['process_s']:.1f} s",
-                verdict(paper["end_to_end_s"] <= 20.0),
+                verdict(paper["end_to_end_s"] <= 8.0),
             ]
         )
     if long:
@@ -248,6 +234,14 @@ def _limits(records) -> list[str]:
             "group's sensitivities outgrow the cache."
         )
     paper = _find(records, "paper_protocol")
+    single = next(
+        (
+            r
+            for r in records
+            if r.get("name") == "paper_protocol" and r["config"].get("steps_per_call") == 1
+        ),
+        None,
+    )
     if paper:
         steps = paper["config"]["steps"]
         compile_total = (
@@ -261,12 +255,22 @@ def _limits(records) -> list[str]:
             f"{paper['end_to_end_s']:.1f} s compiling (generation "
             f"{paper['generate_compile_s']:.1f}, the Adam step program {paper['compile_s']:.1f}, "
             f"the rest of the fit phase {paper['fit_compile_other_s']:.1f}, scoring "
-            f"{paper['evaluate_compile_s']:.1f}) and about {steps * paper['steady_step_s']:.1f} s "
-            f"in its {steps} steps of one trajectory each ({paper['steady_step_s'] * 1e3:.2f} ms "
-            f"per step, of which the compiled gradient of one trajectory alone takes "
-            f"{paper['gradient_only_s'] * 1e3:.2f} ms; the rest is `fit`'s host loop around its "
-            "compiled step: dispatch, the host copy of the loss, the history)."
+            f"{paper['evaluate_compile_s']:.1f}) and about {steps * paper['step_s']:.1f} s "
+            f"in its {steps} steps of one trajectory each ({paper['step_s'] * 1e3:.2f} ms "
+            f"per step with {paper['config'].get('steps_per_call', 1)} steps per call of the "
+            "compiled program, of which the compiled gradient of one trajectory alone takes "
+            f"{paper['gradient_only_s'] * 1e3:.2f} ms; the rest is the L1 and Adam update, the "
+            "minibatch draw and `fit`'s host loop)."
         )
+        if single is not None and single is not paper:
+            lines.append(
+                f"- One step per call instead: {single['step_s'] * 1e3:.2f} ms per step, "
+                f"{single['end_to_end_s']:.1f} s end to end (same run; "
+                f"{single['step_s'] / paper['step_s']:.2f}× the time per step). The gradient "
+                "itself bounds the protocol: "
+                f"{steps} × {paper['gradient_only_s'] * 1e3:.2f} ms = "
+                f"{steps * paper['gradient_only_s']:.1f} s before any compilation."
+            )
     if long:
         per_step = long["estimate_autodiff_no_checkpoint_mb"] / long["config"]["T"]
         lines.append(
@@ -462,7 +466,8 @@ SECTIONS = {
             "fit (s)",
             "fit compile (s)",
             "steps",
-            "step wall (s)",
+            "steps per call",
+            "step (s)",
             "gradient alone (s)",
             "score (s)",
             "R² weights",
@@ -476,7 +481,8 @@ SECTIONS = {
             _f(r["fit_s"]),
             _f(r["compile_s"] + r["fit_compile_other_s"]),
             _f(r["config"]["steps"]),
-            _f(r["steady_step_s"]),
+            _f(r["config"].get("steps_per_call", 1)),
+            _f(r["step_s"]),
             _f(r["gradient_only_s"]),
             _f(r["evaluate_s"]),
             _f(r["median_r2_weights"]),

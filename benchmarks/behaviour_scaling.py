@@ -55,7 +55,7 @@ def one_configuration(trials, hidden, args):
 
     import metaplastic as mp
 
-    from ._harness import CompileTimer, device_facts, machine_facts, peak_rss_mb
+    from ._harness import FIT_PROGRAMS, CompileTimer, device_facts, machine_facts, peak_rss_mb
 
     if trials % 3:
         raise SystemExit(f"trials must be a multiple of 3 (3 equal blocks), got {trials}")
@@ -83,7 +83,7 @@ def one_configuration(trials, hidden, args):
         else {"solver": mp.Optax(optax.adam(3e-3)), "steps": args.adam_steps}
     )
     try:
-        with CompileTimer("run_step") as timer:
+        with CompileTimer(FIT_PROGRAMS) as timer:
             res = mp.behaviour.recover_rule(data=data, rule="taylor", key=k_fit, **options)
     finally:
         logger.removeHandler(handler)

@@ -26,8 +26,9 @@ Two entry points share it:
 - `taylor_simulate`: one trajectory's activity and final weights, with the reverse pass as a
   custom VJP, for any loss on the activity.
 
-Both are reverse-mode only (`jax.grad`, `jax.vjp`); forward-mode differentiation
-(`jax.jvp`, `jax.jacfwd`) needs the plain simulation (`fast_gradient=False`).
+Both are reverse-mode only (`jax.grad`, `jax.vjp`) and are reached through the `TaylorReverse`
+differentiation strategy; forward-mode differentiation (`jax.jvp`, `jax.jacfwd`) uses the plain
+simulation (`mp.simulate`).
 """
 
 import dataclasses

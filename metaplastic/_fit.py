@@ -3,6 +3,7 @@ minibatches, vmapped ensembles, history, checkpoints that resume bit for bit, pr
 callback that can stop, and a clear stop when the fit diverges."""
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -39,6 +40,10 @@ from .nn import layer_rules
 
 
 logger = logging.getLogger("metaplastic")
+
+# The most bytes of per-step parameters and solver state that one call of the compiled fit
+# returns when `steps_per_call` is left to the solver.
+STACKED_BYTES = 64 * 2**20
 
 
 def rule_filter_spec(model: PyTree) -> PyTree:
@@ -212,15 +217,17 @@ def fit(
     ensemble: bool = False,
     data_ensemble_axis: int | None = 0,
     per_member: Callable[[PyTree], PyTree] | None = None,
+    steps_per_call: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
 ) -> FitResult:
     """Fit the trainable parameters of `model` (by default the rule parameters θ) to `data`.
 
-    One step of the solver on one batch runs inside one jitted function, traced once per
-    fit; the host loop around it records the history, checkpoints, shows progress and stops
-    on divergence or when the callback asks.
+    The solver's steps run inside one jitted function, traced once per fit, `steps_per_call`
+    steps per call (a loop inside the compiled program); the host loop around it records
+    the history, checkpoints, shows progress and stops on divergence or when the callback
+    asks — after every step, exactly as if each step were its own call.
 
     **Arguments:**
 
@@ -255,6 +262,17 @@ def fit(
       `lambda m: (m.initial_weights, m.rule.trainable)` (each member's own initial state,
       its own set of frozen terms). They carry the leading member axis and are vmapped with
       the trainable arrays; every other non-trainable array is shared. `None`: all shared.
+    - `steps_per_call`: how many solver steps one call of the compiled program takes (default:
+      the solver's `default_steps_per_call`: 1 for Levenberg–Marquardt, whose steps are long,
+      up to 100 for optax optimisers, whose short steps would otherwise wait on the host).
+      Every step's parameters, solver state and key come back with the call, so the history,
+      the checkpoints (which can fall inside a call), the callback (called after each step;
+      when it stops the fit, the fit ends after that step and the call's later steps are
+      discarded), divergence (named by its step) and the minibatches are those of one step
+      per call. The same fit with another `steps_per_call` can differ in the last bits: the
+      loop's body is compiled apart from a single step. Resuming gives the uninterrupted
+      fit's result bit for bit with the same `steps_per_call`. Memory: the parameters and the
+      solver state of `steps_per_call` steps at once.
     - `checkpoint_dir`: a folder (one per fit) for the checkpoint file `fit.ckpt`: the model,
       the solver's state, the step, the PRNG key and the history, written atomically.
     - `checkpoint_every`: save every this many steps (default: about 20 times per fit). A
@@ -302,7 +320,15 @@ def fit(
     penalties = as_penalties(penalty)
     if steps is None:
         steps = solver.default_steps
-    check_scalar_options(steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every)
+    explicit_per_call = steps_per_call is not None
+    if steps_per_call is None:
+        steps_per_call = solver.default_steps_per_call
+    check_scalar_options(
+        steps=steps,
+        batch_size=batch_size,
+        checkpoint_every=checkpoint_every,
+        steps_per_call=steps_per_call,
+    )
     key = check_key(key)
     if resume and checkpoint_dir is None:
         raise MetaplasticError("resume=True needs a checkpoint_dir to resume from.")
@@ -350,11 +376,43 @@ def fit(
     if ensemble:
         member_step = eqx.filter_vmap(member_step, in_axes=(0, 0, None, 0, data_axis, None))
 
+    def one_step(p, s, k, obj, o, d):
+        k, sub = jr.split(k)
+        p, s, value, finite = member_step(p, s, obj, o, d, sub)
+        return (p, s, k), (p, s, k, value, finite)
+
     @eqx.filter_jit
     def run_step(p, s, obj, o, d, k):
+        """One step: the new (parameters, state, key), and each step's (parameters, state,
+        key, objective, finite flags) along a leading axis of 1."""
         traces[0] += 1
-        k, sub = jr.split(k)
-        return (*member_step(p, s, obj, o, d, sub), k)
+        carry, out = one_step(p, s, k, obj, o, d)
+        return carry, jax.tree.map(lambda a: a[None], out)
+
+    @eqx.filter_jit
+    def run_steps(p, s, obj, o, d, k, count):
+        """`count` (traced, at most `per_call`) steps in one loop: the final (parameters,
+        state, key), and every step's (parameters, state, key, objective, finite flags)
+        along a leading axis of `per_call` (entries past `count` are left as they were)."""
+        traces[0] += 1
+        dynamic, fixed = eqx.partition((p, s, k), eqx.is_array)
+        shapes = eqx.filter_eval_shape(one_step, p, s, k, obj, o, d)[1][3:]
+        stack = lambda a: jnp.broadcast_to(a, (per_call,) + a.shape)
+        outs = (
+            jax.tree.map(stack, dynamic),
+            jax.tree.map(lambda t: jnp.zeros((per_call,) + t.shape, t.dtype), shapes),
+        )
+
+        def body(j, loop):
+            carry, (every, computed) = loop
+            carry, out = one_step(*eqx.combine(carry, fixed), obj, o, d)
+            carry = eqx.filter(carry, eqx.is_array)
+            new = (eqx.filter(out[:3], eqx.is_array), out[3:])
+            put_at = lambda buf, a: buf.at[j].set(a)
+            return carry, jax.tree.map(put_at, (every, computed), new)
+
+        carry, (every, computed) = jax.lax.fori_loop(0, count, body, (dynamic, outs))
+        return eqx.combine(carry, fixed), (*eqx.combine(every, fixed), *computed)
 
     init = lambda p: solver.init(objective, p)
     state = eqx.filter_vmap(init)(params) if ensemble else init(params)
@@ -428,17 +486,62 @@ def fit(
     # With several processes, one progress bar (process 0's).
     enabled = progress and is_main_process()
     bar = Progress(steps, desc=f"fit ({name})", unit="step", enabled=enabled, initial=done)
+    per_call = max(1, min(steps_per_call, steps - done))
+    if not explicit_per_call:
+        # Every step's parameters and solver state come back from a call: keep them small.
+        step_bytes = sum(a.nbytes for a in jax.tree.leaves((params, state)) if eqx.is_array(a))
+        per_call = max(1, min(per_call, STACKED_BYTES // max(step_bytes, 1)))
+    held = done  # the step that (params, state, key) are at
+    current = None  # inside a call's steps: (params, state, key) after step `done - 1`
+    n_leaves = len(param_leaves)
+    stopped = False
     try:
-        while done < steps:
-            i = done
-            new_params, new_state, value, finite, new_key = run_step(
-                params, state, objective, own, data, key
+        while done < steps and not stopped:
+            count = min(per_call, steps - done)
+            if per_call == 1:
+                carry, out = run_step(params, state, objective, own, data, key)
+            else:
+                count_arg = jnp.asarray(count, jnp.int32)
+                carry, out = run_steps(params, state, objective, own, data, key, count_arg)
+            every_params, every_state, every_key, values, finites = out
+            values_np = host_array(values)[:count]
+            finite_np = host_array(finites)[:count].reshape((count,) + expected_shape + (n_leaves,))
+            ok = np.all(np.isfinite(values_np.reshape(count, -1)), axis=1) & np.all(
+                finite_np.reshape(count, -1), axis=1
             )
-            value_np = host_array(value)
-            finite_np = host_array(finite).reshape(expected_shape + (len(param_leaves),))
-            if not (np.all(np.isfinite(value_np)) and np.all(finite_np)):
+            good = count if ok.all() else int(np.argmin(ok))
+            record.add_steps(done, values_np, every_params, good)
+            every = (every_params, every_state, every_key)
+            after = functools.partial(_after_step, count=count, carry=carry, every=every)
+
+            for j in range(good):
+                i = done
+                done = i + 1
+                current = functools.partial(after, j)
+                mean_loss = float(np.mean(values_np[j]))
+                bar.update(1, loss=mean_loss)
+                logger.debug("fit: step %d loss %.6g", i, mean_loss)
+                last = done == steps
+                if path is not None and (last or done % checkpoint_every == 0):
+                    p_j, s_j, k_j = after(j)
+                    save(p_j, s_j, k_j, done, "finished" if last else "running")
+                if callback is not None and callback(i, mean_loss, as_model(after(j)[0])):
+                    logger.info("fit stopped by callback at step %d", i)
+                    params, state, key = after(j)
+                    held = done
+                    if path is not None and done < steps:
+                        save(params, state, key, done, "stopped")
+                    stopped = True
+                    break
+            if stopped:
+                break
+            if good < count:
+                if good > 0:
+                    params, state, key = after(good - 1)
+                i = done
+                new_params = _step_of(every_params, good)
                 quantity, member, shown = _first_nonfinite_quantity(
-                    value_np, finite_np, new_params, param_names, ensemble
+                    np.asarray(values_np[good]), finite_np[good], new_params, param_names, ensemble
                 )
                 if path is not None:
                     diverged = {"step": i, "quantity": quantity, "member": member}
@@ -457,22 +560,14 @@ def fit(
                     result=result(params, state, i),
                     checkpoint=None if path is None else str(path),
                 )
-            record.add(i, value_np, new_params)
-            params, state, key, done = new_params, new_state, new_key, i + 1
-            mean_loss = float(np.mean(value_np))
-            bar.update(1, loss=mean_loss)
-            logger.debug("fit: step %d loss %.6g", i, mean_loss)
-            if path is not None and (done == steps or done % checkpoint_every == 0):
-                save(params, state, key, done, "finished" if done == steps else "running")
-            if callback is not None and callback(i, mean_loss, as_model(params)):
-                logger.info("fit stopped by callback at step %d", i)
-                if path is not None and done < steps:
-                    save(params, state, key, done, "stopped")
-                break
+            params, state, key = carry
+            held, current = done, None
     except KeyboardInterrupt:
+        if current is not None:
+            (params, state, key), held = current(), done
         if path is not None:
-            save(params, state, key, done, "interrupted")
-            logger.warning("fit interrupted at step %d; checkpoint saved to %s", done, path)
+            save(params, state, key, held, "interrupted")
+            logger.warning("fit interrupted at step %d; checkpoint saved to %s", held, path)
         raise
     finally:
         bar.close()
@@ -484,6 +579,17 @@ def fit(
         np.array2string(record.losses[done - 1], precision=4) if done else "n/a",
     )
     return out
+
+
+def _step_of(stacked: PyTree, j: int) -> PyTree:
+    """Entry `j` of every array of `stacked` (one step of a call's per-step outputs)."""
+    return jax.tree.map(lambda a: a[j] if eqx.is_array(a) else a, stacked)
+
+
+def _after_step(j: int, *, count: int, carry: tuple, every: tuple) -> tuple:
+    """(parameters, state, key) after step `j` of a call of `count` steps: the call's final
+    carry for its last step, else entry `j` of its per-step outputs."""
+    return carry if j == count - 1 else _step_of(every, j)
 
 
 def _options(module: Any) -> dict[str, Any]:

@@ -113,6 +113,13 @@ class FitRecord:
         for buf, leaf in zip(self.leaves, jax.tree.leaves(params)):
             buf[i] = host_array(leaf)
 
+    def add_steps(self, i: int, losses: np.ndarray, stacked: PyTree, count: int) -> None:
+        """Record the losses and the parameters after steps `i` to `i + count - 1`; `stacked`
+        holds the parameters of each step along a leading axis (at least `count` long)."""
+        self.losses[i : i + count] = losses[:count]
+        for buf, leaf in zip(self.leaves, jax.tree.leaves(stacked)):
+            buf[i : i + count] = host_array(leaf)[:count]
+
     def history(self, done: int) -> History:
         """A copy of the first `done` entries."""
         return History(

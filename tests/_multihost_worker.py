@@ -28,6 +28,7 @@ def parse(argv=None):
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--steps-per-call", type=int, default=None)
     p.add_argument("--kill-at", type=int, default=None, help="SIGKILL --victim after this step")
     p.add_argument("--victim", type=int, default=1)
     p.add_argument("--watch", default=None, help="report the files written under this folder")
@@ -134,6 +135,7 @@ def main(argv=None) -> None:
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
+        steps_per_call=args.steps_per_call,
         callback=callback,
     )
     if run is not None:

@@ -194,3 +194,67 @@ def test_library_has_no_print_calls():
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
                 offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
+
+
+def test_steps_per_call_gives_the_fit_of_one_step_per_call(tmp_path):
+    """Several solver steps per compiled call: the same history, minibatches, callback stop,
+    checkpoints (one falls inside a call) and resumption as one step per call, bit for bit."""
+    models = {"theta": jnp.array([1.0, -0.5, 0.25])}
+    data = {"z": jnp.arange(24.0).reshape(8, 3) / 10}
+
+    def fit(**kw):
+        return mp.fit(
+            models,
+            data,
+            lambda m, b: jnp.sum((m["theta"] - jnp.mean(b["z"], 0)) ** 2),
+            solver=mp.Optax(optax.adam(0.1)),
+            filter_spec=SPEC,
+            steps=10,
+            batch_size=3,
+            progress=False,
+            **kw,
+        )
+
+    one = fit(steps_per_call=1)
+    four = fit(steps_per_call=4)  # calls of 4, 4 and 2 steps
+    assert four.n_traces == 1
+    assert four.history.loss.tobytes() == one.history.loss.tobytes()
+    assert four.history.params["theta"].tobytes() == one.history.params["theta"].tobytes()
+    assert np.asarray(four.model["theta"]).tobytes() == np.asarray(one.model["theta"]).tobytes()
+    assert len(set(one.history.loss.tolist())) == 10  # minibatches differ between steps
+
+    seen = []
+    stopped = fit(
+        steps_per_call=4,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=3,
+        callback=lambda i, loss, m: seen.append((i, float(m["theta"][0]))) or i == 5,
+    )
+    assert [i for i, _ in seen] == list(range(6))  # step 5 is inside the second call
+    np.testing.assert_array_equal(
+        [t for _, t in seen], np.asarray(one.history.params["theta"][:6, 0])
+    )
+    assert stopped.history.loss.shape == (6,)
+    np.testing.assert_array_equal(stopped.model["theta"], one.history.params["theta"][5])
+    header = mp.load_checkpoint(tmp_path, models, filter_spec=SPEC)[1]
+    assert (header["status"], header["step"]) == ("stopped", 6)
+    resumed = fit(steps_per_call=4, checkpoint_dir=tmp_path, checkpoint_every=3, resume=True)
+    assert resumed.history.loss.tobytes() == one.history.loss.tobytes()
+    assert np.asarray(resumed.model["theta"]).tobytes() == np.asarray(one.model["theta"]).tobytes()
+
+
+def test_divergence_inside_a_call_names_its_step_and_keeps_the_last_finite_state(tmp_path):
+    # sqrt(θ₀) turns NaN in step 2, the third step of the first call of 4 steps.
+    with pytest.raises(mp.FitDivergedError, match=r"step 2: the loss became nan") as info:
+        scalar_fit(
+            lambda t: jnp.sqrt(t[0]), [1.0, 2.0], 1.0, steps_per_call=4, checkpoint_dir=tmp_path
+        )
+    err = info.value
+    last = np.asarray(err.last_finite_model["theta"])
+    assert last[0] == pytest.approx(1 - 0.5 - 0.5 / np.sqrt(0.5))
+    assert err.result.history.loss.shape == (2,)
+    on_disk, header = mp.load_checkpoint(tmp_path, {"theta": jnp.zeros(2)}, filter_spec=SPEC)
+    assert (header["status"], header["step"]) == ("diverged", 2)
+    np.testing.assert_array_equal(on_disk.model["theta"], last)
+    with pytest.raises(mp.MetaplasticError, match="steps_per_call must be a positive integer"):
+        scalar_fit(lambda t: t[0], [1.0, 2.0], 1.0, steps_per_call=0)

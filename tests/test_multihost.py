@@ -140,7 +140,10 @@ def test_fit_over_four_processes_equals_one_process(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [2, 4])
 def test_fit_over_processes_resumes_after_one_is_killed(processes, tmp_path):
-    steps = ["--steps", "12", "--checkpoint-every", "3"]
+    # Four steps per compiled call (steps 4-7 in the second): the kill after step 7 lands
+    # after the checkpoint of step 6 and before the third call, a collective the dead
+    # process never joins.
+    steps = ["--steps", "12", "--checkpoint-every", "3", "--steps-per-call", "4"]
     whole = finish(start(processes, *steps, "--checkpoint-dir", str(tmp_path / "whole")))
 
     ckpt = tmp_path / "killed"

@@ -289,11 +289,14 @@ class AbstractSolver(eqx.Module):
 
     `needs_jacobian` says whether the solver needs a loss with Gauss–Newton structure;
     `default_steps` is the number of steps `fit` takes when none is given;
-    `divergence_hint` what to try when the fit diverges."""
+    `divergence_hint` what to try when the fit diverges; `default_steps_per_call` how many
+    steps `fit` runs in one call of its compiled program unless told (1 unless a solver's
+    steps are so short that the host's turn between calls would dominate)."""
 
     needs_jacobian: ClassVar[bool]
     default_steps: ClassVar[int]
     divergence_hint: ClassVar[str]
+    default_steps_per_call: ClassVar[int] = 1
 
     @abc.abstractmethod
     def init(self, objective: Objective, params: PyTree) -> PyTree:

@@ -28,6 +28,7 @@ class Optax(AbstractSolver):
     optimizer: optax.GradientTransformationExtraArgs = eqx.field(static=True)
     needs_jacobian: ClassVar[bool] = False
     default_steps: ClassVar[int] = 500
+    default_steps_per_call: ClassVar[int] = 100
     divergence_hint: ClassVar[str] = (
         "Try a smaller learning rate or clip the gradients, e.g. "
         "optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))."
