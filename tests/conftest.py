@@ -7,13 +7,24 @@ import tempfile
 import jax
 import pytest
 
+import metaplastic as mp
+
 
 # The example scripts and the benchmark CLI cache compiled programs in the user's cache folder
 # by default; the tests' runs of them (subprocesses inherit this variable) use a folder of
 # their own, removed at the end, and never write into the user's home.
-_CACHE = tempfile.mkdtemp(prefix="metaplastic-test-jax-cache-")
+#
+# The test processes themselves (pytest-xdist's workers inherit the folder from the process
+# that starts them) cache their compiled programs there too: many tests compile the same
+# programs (the same fit of the same model on data of the same shapes), and a program is
+# compiled once per run instead of once per test. Nothing outlives the run.
+_CACHE = os.environ.get("METAPLASTIC_TEST_CACHE_DIR")
+if _CACHE is None:
+    _CACHE = tempfile.mkdtemp(prefix="metaplastic-test-jax-cache-")
+    os.environ["METAPLASTIC_TEST_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ["METAPLASTIC_CACHE_DIR"] = _CACHE
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+mp.runs.enable_compile_cache(_CACHE)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -157,16 +157,23 @@ def test_help_answers_quickly(name):
 def test_default_compile_cache_folder(monkeypatch, tmp_path):
     import metaplastic as mp
 
-    if jax.config.jax_compilation_cache_dir:
-        pytest.skip("JAX's own cache folder is set, and is the default then")
-    monkeypatch.delenv("METAPLASTIC_CACHE_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert mp.runs.default_compile_cache_dir() == tmp_path / "metaplastic" / "jax"
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    home = mp.runs.default_compile_cache_dir()
-    assert home == Path("~/.cache/metaplastic/jax").expanduser()
-    monkeypatch.setenv("METAPLASTIC_CACHE_DIR", str(tmp_path / "mine"))
-    assert mp.runs.default_compile_cache_dir() == tmp_path / "mine"
+    # The test session caches its own programs (conftest.py): JAX's folder is set, and would
+    # be the default; unset it while the defaults are checked.
+    jax_folder = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        monkeypatch.delenv("METAPLASTIC_CACHE_DIR", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        assert mp.runs.default_compile_cache_dir() == tmp_path / "metaplastic" / "jax"
+        monkeypatch.delenv("XDG_CACHE_HOME")
+        home = mp.runs.default_compile_cache_dir()
+        assert home == Path("~/.cache/metaplastic/jax").expanduser()
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax"))
+        assert mp.runs.default_compile_cache_dir() == tmp_path / "jax"
+        monkeypatch.setenv("METAPLASTIC_CACHE_DIR", str(tmp_path / "mine"))
+        assert mp.runs.default_compile_cache_dir() == tmp_path / "mine"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", jax_folder)
 
 
 def test_benchmark_help_names_the_cache_folder():
