@@ -44,6 +44,8 @@ logger = logging.getLogger("metaplastic")
 # The most bytes of per-step parameters and solver state that one call of the compiled fit
 # returns when `steps_per_call` is left to the solver.
 STACKED_BYTES = 64 * 2**20
+# ... and about how long one call should take then.
+CALL_SECONDS = 0.25
 
 
 def rule_filter_spec(model: PyTree) -> PyTree:
@@ -262,17 +264,18 @@ def fit(
       `lambda m: (m.initial_weights, m.rule.trainable)` (each member's own initial state,
       its own set of frozen terms). They carry the leading member axis and are vmapped with
       the trainable arrays; every other non-trainable array is shared. `None`: all shared.
-    - `steps_per_call`: how many solver steps one call of the compiled program takes (default:
-      the solver's `default_steps_per_call`: 1 for Levenberg–Marquardt, whose steps are long,
-      up to 100 for optax optimisers, whose short steps would otherwise wait on the host).
-      Every step's parameters, solver state and key come back with the call, so the history,
-      the checkpoints (which can fall inside a call), the callback (called after each step;
-      when it stops the fit, the fit ends after that step and the call's later steps are
-      discarded), divergence (named by its step) and the minibatches are those of one step
-      per call. The same fit with another `steps_per_call` can differ in the last bits: the
-      loop's body is compiled apart from a single step. Resuming gives the uninterrupted
-      fit's result bit for bit with the same `steps_per_call`. Memory: the parameters and the
-      solver state of `steps_per_call` steps at once.
+    - `steps_per_call`: how many solver steps one call of the compiled program takes at most.
+      Default: up to the solver's `default_steps_per_call` (100 for optax optimisers, whose
+      short steps would otherwise wait on the host; 1 for Levenberg–Marquardt), as many as
+      take about a quarter of a second (measured on the second call), so that long steps
+      still run one per call. Every step's parameters, solver state and key come back with
+      the call, so the history, the checkpoints (which can fall inside a call), the callback
+      (called after each step; when it stops the fit, the fit ends after that step and the
+      call's later steps are discarded), divergence (named by its step) and the minibatches
+      are those of one step per call, and the result does not depend on how the steps fall
+      into calls. One step per call (`steps_per_call=1`) runs another program, which can
+      differ in the last bits. Resuming gives the uninterrupted fit's result bit for bit.
+      Memory: the parameters and the solver state of `steps_per_call` steps at once.
     - `checkpoint_dir`: a folder (one per fit) for the checkpoint file `fit.ckpt`: the model,
       the solver's state, the step, the PRNG key and the history, written atomically.
     - `checkpoint_every`: save every this many steps (default: about 20 times per fit). A
@@ -491,13 +494,22 @@ def fit(
         # Every step's parameters and solver state come back from a call: keep them small.
         step_bytes = sum(a.nbytes for a in jax.tree.leaves((params, state)) if eqx.is_array(a))
         per_call = max(1, min(per_call, STACKED_BYTES // max(step_bytes, 1)))
+    # Left to the solver, the steps of a call adapt to take about `CALL_SECONDS` (from the
+    # second call on, the first being compiled): short steps run many to a call, long ones one
+    # to a call, so that progress shows and a callback's stop wastes little. The same program
+    # runs every call, so the result does not depend on how the steps fall into calls. Several
+    # processes must agree on each call: they keep `per_call`.
+    adaptive = not explicit_per_call and per_call > 1 and jax.process_count() == 1
+    next_count = 1 if adaptive else per_call
+    calls = 0
     held = done  # the step that (params, state, key) are at
     current = None  # inside a call's steps: (params, state, key) after step `done - 1`
     n_leaves = len(param_leaves)
     stopped = False
     try:
         while done < steps and not stopped:
-            count = min(per_call, steps - done)
+            count = min(next_count, steps - done)
+            called = time.perf_counter()
             if per_call == 1:
                 carry, out = run_step(params, state, objective, own, data, key)
             else:
@@ -506,6 +518,10 @@ def fit(
             every_params, every_state, every_key, values, finites = out
             values_np = host_array(values)[:count]
             finite_np = host_array(finites)[:count].reshape((count,) + expected_shape + (n_leaves,))
+            calls += 1
+            if adaptive and calls > 1:
+                per_step = (time.perf_counter() - called) / count
+                next_count = int(min(per_call, max(1, CALL_SECONDS // max(per_step, 1e-9))))
             ok = np.all(np.isfinite(values_np.reshape(count, -1)), axis=1) & np.all(
                 finite_np.reshape(count, -1), axis=1
             )

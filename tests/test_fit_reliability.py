@@ -222,6 +222,16 @@ def test_steps_per_call_gives_the_fit_of_one_step_per_call(tmp_path):
     assert four.history.params["theta"].tobytes() == one.history.params["theta"].tobytes()
     assert np.asarray(four.model["theta"]).tobytes() == np.asarray(one.model["theta"]).tobytes()
     assert len(set(one.history.loss.tolist())) == 10  # minibatches differ between steps
+    # By default the steps of a call adapt to its duration; whatever they are, the result is
+    # the same: one step per call of the loop program, or all remaining steps in one call.
+    from metaplastic import _fit
+
+    for seconds in (0.0, 1e9):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_fit, "CALL_SECONDS", seconds)
+            adaptive = fit()
+        assert adaptive.history.loss.tobytes() == four.history.loss.tobytes()
+        assert adaptive.history.params["theta"].tobytes() == four.history.params["theta"].tobytes()
 
     seen = []
     stopped = fit(
