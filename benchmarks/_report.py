@@ -258,7 +258,7 @@ def _limits(records) -> list[str]:
             f"{paper['evaluate_compile_s']:.1f}) and about {steps * paper['step_s']:.1f} s "
             f"in its {steps} steps of one trajectory each ({paper['step_s'] * 1e3:.2f} ms "
             f"per step with {paper['config'].get('steps_per_call', 1)} steps per call of the "
-            "compiled program; the compiled gradient of one trajectory, called on its own from "
+            "compiled fit program; the compiled gradient of one trajectory, called on its own from "
             f"the host, takes {paper['gradient_only_s'] * 1e3:.2f} ms a call, dispatch "
             "included)."
         )

@@ -596,7 +596,8 @@ def _choice_protocol(
     a callback: `first_step_s`, and `steady_step_s` the median wall time of the steps after
     the first (with several per call, the callback would see them in bursts and its own
     cost would be counted; they are `None` then)."""
-    per_call = solver.default_steps_per_call if steps_per_call is None else steps_per_call
+    # One step per call when the caller or the solver says so: then each step is timed.
+    timed = (solver.default_steps_per_call if steps_per_call is None else steps_per_call) == 1
     k_data, k_fit = jr.split(jr.key(0))
     with CompileTimer() as timer, CompileTimer(FIT_PROGRAMS) as step_timer:
         start = time.perf_counter()
@@ -634,10 +635,8 @@ def _choice_protocol(
             key=k_batches,
             progress=False,
             ensemble=True,
-            steps_per_call=per_call,
-            callback=(lambda *_: stamps.append(time.perf_counter()) and None)
-            if per_call == 1
-            else None,
+            steps_per_call=steps_per_call,
+            callback=(lambda *_: stamps.append(time.perf_counter()) and None) if timed else None,
         )
         jax.block_until_ready(result.model)
         fitted = time.perf_counter()
@@ -662,7 +661,13 @@ def _choice_protocol(
             "terms": 81,
             **config,
             "steps": steps,
-            "steps_per_call": per_call,
+            # `fit`'s default when None: as many as take about 0.25 s, at most the solver's
+            # default_steps_per_call.
+            "steps_per_call": (
+                steps_per_call
+                if steps_per_call is not None
+                else (1 if timed else f"auto, ≤ {solver.default_steps_per_call}")
+            ),
             "l1": l1,
             "dtype": "float32",
         },
@@ -713,8 +718,8 @@ def paper_protocol_run(epochs: int = PAPER_EPOCHS, steps_per_call: int | None = 
     per trajectory; `fit` draws each step's trajectory at random rather than in epoch
     order), with L1 weight 5e-2 (their default) on the 81 coefficients, then the 7 held-out
     trajectories scored. The student is drawn on the host (`mp.behaviour.taylor_students`),
-    which compiles nothing. `steps_per_call`: `fit`'s (default: the solver's, 100 steps per
-    call of the compiled program for Adam). Also times the step's gradient alone (`ChoiceBCE`
+    which compiles nothing. `steps_per_call`: `fit`'s (default: `fit`'s own, as many Adam
+    steps per call of the compiled program as take about 0.25 s, at most 100). Also times the step's gradient alone (`ChoiceBCE`
     and L1 of one trajectory, `Automatic` differentiation, compiled ahead of time) against
     the fit's wall time per step: the rest is the Adam update, the minibatch draw and `fit`'s
     host loop around its compiled program."""
@@ -791,8 +796,9 @@ def fly_fit() -> Iterator[dict]:
 
 def paper_protocol() -> Iterator[dict]:
     """End-to-end wall time of the authors' protocol (`paper_protocol_run`) in a fresh Python
-    process with a cold compilation cache (`_in_fresh_process`): with `fit`'s default of 100
-    Adam steps per call of its compiled program, and with one step per call for comparison."""
+    process with a cold compilation cache (`_in_fresh_process`): with `fit`'s default number
+    of Adam steps per call of its compiled program (as many as take about 0.25 s, at most
+    100), and with one step per call for comparison."""
     yield _in_fresh_process("paper_protocol_run()")
     yield _in_fresh_process("paper_protocol_run(steps_per_call=1)")
 
