@@ -14,6 +14,7 @@ the simulation sees, has no gradient and no curvature, and its row and column of
 posterior covariance are zero.
 """
 
+import dataclasses
 import typing
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -107,16 +108,8 @@ class Selection(eqx.Module):
             raise MetaplasticError("member() needs the selection of an ensemble.")
         take = lambda a: a[i] if eqx.is_array(a) else a
         params, static = eqx.partition(self.model, rule_filter_spec(self.model))
-        post = self.posterior.member(i)
-        free = tuple(bool(f) for f in np.asarray(self.free[i]))
-        post = Posterior(
-            post.mean,
-            post.covariance,
-            post.precision,
-            post.noise_scale,
-            post.rank,
-            post.names,
-            free,
+        post = dataclasses.replace(
+            self.posterior.member(i), free=tuple(bool(f) for f in np.asarray(self.free[i]))
         )
         return Selection(
             eqx.combine(jax.tree.map(take, params), static),
@@ -471,15 +464,7 @@ def threshold_fit(
         flat_gate = jax.vmap(lambda p, g: ravel_pytree(_gated(p, g))[0])(ones, gate)
         # The candidates are free in every round (each member's dropped terms are fixed
         # inside its posterior), so that the rounds' posteriors have one structure.
-        post = Posterior(
-            post.mean,
-            post.covariance,
-            post.precision,
-            post.noise_scale,
-            post.rank,
-            post.names,
-            tuple(bool(f) for f in flat_library),
-        )
+        post = dataclasses.replace(post, free=tuple(bool(f) for f in flat_library))
         low, high = post.interval(level)
         estimate = np.asarray(_taylor_rule(fitted).coefficients).reshape(members, -1)
         low = np.asarray(_taylor_rule(low).coefficients).reshape(members, -1)
