@@ -1,6 +1,7 @@
 """Model comparison: fit several candidate models (rule families, term masks) to the same data
 and score each by its held-out log-likelihood, AIC, BIC and Laplace evidence, in one table."""
 
+import dataclasses
 import math
 import typing
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,7 @@ from jaxtyping import Array, Float, PyTree
 
 from ._errors import MetaplasticError
 from ._fit import fit, rule_filter_spec
+from ._frames import frame, per_member
 from ._jacobian import AbstractDifferentiation
 from ._laplace import laplace
 from ._types import Key
@@ -95,6 +97,26 @@ class Comparison(eqx.Module):
                 }
             )
         return rows
+
+    def to_dataframe(self) -> Any:
+        """`table()` as a pandas DataFrame (needs pandas); for an ensemble, every member's
+        rows with a leading `member` column."""
+        members = self.aic.shape[0] if self.aic.ndim != 1 else None
+        rows = per_member(members, lambda i: (self if i is None else self._member(i)).table())
+        columns = ["model", "k", "log_likelihood", "held_out", "aic", "bic", "log_evidence"]
+        return frame(rows, (["member"] if members is not None else []) + columns)
+
+    def _member(self, i: int) -> "Comparison":
+        """Ensemble member `i`'s scores (what `table` reads)."""
+        held = self.held_out_log_likelihood
+        return dataclasses.replace(
+            self,
+            log_likelihood=self.log_likelihood[i],
+            held_out_log_likelihood=None if held is None else held[i],
+            aic=self.aic[i],
+            bic=self.bic[i],
+            log_evidence=self.log_evidence[i],
+        )
 
     def __str__(self) -> str:
         if self.aic.ndim != 1:

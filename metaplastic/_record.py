@@ -16,6 +16,7 @@ from jaxtyping import PyTree
 
 from . import _checkpoint as ckpt
 from ._errors import CheckpointError, MetaplasticError
+from ._frames import frame, history_rows
 from ._io import stale_temporaries
 from ._multihost import gather, host_array, is_main_process, read_on_main_process
 from ._types import Key
@@ -39,6 +40,13 @@ class History(eqx.Module):
 
     loss: np.ndarray
     params: PyTree
+
+    def to_dataframe(self) -> Any:
+        """The history as a pandas DataFrame (needs pandas): one row per step, and per
+        member for an ensemble (`step`, `member`, `loss`, then one column per trainable
+        value, named by its path and index, e.g. `.rule.coefficients[1, 1, 0]`)."""
+        columns, rows = history_rows(self.loss, self.params)
+        return frame(rows, columns)
 
 
 class FitResult(eqx.Module):

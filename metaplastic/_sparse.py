@@ -29,6 +29,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._errors import MetaplasticError
 from ._fit import check_ensemble, check_key, fit, rule_filter_spec
+from ._frames import frame, per_member
 from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._laplace import Posterior, laplace
 from ._types import Key
@@ -172,6 +173,14 @@ class Selection(eqx.Module):
             )
         return rows
 
+    def to_dataframe(self) -> Any:
+        """`table()` as a pandas DataFrame (needs pandas); for an ensemble, every member's
+        rows with a leading `member` column."""
+        members = self.converged.shape[0] if self.is_ensemble else None
+        rows = per_member(members, self.table)
+        columns = ["term", "estimate", "low", "high"]
+        return frame(rows, (["member"] if members is not None else []) + columns)
+
     def format(self, member: int | None = None, *, digits: int = 3) -> str:
         """The rule and each selected term's estimate with its interval, as text."""
         one = self._one(member)
@@ -257,6 +266,14 @@ class Stability(eqx.Module):
             if lib[e]
         ]
         return sorted(rows, key=lambda r: -r["frequency"])
+
+    def to_dataframe(self) -> Any:
+        """`table()` as a pandas DataFrame (needs pandas); for an ensemble, every member's
+        rows with a leading `member` column."""
+        members = self.frequency.shape[0] if self.is_ensemble else None
+        rows = per_member(members, self.table)
+        columns = ["term", "frequency", "stable"]
+        return frame(rows, (["member"] if members is not None else []) + columns)
 
     def format(self, member: int | None = None) -> str:
         """The selection frequency of every candidate term, as text; `*` marks stable ones."""

@@ -107,6 +107,12 @@ def test_an_ensemble_member_ends_where_it_ends_fitted_alone(x64):
         )
         assert member.posterior.free == one.posterior.free
     assert ens.term_sets()[1] == ("x*r", "x", "w")
+    frame = ens.to_dataframe()  # every member's table, member by member
+    assert list(frame.columns) == ["member", "term", "estimate", "low", "high"]
+    for i in range(2):
+        rows = frame[frame["member"] == i].drop(columns="member").to_dict("records")
+        assert rows == ens.member(i).table()
+    assert ens.member(0).to_dataframe().to_dict("records") == ens.member(0).table()
 
 
 def test_ensemble_members_may_share_one_dataset(x64):
@@ -207,6 +213,12 @@ def test_stability_selection_of_an_ensemble_gives_one_frequency_per_member(x64):
     assert stab.term_sets() == [("x*r", "w"), ("x*r", "r")]
     with pytest.raises(mp.MetaplasticError, match="member=i"):
         stab.terms()
+    frame = stab.to_dataframe()
+    assert list(frame.columns) == ["member", "term", "frequency", "stable"]
+    for i in range(2):
+        rows = frame[frame["member"] == i].drop(columns="member").to_dict("records")
+        assert rows == stab.table(i)
+        assert set(frame[(frame["member"] == i) & frame["stable"]]["term"]) == set(stab.terms(i))
 
 
 @pytest.mark.parametrize(
