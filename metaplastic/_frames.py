@@ -22,9 +22,13 @@ def pandas() -> Any:
     return pd
 
 
-def frame(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Any:
-    """A DataFrame of `rows` (dicts) with `columns` in this order (also when empty)."""
-    return pandas().DataFrame.from_records(list(rows), columns=list(columns))
+def frame(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Any:
+    """A DataFrame of `rows` (dicts) with `columns` in this order (also when empty; default:
+    the keys of the first row)."""
+    rows = list(rows)
+    if columns is None:
+        columns = list(rows[0]) if rows else []
+    return pandas().DataFrame.from_records(rows, columns=list(columns))
 
 
 def per_member(

@@ -85,6 +85,8 @@ def test_covariance_family_explains_a_covariance_fly(fitted):
     assert np.all(c[:, ~free] == 0.0)
     rows = fits.rows()
     assert rows[0]["fly"] == "Fly1" and rows[0]["coef_x*r"] == pytest.approx(float(xr[0]))
+    table = fits.to_dataframe()  # one row per fly, the same columns in the same order
+    assert list(table.columns) == list(rows[0]) and table.to_dict("records") == rows
 
 
 OPPOSITE_VARIANCE = 0.005

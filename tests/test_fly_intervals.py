@@ -72,6 +72,9 @@ def test_excludes_zero_and_counts_follow_the_interval_bounds():
     rows = [r for r in iv.rows() if r["term"] == "x*r"]
     assert [r["excludes_zero"] for r in rows] == [True, True, False, False]
     assert len(iv.rows()) == 4 * 4
+    table = iv.to_dataframe()
+    assert table.to_dict("records") == iv.rows()
+    assert table[table["term"] == "x*r"]["excludes_zero"].tolist() == [True, True, False, False]
 
 
 def test_a_term_absent_from_a_family_has_no_interval():

@@ -20,7 +20,7 @@ import time
 import typing
 import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -32,6 +32,7 @@ from jaxtyping import Bool, Float
 from .._compare import compare_models
 from .._errors import MetaplasticError, require
 from .._fit import fit
+from .._frames import frame
 from .._laplace import Posterior, laplace
 from .._solver import LevenbergMarquardt
 from ..behaviour import (
@@ -330,6 +331,10 @@ class FlyIntervals:
                         }
                     )
         return out
+
+    def to_dataframe(self) -> Any:
+        """`rows()` as a pandas DataFrame (needs pandas)."""
+        return frame(self.rows())
 
 
 def _normal_quantile(level: float) -> float:

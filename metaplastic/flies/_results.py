@@ -2,12 +2,14 @@
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
 import numpy as np
 
 from .._errors import MetaplasticError
+from .._frames import frame
 from ..rules import AbstractRule
 
 
@@ -117,3 +119,7 @@ class FlyFits:
                 row[f"block1_coef_{k}"] = float(v[i])
             rows.append(row)
         return rows
+
+    def to_dataframe(self) -> Any:
+        """`rows()` as a pandas DataFrame (needs pandas)."""
+        return frame(self.rows())
