@@ -2,7 +2,8 @@
 and train/test splits in one vmapped fit per family), and compare the families across flies.
 
 - the recordings: `load_drosophila`, `save_drosophila` (simulated flies in their format),
-  `DrosophilaData`, `FlyInfo`;
+  `from_table` (one row per presentation, e.g. a pandas DataFrame), `DrosophilaData`,
+  `FlyInfo`;
 - rule families: `FAMILIES`, `FAMILY_TERMS`, `family_rule`;
 - per-fly fits: `fit_families`, `FlyFits`, `padded_l1`, `presentation_masks`,
   `base_rate_scores`;
@@ -28,3 +29,4 @@ from ._records import FlyInfo as FlyInfo
 from ._results import FlyFits as FlyFits
 from ._splits import base_rate_scores as base_rate_scores
 from ._splits import presentation_masks as presentation_masks
+from ._table import from_table as from_table

@@ -299,10 +299,22 @@ def load_drosophila(
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise MetaplasticError(f"window must be a positive integer, got {window!r}.")
     files = _files(path)
+    recordings = [(f.stem, str(f), *_read_fly(f)) for f in files]
+    return assemble_flies(recordings, window=window, block_size=block_size)
+
+
+def assemble_flies(
+    recordings: Sequence[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    window: int,
+    block_size: int,
+) -> DrosophilaData:
+    """`DrosophilaData` from checked recordings `(name, source, odour, choice, reward)`: the
+    odour (0/1) and choice (1 = accepted) of each presentation in order, and the reward of
+    each acceptance."""
     flies = []
     infos = []
-    for f in files:
-        odour, choice, reward = _read_fly(f)
+    for name, source, odour, choice, reward in recordings:
         # Presentation i lies in trial (number of acceptances before i).
         trial = np.cumsum(choice) - choice
         n_trials = int(trial[-1]) + 1
@@ -318,8 +330,8 @@ def load_drosophila(
         flies.append((odour, choice, trial, lengths, rewards))
         infos.append(
             FlyInfo(
-                name=f.stem,
-                path=str(f),
+                name=name,
+                path=source,
                 n_presentations=int(len(choice)),
                 n_trials=n_trials,
                 n_accepted=int(len(reward)),

@@ -3,6 +3,7 @@ blocks (`DrosophilaData`), as `load_drosophila` returns them."""
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -98,6 +99,15 @@ class DrosophilaData(eqx.Module):
 
     def __len__(self) -> int:
         return len(self.flies)
+
+    def to_dataframe(self) -> Any:
+        """The flies' presentations as a pandas DataFrame (needs pandas), one row each in
+        order: `subject`, `trial`, `block`, `odour` (0/1), `choice` (1 = accepted), `reward`
+        (the trial's reward on its acceptance, NaN on rejections). `from_table` reads it
+        back."""
+        from ._table import drosophila_frame
+
+        return drosophila_frame(self)
 
     def counts(self) -> list[dict]:
         """One row of counts per fly (`FlyInfo.as_row`), in batch order."""
