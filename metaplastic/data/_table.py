@@ -1,0 +1,177 @@
+"""Recorded trajectories from a table: one row per (trajectory, time step), one column per
+input and per recorded neuron (`from_table`)."""
+
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from jaxtyping import PyTree
+
+from .._errors import MetaplasticError
+from ._activity import ActivityDataset
+from ._recording import RecordingDataset
+
+
+def _columns(table: Any) -> list:
+    try:
+        return list(table.keys())
+    except AttributeError as err:
+        raise MetaplasticError(
+            "from_table() needs a pandas DataFrame or a mapping of column names to 1-D arrays, "
+            f"got {type(table).__name__}."
+        ) from err
+
+
+def _numeric_column(table: Any, name: Any, what: str) -> np.ndarray:
+    values = np.asarray(table[name])
+    if values.ndim != 1:
+        raise MetaplasticError(f"table: column {name!r} must be 1-D, got shape {values.shape}.")
+    if values.dtype == bool:
+        return values.astype(np.float64)
+    try:
+        return values.astype(np.float64)
+    except (TypeError, ValueError) as err:
+        raise MetaplasticError(
+            f"table: column {name!r} ({what}) must be numeric, got dtype {values.dtype}."
+        ) from err
+
+
+@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+def from_table(
+    table: Any,
+    *,
+    inputs: Sequence[Any],
+    recorded: Sequence[Any],
+    initial_weights: Any = None,
+    initial_state: PyTree = None,
+    trajectory: Any = "trajectory",
+    time: Any = "time",
+    reward: Any = None,
+) -> ActivityDataset | RecordingDataset:
+    """Recorded trajectories from a wide table: one row per (trajectory, time step), one
+    column per input of the network and one per recorded neuron, e.g. a pandas DataFrame:
+
+    | trajectory | time | x0 | x1 | n0 | n1 |
+    |---|---|---|---|---|---|
+    | 0 | 0 | 0.1 | −0.3 | 0.52 | 0.47 |
+    | 0 | 1 | 0.4 | 0.2 | 0.55 | 0.44 |
+
+    Trajectories may have different lengths (they are padded and masked); a neuron left
+    empty (NaN) for a whole trajectory was not recorded in it (`neuron_mask`).
+
+    **Arguments:**
+
+    - `table`: a pandas DataFrame, or a mapping of column names to 1-D arrays (plain NumPy).
+    - `inputs`, `recorded`: the columns of the inputs and of the recorded neurons, in the
+      order of the network's inputs and outputs.
+    - `initial_weights` (an `ActivityDataset`, `(n_out, n_in)` or one per trajectory) or
+      `initial_state` (a `RecordingDataset` for any network: its `init_state` PyTree with a
+      leading trajectory axis): exactly one.
+    - `trajectory`, `time`: the columns naming the trajectory (any labels; trajectories keep
+      the order of their first row) and numbering the steps (increasing within a
+      trajectory; rows may come in any order).
+    - `reward`: the column of the reward signal per step, if any.
+
+    **Returns:**
+
+    An `ActivityDataset` (with `initial_weights`) or a `RecordingDataset` (with
+    `initial_state`), trajectories in the order of their first row. No row is dropped.
+
+    Raises `MetaplasticError` naming the column, row and trajectory for a missing column,
+    an empty table, a non-numeric value, a repeated time step, or a NaN other than a whole
+    unrecorded neuron (and the datasets' own checks on shapes and initial state).
+    """
+    if (initial_weights is None) == (initial_state is None):
+        raise MetaplasticError(
+            "from_table() needs exactly one of initial_weights= (an ActivityDataset) and "
+            "initial_state= (a RecordingDataset)."
+        )
+    present = _columns(table)
+    inputs, recorded = list(inputs), list(recorded)
+    if not inputs or not recorded:
+        raise MetaplasticError("from_table() needs at least one input and one recorded column.")
+    wanted = [("trajectory", trajectory), ("time", time)]
+    wanted += [("an input", c) for c in inputs] + [("a recorded neuron", c) for c in recorded]
+    if reward is not None:
+        wanted.append(("the reward", reward))
+    for what, name in wanted:
+        if name not in present:
+            raise MetaplasticError(
+                f"table: no column {name!r} ({what}); the table has columns {present}."
+            )
+    labels = np.asarray(table[trajectory])
+    n = len(labels)
+    if n == 0:
+        raise MetaplasticError("table: the table is empty (no time step).")
+    lengths = {name: len(np.asarray(table[name])) for _, name in wanted}
+    if len(set(lengths.values())) != 1:
+        raise MetaplasticError(f"table: columns of different lengths {lengths}.")
+    steps = _numeric_column(table, time, "the time step")
+    x = np.stack([_numeric_column(table, c, "an input") for c in inputs], axis=-1)
+    y = np.stack([_numeric_column(table, c, "a recorded neuron") for c in recorded], axis=-1)
+    r = None if reward is None else _numeric_column(table, reward, "the reward")
+
+    order = list(dict.fromkeys(labels.tolist()))
+    rows_of = [np.nonzero(labels == label)[0] for label in order]
+    longest = max(len(rows) for rows in rows_of)
+    b = len(order)
+    xs = np.zeros((b, longest, len(inputs)))
+    ys = np.zeros((b, longest, len(recorded)))
+    rs = None if r is None else np.zeros((b, longest))
+    step_mask = np.zeros((b, longest), bool)
+    neuron_mask = np.ones((b, len(recorded)), bool)
+    for i, (label, rows) in enumerate(zip(order, rows_of)):
+        rows = rows[np.argsort(steps[rows], kind="stable")]
+        if np.isnan(steps[rows]).any():
+            bad = rows[np.isnan(steps[rows])][0]
+            raise MetaplasticError(
+                f"table: column {time!r} is empty/NaN at row {bad} (trajectory {label!r})."
+            )
+        repeated = np.nonzero(np.diff(steps[rows]) == 0)[0]
+        if repeated.size:
+            bad = rows[repeated[0] + 1]
+            raise MetaplasticError(
+                f"table: time step {steps[bad]:g} of trajectory {label!r} appears twice "
+                f"(rows {rows[repeated[0]]} and {bad})."
+            )
+        for what, values, names in (("an input", x, inputs), ("the reward", r, [reward])):
+            if values is None:
+                continue
+            v = values[rows].reshape(len(rows), -1)
+            if np.isnan(v).any():
+                k, j = np.argwhere(np.isnan(v))[0]
+                raise MetaplasticError(
+                    f"table: column {names[j]!r} ({what}) is empty/NaN at row {rows[k]} "
+                    f"(trajectory {label!r}); every step needs it."
+                )
+        rec = y[rows]
+        missing = np.isnan(rec)
+        unrecorded = missing.all(axis=0)
+        gaps = missing & ~unrecorded[None, :]
+        if gaps.any():
+            k, j = np.argwhere(gaps)[0]
+            raise MetaplasticError(
+                f"table: column {recorded[j]!r} is empty/NaN at row {rows[k]} (trajectory "
+                f"{label!r}) but recorded at other steps; a neuron is either recorded at "
+                "every step of a trajectory or left empty for all of it."
+            )
+        t = len(rows)
+        xs[i, :t] = x[rows]
+        ys[i, :t] = np.where(missing, 0.0, rec)
+        if rs is not None:
+            rs[i, :t] = r[rows]
+        step_mask[i, :t] = True
+        neuron_mask[i] = ~unrecorded
+    if initial_weights is not None:
+        return ActivityDataset(
+            xs,
+            ys,
+            initial_weights,
+            step_mask=step_mask,
+            neuron_mask=neuron_mask,
+            rewards=rs,
+        )
+    return RecordingDataset(
+        xs, ys, initial_state, step_mask=step_mask, neuron_mask=neuron_mask, rewards=rs
+    )
