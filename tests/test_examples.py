@@ -41,6 +41,7 @@ def test_the_example_scripts():
         "identifiability.py",
         "model_selection.py",
         "multihost_fit.py",
+        "nwb_flies.py",
         "oja_robustness.py",
         "recover_oja.py",
         "recurrent.py",
@@ -405,3 +406,13 @@ def test_spike_counts_quick_recovers_oja_from_counts_and_fluorescence(tmp_path):
     for term in ("x*y", "y^2*w"):
         low, high = coverage[term]["clopper_pearson_95"]
         assert low <= coverage[term]["coverage"] <= high
+
+
+@pytest.mark.slow
+def test_nwb_flies_reports_the_same_numbers_as_the_mat_files(tmp_path, drosophila_dir):
+    summary = run_example(
+        "nwb_flies.py", "--families", "covariance", "--out", str(tmp_path), "--data", drosophila_dir
+    )
+    assert summary["flies"] == summary["nwb_files"] == 18
+    assert summary["numbers_compared"] > 18 * 10
+    assert summary["max_abs_diff_vs_mat"] == 0.0

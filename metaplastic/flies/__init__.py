@@ -2,8 +2,8 @@
 and train/test splits in one vmapped fit per family), and compare the families across flies.
 
 - the recordings: `load_drosophila`, `save_drosophila` (simulated flies in their format),
-  `from_table` (one row per presentation, e.g. a pandas DataFrame), `DrosophilaData`,
-  `FlyInfo`;
+  `from_table` (one row per presentation, e.g. a pandas DataFrame), `save_nwb`/`load_nwb`
+  (one NWB file per fly), `DrosophilaData`, `FlyInfo`;
 - rule families: `FAMILIES`, `FAMILY_TERMS`, `family_rule`;
 - per-fly fits: `fit_families`, `FlyFits`, `padded_l1`, `presentation_masks`,
   `base_rate_scores`;
@@ -24,6 +24,8 @@ from ._intervals import PopulationSummary as PopulationSummary
 from ._intervals import rule_intervals as rule_intervals
 from ._loader import load_drosophila as load_drosophila
 from ._loader import save_drosophila as save_drosophila
+from ._nwb import load_nwb as load_nwb
+from ._nwb import save_nwb as save_nwb
 from ._records import DrosophilaData as DrosophilaData
 from ._records import FlyInfo as FlyInfo
 from ._results import FlyFits as FlyFits
