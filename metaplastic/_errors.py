@@ -79,5 +79,6 @@ def require(module: str, extra: str, purpose: str) -> Any:
     except ImportError as err:
         raise MissingDependencyError(
             f"{purpose} needs the optional dependency {module.split('.')[0]!r}, which is not "
-            f"installed. Install it with: pip install metaplastic[{extra}]"
+            f"installed. Install it with: pip install 'metaplastic[{extra}]' (or pip install "
+            f"-e '.[{extra}]' in a clone of the repository)"
         ) from err

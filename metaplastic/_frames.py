@@ -7,19 +7,12 @@ import jax
 import numpy as np
 from jaxtyping import PyTree
 
-from ._errors import MetaplasticError
+from ._errors import require
 
 
 def pandas() -> Any:
-    """The pandas module, or a `MetaplasticError` that says how to install it."""
-    try:
-        import pandas as pd
-    except ImportError as err:
-        raise MetaplasticError(
-            "to_dataframe() needs pandas, an optional dependency of metaplastic: "
-            "pip install 'metaplastic[pandas]' (or pip install pandas)."
-        ) from err
-    return pd
+    """The pandas module, or a `MissingDependencyError` that says how to install it."""
+    return require("pandas", "pandas", "to_dataframe()")
 
 
 def frame(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Any:

@@ -11,7 +11,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, require
 from .._frames import pandas
 from ._records import DrosophilaData
 from ._table import drosophila_rows, from_table
@@ -27,14 +27,7 @@ COLUMNS = {
 
 
 def _pynwb() -> Any:
-    try:
-        import pynwb
-    except ImportError as err:
-        raise MetaplasticError(
-            "NWB files need pynwb, an optional dependency of metaplastic: "
-            "pip install 'metaplastic[nwb]' (or pip install pynwb)."
-        ) from err
-    return pynwb
+    return require("pynwb", "nwb", "Reading and writing NWB files")
 
 
 def _natural_key(path: pathlib.Path) -> list:
