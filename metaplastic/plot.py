@@ -4,7 +4,7 @@ Every function returns a `matplotlib.figure.Figure` (made without pyplot, so it 
 scripts, threads and on machines without a display) and, given `path=`, also saves it
 atomically (the format follows the suffix). Without matplotlib installed they raise
 `MissingDependencyError` (an `ImportError` and a `MetaplasticError`) that names
-`pip install metaplastic[plot]`.
+`pip install 'metaplastic[plot]'`.
 """
 
 import os

@@ -41,7 +41,7 @@ def compare_scores(
     """Compare paired per-fly scores of two models: how many flies `b` improves on `a` and
     the Wilcoxon signed-rank p-value of the differences.
 
-    Needs scipy (`pip install metaplastic[data]`).
+    Needs scipy (`pip install 'metaplastic[data]'`).
 
     **Arguments:**
 

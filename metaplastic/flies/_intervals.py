@@ -212,7 +212,7 @@ class FlyIntervals:
         """Summarise one term over the flies: how many intervals exclude 0 (and on which
         side), the precision-weighted mean, Cochran's Q test of heterogeneity and the
         random-effects mean (see `PopulationSummary`). The p-value needs scipy
-        (`pip install metaplastic[data]`).
+        (`pip install 'metaplastic[data]'`).
 
         **Arguments:**
 

@@ -46,7 +46,7 @@ def _scipy_io():
     except ImportError as e:
         raise ImportError(
             "Reading .mat files needs scipy, which metaplastic does not install by default; "
-            "install it with `pip install scipy` (or `pip install metaplastic[data]`)."
+            "install it with `pip install scipy` (or `pip install 'metaplastic[data]'`)."
         ) from e
     return scipy.io
 
