@@ -32,3 +32,28 @@ from ._results import FlyFits as FlyFits
 from ._splits import base_rate_scores as base_rate_scores
 from ._splits import presentation_masks as presentation_masks
 from ._table import from_table as from_table
+
+
+__all__ = [
+    "PairedComparison",
+    "compare_families",
+    "compare_scores",
+    "FAMILIES",
+    "FAMILY_TERMS",
+    "family_rule",
+    "fit_families",
+    "padded_l1",
+    "FlyIntervals",
+    "PopulationSummary",
+    "rule_intervals",
+    "load_drosophila",
+    "save_drosophila",
+    "load_nwb",
+    "save_nwb",
+    "DrosophilaData",
+    "FlyInfo",
+    "FlyFits",
+    "base_rate_scores",
+    "presentation_masks",
+    "from_table",
+]
