@@ -23,6 +23,7 @@ answers at once.
   flags differ from these, but for `--out`, `--resume`, `--no-progress` and the script's
   own `may_differ`), or a new one under `--out`.
 - `recovery_options(p, seeds=...)`: the flags of a simulated rule-recovery experiment.
+- `fly_data_option(p)`: `--data`, the folder of the real flies' recordings.
 - `print_json(summary)`: the last line of every script, one JSON object.
 - `finish(run, summary)`: the end of a script: the run folder named in the summary, the
   summary written to it and printed as the last line.
@@ -187,6 +188,23 @@ def list_of(
 
     parse.__name__ = f"list of {name}"
     return parse
+
+
+# The real fly recordings, next to the repository (never copied into it).
+FLY_DATA = os.path.normpath(
+    os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "drosophila"
+    )
+)
+
+
+def fly_data_option(p: argparse.ArgumentParser) -> None:
+    """`--data`: the folder of the flies' `.mat` files (default `FLY_DATA`)."""
+    p.add_argument(
+        "--data",
+        default=FLY_DATA,
+        help="folder of Fly*.mat files (default: ../shared/data/drosophila from the repo root)",
+    )
 
 
 def recovery_options(p: argparse.ArgumentParser, *, seeds: int) -> None:

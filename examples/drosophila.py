@@ -48,8 +48,6 @@ import time
 import _cli
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "drosophila"))
 SWEEP_FAMILIES = ("covariance", "forgetting", "forgetting_y")
 FAMILIES = ("covariance", "forgetting", "forgetting_y", "taylor", "mlp")
 FRACTIONS = (0.5, 0.6, 0.7, 0.8)
@@ -89,11 +87,7 @@ PROTOCOLS = {
 
 def parse_args(argv=None):
     p = _cli.parser(__doc__, progress=False)
-    p.add_argument(
-        "--data",
-        default=DEFAULT_DATA,
-        help="folder of Fly*.mat files (default: ../shared/data/drosophila from the repo root)",
-    )
+    _cli.fly_data_option(p)
     p.add_argument(
         "--families",
         type=_cli.list_of(str, choices=FAMILIES),

@@ -36,19 +36,13 @@ import _cli
 import numpy as np
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "drosophila"))
 FAMILIES = ("covariance", "forgetting", "forgetting_y")
 TERMS = ("x*r", "r", "x", "1", "w", "y")
 
 
 def parse_args(argv=None):
     p = _cli.parser(__doc__, progress=False, quick="3 flies, 2 draws, 6 steps")
-    p.add_argument(
-        "--data",
-        default=DEFAULT_DATA,
-        help="folder of Fly*.mat files (default: ../shared/data/drosophila from the repo root)",
-    )
+    _cli.fly_data_option(p)
     p.add_argument(
         "--families",
         type=_cli.list_of(str, choices=FAMILIES),

@@ -14,24 +14,17 @@ loses nothing). The NWB files are written into the run folder (`nwb/`).
 Needs pynwb and pandas: pip install -e ".[nwb]".
 """
 
-import os
 import time
 
 import _cli
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "drosophila"))
 FAMILIES = ("covariance", "forgetting", "forgetting_y", "taylor", "mlp")
 
 
 def parse_args(argv=None):
     p = _cli.parser(__doc__)
-    p.add_argument(
-        "--data",
-        default=DEFAULT_DATA,
-        help="folder of Fly*.mat files (default: ../shared/data/drosophila from the repo root)",
-    )
+    _cli.fly_data_option(p)
     p.add_argument(
         "--families",
         type=_cli.list_of(str, choices=FAMILIES),

@@ -243,20 +243,27 @@ def _read_fly(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.argmax(x, axis=1), y, r
 
 
-def _files(path: pathlib.Path | Sequence) -> list[pathlib.Path]:
+def recording_files(
+    path: str | os.PathLike | Sequence, suffix: str, caller: str
+) -> list[pathlib.Path]:
+    """The files `path` names: itself, every `*<suffix>` file of a folder (in natural order,
+    hidden files left out), or a sequence of files in the order given."""
     if isinstance(path, str | os.PathLike):
         p = pathlib.Path(path)
         if p.is_dir():
-            files = sorted((f for f in p.glob("*.mat") if f.is_file()), key=_natural_key)
+            files = sorted(
+                (f for f in p.glob(f"*{suffix}") if f.is_file() and not f.name.startswith(".")),
+                key=_natural_key,
+            )
             if not files:
-                raise MetaplasticError(f"{p}: the folder holds no .mat file.")
+                raise MetaplasticError(f"{p}: the folder holds no {suffix} file.")
             return files
         if p.is_file():
             return [p]
         raise MetaplasticError(f"{p}: no such file or folder.")
     files = [pathlib.Path(f) for f in path]
     if not files:
-        raise MetaplasticError("load_drosophila() got an empty list of files.")
+        raise MetaplasticError(f"{caller}() got an empty list of files.")
     for f in files:
         if not f.is_file():
             raise MetaplasticError(f"{f}: no such file.")
@@ -298,7 +305,7 @@ def load_drosophila(
         raise MetaplasticError(f"block_size must be a positive integer, got {block_size!r}.")
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise MetaplasticError(f"window must be a positive integer, got {window!r}.")
-    files = _files(path)
+    files = recording_files(path, ".mat", "load_drosophila")
     recordings = [(f.stem, str(f), *_read_fly(f)) for f in files]
     return assemble_flies(recordings, window=window, block_size=block_size)
 

@@ -6,13 +6,13 @@ import dataclasses
 import datetime
 import os
 import pathlib
-import re
 import typing
 from collections.abc import Sequence
 from typing import Any
 
 from .._errors import MetaplasticError, require
 from .._frames import pandas
+from ._loader import recording_files
 from ._records import DrosophilaData
 from ._table import drosophila_rows, from_table
 
@@ -28,10 +28,6 @@ COLUMNS = {
 
 def _pynwb() -> Any:
     return require("pynwb", "nwb", "Reading and writing NWB files")
-
-
-def _natural_key(path: pathlib.Path) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name)]
 
 
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
@@ -79,29 +75,6 @@ def save_nwb(
     return paths
 
 
-def _nwb_files(path: str | os.PathLike | Sequence) -> list[pathlib.Path]:
-    if isinstance(path, str | os.PathLike):
-        p = pathlib.Path(path)
-        if p.is_dir():
-            files = sorted(
-                (f for f in p.glob("*.nwb") if f.is_file() and not f.name.startswith(".")),
-                key=_natural_key,
-            )
-            if not files:
-                raise MetaplasticError(f"{p}: the folder holds no .nwb file.")
-            return files
-        if p.is_file():
-            return [p]
-        raise MetaplasticError(f"{p}: no such file or folder.")
-    files = [pathlib.Path(f) for f in path]
-    if not files:
-        raise MetaplasticError("load_nwb() got an empty list of files.")
-    for f in files:
-        if not f.is_file():
-            raise MetaplasticError(f"{f}: no such file.")
-    return files
-
-
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def load_nwb(
     path: str | os.PathLike | Sequence[str | os.PathLike],
@@ -134,7 +107,7 @@ def load_nwb(
     """
     pynwb = _pynwb()
     tables = []
-    files = _nwb_files(path)
+    files = recording_files(path, ".nwb", "load_nwb")
     for f in files:
         try:
             with pynwb.NWBHDF5IO(str(f), "r") as io:
