@@ -1,9 +1,10 @@
-"""Datasets of recorded neural activity (padded, masked PyTrees), and a reader of them from
-tables (`from_table`)."""
+"""Datasets of recorded neural activity (padded, masked PyTrees), and readers of them from
+tables (`from_table`) and NWB files (`from_nwb`)."""
 
 from ._activity import ActivityDataset as ActivityDataset
+from ._nwb import from_nwb as from_nwb
 from ._recording import RecordingDataset as RecordingDataset
 from ._table import from_table as from_table
 
 
-__all__ = ["ActivityDataset", "RecordingDataset", "from_table"]
+__all__ = ["ActivityDataset", "RecordingDataset", "from_nwb", "from_table"]

@@ -113,15 +113,9 @@ def from_table(
     r = None if reward is None else _numeric_column(table, reward, "the reward")
 
     order = list(dict.fromkeys(labels.tolist()))
-    rows_of = [np.nonzero(labels == label)[0] for label in order]
-    longest = max(len(rows) for rows in rows_of)
-    b = len(order)
-    xs = np.zeros((b, longest, len(inputs)))
-    ys = np.zeros((b, longest, len(recorded)))
-    rs = None if r is None else np.zeros((b, longest))
-    step_mask = np.zeros((b, longest), bool)
-    neuron_mask = np.ones((b, len(recorded)), bool)
-    for i, (label, rows) in enumerate(zip(order, rows_of)):
+    trajectories = []
+    for label in order:
+        rows = np.nonzero(labels == label)[0]
         rows = rows[np.argsort(steps[rows], kind="stable")]
         if np.isnan(steps[rows]).any():
             bad = rows[np.isnan(steps[rows])][0]
@@ -156,13 +150,36 @@ def from_table(
                 f"{label!r}) but recorded at other steps; a neuron is either recorded at "
                 "every step of a trajectory or left empty for all of it."
             )
-        t = len(rows)
-        xs[i, :t] = x[rows]
+        trajectories.append((x[rows], rec, None if r is None else r[rows]))
+    return dataset_of(trajectories, initial_weights, initial_state)
+
+
+def dataset_of(
+    trajectories: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    initial_weights: Any,
+    initial_state: PyTree,
+) -> ActivityDataset | RecordingDataset:
+    """An `ActivityDataset` (with `initial_weights`) or `RecordingDataset` (with
+    `initial_state`) of checked trajectories `(inputs (T, n_in), recorded (T, n_out) with
+    NaN for a neuron not recorded in it, rewards (T,) or None)`, padded to the longest."""
+    longest = max(len(xi) for xi, _, _ in trajectories)
+    b = len(trajectories)
+    n_in, n_out = trajectories[0][0].shape[1], trajectories[0][1].shape[1]
+    xs = np.zeros((b, longest, n_in))
+    ys = np.zeros((b, longest, n_out))
+    with_rewards = trajectories[0][2] is not None
+    rs = np.zeros((b, longest)) if with_rewards else None
+    step_mask = np.zeros((b, longest), bool)
+    neuron_mask = np.ones((b, n_out), bool)
+    for i, (xi, rec, ri) in enumerate(trajectories):
+        t = len(xi)
+        missing = np.isnan(rec)
+        xs[i, :t] = xi
         ys[i, :t] = np.where(missing, 0.0, rec)
-        if rs is not None:
-            rs[i, :t] = r[rows]
+        if with_rewards:
+            rs[i, :t] = ri
         step_mask[i, :t] = True
-        neuron_mask[i] = ~unrecorded
+        neuron_mask[i] = ~missing.all(axis=0)
     if initial_weights is not None:
         return ActivityDataset(
             xs,
