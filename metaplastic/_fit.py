@@ -507,7 +507,7 @@ def fit(
     n_leaves = len(param_leaves)
     stopped = False
     try:
-        while done < steps and not stopped:
+        while done < steps:
             count = min(next_count, steps - done)
             called = time.perf_counter()
             if per_call == 1:

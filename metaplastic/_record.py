@@ -115,12 +115,6 @@ class FitRecord:
         self.config = config
         self.header = header
 
-    def add(self, i: int, loss: Any, params: PyTree) -> None:
-        """Record the loss and the parameters after step `i`."""
-        self.losses[i] = loss
-        for buf, leaf in zip(self.leaves, jax.tree.leaves(params)):
-            buf[i] = host_array(leaf)
-
     def add_steps(self, i: int, losses: np.ndarray, stacked: PyTree, count: int) -> None:
         """Record the losses and the parameters after steps `i` to `i + count - 1`; `stacked`
         holds the parameters of each step along a leading axis (at least `count` long)."""
