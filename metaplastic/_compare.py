@@ -15,7 +15,7 @@ from jaxtyping import Array, Float, PyTree
 
 from ._errors import MetaplasticError
 from ._fit import fit, rule_filter_spec
-from ._frames import frame, per_member
+from ._frames import members_frame
 from ._jacobian import AbstractDifferentiation
 from ._laplace import laplace
 from ._types import Key
@@ -102,9 +102,9 @@ class Comparison(eqx.Module):
         """`table()` as a pandas DataFrame (needs pandas); for an ensemble, every member's
         rows with a leading `member` column."""
         members = self.aic.shape[0] if self.aic.ndim != 1 else None
-        rows = per_member(members, lambda i: (self if i is None else self._member(i)).table())
         columns = ["model", "k", "log_likelihood", "held_out", "aic", "bic", "log_evidence"]
-        return frame(rows, (["member"] if members is not None else []) + columns)
+        one = lambda i: (self if i is None else self._member(i)).table()
+        return members_frame(members, one, columns)
 
     def _member(self, i: int) -> "Comparison":
         """Ensemble member `i`'s scores (what `table` reads)."""

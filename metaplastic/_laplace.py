@@ -29,7 +29,7 @@ from ._fit import (
     split_per_member,
     with_member_arrays,
 )
-from ._frames import frame, per_member
+from ._frames import members_frame
 from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._solver import LevenbergMarquardt, Objective
 from ._solver._base import check_chunks
@@ -187,9 +187,9 @@ class Posterior(eqx.Module):
         """`table(level)` as a pandas DataFrame (needs pandas); for an ensemble, every
         member's rows with a leading `member` column."""
         members = self.covariance.shape[0] if self.is_ensemble else None
-        rows = per_member(members, lambda i: (self if i is None else self.member(i)).table(level))
         columns = ["term", "estimate", "std", "low", "high", "excludes_zero", "fixed"]
-        return frame(rows, (["member"] if members is not None else []) + columns)
+        one = lambda i: (self if i is None else self.member(i)).table(level)
+        return members_frame(members, one, columns)
 
     def format(self, level: float = 0.95, *, tol: float = 0.0) -> str:
         """The table as text, one line per parameter whose estimate or std exceeds `tol`;

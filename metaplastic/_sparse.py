@@ -29,7 +29,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._errors import MetaplasticError
 from ._fit import check_ensemble, check_key, fit, rule_filter_spec
-from ._frames import frame, per_member
+from ._frames import members_frame
 from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._laplace import Posterior, laplace
 from ._types import Key
@@ -177,9 +177,7 @@ class Selection(eqx.Module):
         """`table()` as a pandas DataFrame (needs pandas); for an ensemble, every member's
         rows with a leading `member` column."""
         members = self.converged.shape[0] if self.is_ensemble else None
-        rows = per_member(members, self.table)
-        columns = ["term", "estimate", "low", "high"]
-        return frame(rows, (["member"] if members is not None else []) + columns)
+        return members_frame(members, self.table, ["term", "estimate", "low", "high"])
 
     def format(self, member: int | None = None, *, digits: int = 3) -> str:
         """The rule and each selected term's estimate with its interval, as text."""
@@ -271,9 +269,7 @@ class Stability(eqx.Module):
         """`table()` as a pandas DataFrame (needs pandas); for an ensemble, every member's
         rows with a leading `member` column."""
         members = self.frequency.shape[0] if self.is_ensemble else None
-        rows = per_member(members, self.table)
-        columns = ["term", "frequency", "stable"]
-        return frame(rows, (["member"] if members is not None else []) + columns)
+        return members_frame(members, self.table, ["term", "frequency", "stable"])
 
     def format(self, member: int | None = None) -> str:
         """The selection frequency of every candidate term, as text; `*` marks stable ones."""
