@@ -13,7 +13,7 @@ from jaxtyping import PyTree
 from .._errors import MetaplasticError, require
 from ._activity import ActivityDataset
 from ._recording import RecordingDataset
-from ._table import dataset_of
+from ._table import check_initial, dataset_of
 
 
 def _series(nwb: Any, name: str, path: Any, what: str) -> Any:
@@ -77,11 +77,7 @@ def from_nwb(
     pynwb = require("pynwb", "nwb", "Reading NWB files")
     from ..flies._loader import recording_files
 
-    if (initial_weights is None) == (initial_state is None):
-        raise MetaplasticError(
-            "from_nwb() needs exactly one of initial_weights= (an ActivityDataset) and "
-            "initial_state= (a RecordingDataset)."
-        )
+    check_initial(initial_weights, initial_state, "from_nwb")
     trajectories = []
     for f in recording_files(path, ".nwb", "from_nwb"):
         try:

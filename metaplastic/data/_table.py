@@ -9,32 +9,9 @@ import numpy as np
 from jaxtyping import PyTree
 
 from .._errors import MetaplasticError
+from .._frames import numbers, table_columns
 from ._activity import ActivityDataset
 from ._recording import RecordingDataset
-
-
-def _columns(table: Any) -> list:
-    try:
-        return list(table.keys())
-    except AttributeError as err:
-        raise MetaplasticError(
-            "from_table() needs a pandas DataFrame or a mapping of column names to 1-D arrays, "
-            f"got {type(table).__name__}."
-        ) from err
-
-
-def _numeric_column(table: Any, name: Any, what: str) -> np.ndarray:
-    values = np.asarray(table[name])
-    if values.ndim != 1:
-        raise MetaplasticError(f"table: column {name!r} must be 1-D, got shape {values.shape}.")
-    if values.dtype == bool:
-        return values.astype(np.float64)
-    try:
-        return values.astype(np.float64)
-    except (TypeError, ValueError) as err:
-        raise MetaplasticError(
-            f"table: column {name!r} ({what}) must be numeric, got dtype {values.dtype}."
-        ) from err
 
 
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
@@ -82,35 +59,22 @@ def from_table(
     an empty table, a non-numeric value, a repeated time step, or a NaN other than a whole
     unrecorded neuron (and the datasets' own checks on shapes and initial state).
     """
-    if (initial_weights is None) == (initial_state is None):
-        raise MetaplasticError(
-            "from_table() needs exactly one of initial_weights= (an ActivityDataset) and "
-            "initial_state= (a RecordingDataset)."
-        )
-    present = _columns(table)
+    check_initial(initial_weights, initial_state, "from_table")
     inputs, recorded = list(inputs), list(recorded)
     if not inputs or not recorded:
         raise MetaplasticError("from_table() needs at least one input and one recorded column.")
-    wanted = [("trajectory", trajectory), ("time", time)]
-    wanted += [("an input", c) for c in inputs] + [("a recorded neuron", c) for c in recorded]
+    wanted = [(trajectory, "trajectory"), (time, "time")]
+    wanted += [(c, "an input") for c in inputs] + [(c, "a recorded neuron") for c in recorded]
     if reward is not None:
-        wanted.append(("the reward", reward))
-    for what, name in wanted:
-        if name not in present:
-            raise MetaplasticError(
-                f"table: no column {name!r} ({what}); the table has columns {present}."
-            )
-    labels = np.asarray(table[trajectory])
-    n = len(labels)
-    if n == 0:
+        wanted.append((reward, "the reward"))
+    columns = table_columns(table, [(name, what, "") for name, what in wanted])
+    labels = columns[0]
+    if len(labels) == 0:
         raise MetaplasticError("table: the table is empty (no time step).")
-    lengths = {name: len(np.asarray(table[name])) for _, name in wanted}
-    if len(set(lengths.values())) != 1:
-        raise MetaplasticError(f"table: columns of different lengths {lengths}.")
-    steps = _numeric_column(table, time, "the time step")
-    x = np.stack([_numeric_column(table, c, "an input") for c in inputs], axis=-1)
-    y = np.stack([_numeric_column(table, c, "a recorded neuron") for c in recorded], axis=-1)
-    r = None if reward is None else _numeric_column(table, reward, "the reward")
+    steps, *rest = (numbers(v, name, what) for v, (name, what) in zip(columns[1:], wanted[1:]))
+    x = np.stack(rest[: len(inputs)], axis=-1)
+    y = np.stack(rest[len(inputs) : len(inputs) + len(recorded)], axis=-1)
+    r = rest[-1] if reward is not None else None
 
     order = list(dict.fromkeys(labels.tolist()))
     trajectories = []
@@ -152,6 +116,15 @@ def from_table(
             )
         trajectories.append((x[rows], rec, None if r is None else r[rows]))
     return dataset_of(trajectories, initial_weights, initial_state)
+
+
+def check_initial(initial_weights: Any, initial_state: PyTree, caller: str) -> None:
+    """Exactly one of the two: the dataset a reader builds depends on which is given."""
+    if (initial_weights is None) == (initial_state is None):
+        raise MetaplasticError(
+            f"{caller}() needs exactly one of initial_weights= (an ActivityDataset) and "
+            "initial_state= (a RecordingDataset)."
+        )
 
 
 def dataset_of(

@@ -31,6 +31,7 @@ import struct
 import typing
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -301,13 +302,18 @@ def load_drosophila(
     no `.mat` file, a file that is not a MAT file, a missing variable, wrong shapes, values
     other than 0 and 1, NaN, a row of `X` that is not one-hot, or `sum(Y) != len(R)`.
     """
+    check_blocks(window, block_size)
+    files = recording_files(path, ".mat", "load_drosophila")
+    recordings = [(f.stem, str(f), *_read_fly(f)) for f in files]
+    return assemble_flies(recordings, window=window, block_size=block_size)
+
+
+def check_blocks(window: Any, block_size: Any) -> None:
+    """The options every reader of fly recordings takes: positive integers."""
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise MetaplasticError(f"block_size must be a positive integer, got {block_size!r}.")
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise MetaplasticError(f"window must be a positive integer, got {window!r}.")
-    files = recording_files(path, ".mat", "load_drosophila")
-    recordings = [(f.stem, str(f), *_read_fly(f)) for f in files]
-    return assemble_flies(recordings, window=window, block_size=block_size)
 
 
 def assemble_flies(

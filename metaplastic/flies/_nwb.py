@@ -2,7 +2,6 @@
 presentation a row of the file's trials table (`save_nwb`, `load_nwb`). Needs pynwb (the
 optional extra `nwb`)."""
 
-import dataclasses
 import datetime
 import os
 import pathlib
@@ -11,10 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._errors import MetaplasticError, require
-from .._frames import pandas
-from ._loader import recording_files
+from ._loader import assemble_flies, check_blocks, recording_files
 from ._records import DrosophilaData
-from ._table import drosophila_rows, from_table
+from ._table import drosophila_rows, table_recordings
 
 
 COLUMNS = {
@@ -106,9 +104,9 @@ def load_nwb(
     a trials table, and any problem `from_table` finds in its table (column, row, subject).
     """
     pynwb = _pynwb()
-    tables = []
-    files = recording_files(path, ".nwb", "load_nwb")
-    for f in files:
+    check_blocks(window, block_size)
+    recordings = []
+    for f in recording_files(path, ".nwb", "load_nwb"):
         try:
             with pynwb.NWBHDF5IO(str(f), "r") as io:
                 nwb = io.read()
@@ -125,25 +123,17 @@ def load_nwb(
             raise MetaplasticError(
                 f"{f}: is not a readable NWB file ({type(err).__name__}: {err})."
             ) from err
-        table = table.assign(_subject=subject)
-        names = dict(odour=odour, choice=choice, reward=reward, trial=trial, odours=odours)
         try:
-            from_table(table, subject="_subject", window=window, block_size=block_size, **names)
+            recordings += table_recordings(
+                table.assign(_subject=subject),
+                subject="_subject",
+                odour=odour,
+                choice=choice,
+                reward=reward,
+                trial=trial,
+                odours=odours,
+                source=str(f),  # each fly's source is its file
+            )
         except MetaplasticError as err:
             raise MetaplasticError(f"{f}: {err}") from err
-        tables.append(table)
-    combined = pandas().concat(tables, ignore_index=True)
-    data = from_table(
-        combined,
-        subject="_subject",
-        odour=odour,
-        choice=choice,
-        reward=reward,
-        trial=trial,
-        odours=odours,
-        window=window,
-        block_size=block_size,
-    )
-    # Each fly's source is its file.
-    flies = tuple(dataclasses.replace(info, path=str(f)) for info, f in zip(data.flies, files))
-    return dataclasses.replace(data, flies=flies)
+    return assemble_flies(recordings, window=window, block_size=block_size)

@@ -7,47 +7,19 @@ from typing import Any
 import numpy as np
 
 from .._errors import MetaplasticError
-from .._frames import frame
-from ._loader import assemble_flies
+from .._frames import frame, numbers, table_columns
+from ._loader import assemble_flies, check_blocks
 from ._records import DrosophilaData
-
-
-def _column(table: Any, name: str, what: str) -> np.ndarray:
-    try:
-        columns = list(table.keys())
-    except AttributeError as err:
-        raise MetaplasticError(
-            "from_table() needs a pandas DataFrame or a mapping of column names to 1-D arrays, "
-            f"got {type(table).__name__}."
-        ) from err
-    if name not in columns:
-        raise MetaplasticError(
-            f"table: no column {name!r} (the {what}); the table has columns {columns}. Name "
-            f"the column with {what}=..."
-        )
-    values = np.asarray(table[name])
-    if values.ndim != 1:
-        raise MetaplasticError(f"table: column {name!r} must be 1-D, got shape {values.shape}.")
-    return values
-
-
-def _numeric(values: np.ndarray, name: str, subjects: np.ndarray) -> np.ndarray:
-    if values.dtype == bool:
-        return values.astype(np.float64)
-    if not np.issubdtype(values.dtype, np.number):
-        try:
-            return values.astype(np.float64)
-        except (TypeError, ValueError) as err:
-            raise MetaplasticError(
-                f"table: column {name!r} must be numeric, got dtype {values.dtype} "
-                f"(e.g. {_shown(values[0])!r} at row 0, subject {_shown(subjects[0])!r})."
-            ) from err
-    return values.astype(np.float64)
 
 
 def _shown(value: Any) -> Any:
     """A table value as the user wrote it (a NumPy scalar as its Python value)."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _empty(values: np.ndarray) -> np.ndarray:
+    """Where a column of labels is empty: `None` or NaN."""
+    return np.asarray([v is None or v != v for v in values], bool)
 
 
 def _first_bad(mask: np.ndarray) -> int | None:
@@ -104,54 +76,75 @@ def from_table(
     or fewer than two odours, a subject without any acceptance, and (with `trial`) trial
     numbers that decrease or a trial that does not end with its only acceptance.
     """
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-        raise MetaplasticError(f"block_size must be a positive integer, got {block_size!r}.")
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise MetaplasticError(f"window must be a positive integer, got {window!r}.")
+    check_blocks(window, block_size)
+    recordings = table_recordings(
+        table,
+        subject=subject,
+        odour=odour,
+        choice=choice,
+        reward=reward,
+        trial=trial,
+        odours=odours,
+    )
+    return assemble_flies(recordings, window=window, block_size=block_size)
+
+
+def table_recordings(
+    table: Any,
+    *,
+    subject: str,
+    odour: str,
+    choice: str,
+    reward: str,
+    trial: str | None,
+    odours: tuple[Any, Any] | None,
+    source: str | None = None,
+) -> list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]:
+    """The checked recordings `(name, source, odour, choice, reward)` of every subject of
+    `table`, as `assemble_flies` takes them (`from_table` documents the checks); `source`
+    defaults to `"table:<subject>"`."""
     names = {"subject": subject, "odour": odour, "choice": choice, "reward": reward}
     if trial is not None:
         names["trial"] = trial
-    cols = {k: _column(table, v, k) for k, v in names.items()}
-    lengths = {names[k]: len(v) for k, v in cols.items()}
-    if len(set(lengths.values())) != 1:
-        raise MetaplasticError(f"table: columns of different lengths {lengths}.")
+    wanted = [(v, f"the {k}", f" Name the column with {k}=...") for k, v in names.items()]
+    cols = dict(zip(names, table_columns(table, wanted)))
     n = len(cols["subject"])
     if n == 0:
         raise MetaplasticError("table: the table is empty (no presentation).")
     subjects = cols["subject"]
-    missing = _first_bad(np.asarray([v is None or v != v for v in subjects]))
+    missing = _first_bad(_empty(subjects))
     if missing is not None:
         raise MetaplasticError(f"table: column {subject!r} is empty/NaN at row {missing}.")
 
-    choices = _numeric(cols["choice"], choice, subjects)
+    def at(row: int) -> str:
+        return f"{row} (subject {_shown(subjects[row])!r})"
+
+    choices = numbers(cols["choice"], choice, at=at)
     bad = _first_bad(~np.isin(choices, (0.0, 1.0)))
     if bad is not None:
         raise MetaplasticError(
-            f"table: column {choice!r} is {_shown(cols['choice'][bad])!r} at row {bad} (subject "
-            f"{_shown(subjects[bad])!r}); a choice is 0 (rejected) or 1 (accepted)."
+            f"table: column {choice!r} is {_shown(cols['choice'][bad])!r} at row {at(bad)}; "
+            "a choice is 0 (rejected) or 1 (accepted)."
         )
     accepted = choices == 1.0
-    rewards = _numeric(cols["reward"], reward, subjects)
+    rewards = numbers(cols["reward"], reward, at=at)
     bad = _first_bad(accepted & ~np.isin(rewards, (0.0, 1.0)))
     if bad is not None:
         raise MetaplasticError(
-            f"table: column {reward!r} is {_shown(cols['reward'][bad])!r} at row {bad} (subject "
-            f"{_shown(subjects[bad])!r}), an acceptance; its reward must be 0 or 1."
+            f"table: column {reward!r} is {_shown(cols['reward'][bad])!r} at row {at(bad)}, "
+            "an acceptance; its reward must be 0 or 1."
         )
     bad = _first_bad(~accepted & ~np.isnan(rewards) & (rewards != 0.0))
     if bad is not None:
         raise MetaplasticError(
-            f"table: column {reward!r} is {_shown(cols['reward'][bad])!r} at row {bad} (subject "
-            f"{_shown(subjects[bad])!r}), a rejection; a rejection has no reward (leave it empty or 0)."
+            f"table: column {reward!r} is {_shown(cols['reward'][bad])!r} at row {at(bad)}, "
+            "a rejection; a rejection has no reward (leave it empty or 0)."
         )
 
     raw_odours = cols["odour"]
-    missing = _first_bad(np.asarray([v is None or v != v for v in raw_odours]))
+    missing = _first_bad(_empty(raw_odours))
     if missing is not None:
-        raise MetaplasticError(
-            f"table: column {odour!r} is empty/NaN at row {missing} (subject "
-            f"{_shown(subjects[missing])!r})."
-        )
+        raise MetaplasticError(f"table: column {odour!r} is empty/NaN at row {at(missing)}.")
     found = sorted(set(raw_odours.tolist()), key=str)
     if odours is None:
         if len(found) != 2:
@@ -168,10 +161,11 @@ def from_table(
     bad = _first_bad(odour_index < 0)
     if bad is not None:
         raise MetaplasticError(
-            f"table: column {odour!r} is {_shown(raw_odours[bad])!r} at row {bad} (subject "
-            f"{_shown(subjects[bad])!r}), not one of the odours {tuple(odours)}."
+            f"table: column {odour!r} is {_shown(raw_odours[bad])!r} at row {at(bad)}, not one "
+            f"of the odours {tuple(odours)}."
         )
 
+    trials = None if trial is None else numbers(cols["trial"], trial, at=at)
     order = list(dict.fromkeys(subjects.tolist()))
     recordings = []
     for name in order:
@@ -182,17 +176,17 @@ def from_table(
                 f"table: subject {name!r} has no acceptance in its {len(rows)} rows, so no trial."
             )
         if trial is not None:
-            _check_trials(_numeric(cols["trial"], trial, subjects)[rows], c, rows, name, trial)
+            _check_trials(trials[rows], c, rows, name, trial)
         recordings.append(
             (
                 str(name),
-                f"table:{name}",
+                f"table:{name}" if source is None else source,
                 odour_index[rows],
                 c,
                 rewards[rows][c == 1].astype(np.int64),
             )
         )
-    return assemble_flies(recordings, window=window, block_size=block_size)
+    return recordings
 
 
 def _check_trials(trials: np.ndarray, choices: np.ndarray, rows: np.ndarray, name, column):
