@@ -34,7 +34,9 @@ def free_port() -> int:
 def start(processes: int, *args: str) -> list[subprocess.Popen]:
     """Start `processes` workers of one fit (or the single-process fit for 1)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    # One CPU device per process: drop any device count, keep the other flags.
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env["XLA_FLAGS"] = " ".join(flags)
     port = str(free_port())
     return [
         subprocess.Popen(

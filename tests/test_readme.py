@@ -15,6 +15,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 TIMEOUT = 300  # seconds for all blocks together
 
+
+def session_env():
+    """The environment of a pasted session: the repository importable, figures off screen,
+    and programs compiled at XLA's default optimisation level, as a user's are (the blocks'
+    time goes into running their fits, not compiling them; see conftest.py)."""
+    flags = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_backend_optimization_level")
+    ]
+    return dict(os.environ, PYTHONPATH=ROOT, MPLBACKEND="Agg", XLA_FLAGS=" ".join(flags))
+
+
 # The session: each block is compiled with the README's line numbers (so a traceback points
 # into README.md) and run in one shared namespace, as if pasted into one interpreter. The
 # number of the failing block goes to stderr before its traceback.
@@ -61,7 +74,7 @@ def test_readme_python_blocks_run_in_one_session(tmp_path):
             [sys.executable, "-c", DRIVER],
             input=json.dumps(blocks),
             cwd=tmp_path,  # files the blocks write land here
-            env=dict(os.environ, PYTHONPATH=ROOT, MPLBACKEND="Agg"),
+            env=session_env(),
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
@@ -92,7 +105,7 @@ def test_guide_python_blocks_run_in_one_session(tmp_path):
         [sys.executable, "-c", DRIVER.replace("README.md", "own-data.md")],
         input=json.dumps(blocks),
         cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=ROOT, MPLBACKEND="Agg"),
+        env=session_env(),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
