@@ -57,3 +57,9 @@ def drosophila_dir():
 
 
 sys.path.insert(0, ROOT)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `long` go first: pytest-xdist hands tests out in collection order, and a
+    long test started last would keep one worker busy after the other has finished."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

@@ -65,6 +65,7 @@ def test_python_blocks_are_found():
     assert python_blocks(text) == [(3, "x = 1\n"), (10, "y = x\n")]
 
 
+@pytest.mark.long
 def test_readme_python_blocks_run_in_one_session(tmp_path):
     with open(README, encoding="utf-8") as f:
         blocks = python_blocks(f.read())
