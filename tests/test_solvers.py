@@ -397,3 +397,91 @@ def test_default_chunks_keep_each_jacobian_group_within_the_cpu_budget(monkeypat
     assert chosen() == 4000  # not even one row fits: one trajectory per group
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert chosen() == 1
+
+
+class _RuleModel(eqx.Module):
+    """A model whose only array is a Taylor rule's coefficients, so that the library's
+    penalties (which act on Taylor coefficients) see them."""
+
+    rule: mp.TaylorRule
+
+
+class _RuleLeastSquares(mp.losses.AbstractGaussNewtonLoss):
+    """`mean (A θ − b)²` with θ the rule's coefficients, flattened."""
+
+    def observe(self, model, batch):
+        f = batch["a"] @ model.rule.coefficients.reshape(-1)
+        return (mp.losses.Observations(f, batch["b"], jnp.ones(f.shape, bool), "squared_error"),)
+
+
+# The penalised problems: A has orthogonal columns with AᵀA/m = c·I, so the objective
+# c·θᵢ² − 2 zᵢ θᵢ + penalty(θᵢ) (+ a constant), z = Aᵀb/m, separates into one problem per
+# coefficient. The weights are large enough that ignoring the penalty lands far (≥ 0.1) from
+# the penalised optimum.
+_PENALISED_STEPS = {"adam": 3000, "lbfgs": 200, "levenberg_marquardt": 40}
+_PENALISED_STEPS["levenberg_marquardt_qr"] = 40
+_PENALISED_TOL = {"adam": 2e-3, "lbfgs": 1e-6, "levenberg_marquardt": 1e-6}
+_PENALISED_TOL["levenberg_marquardt_qr"] = 1e-6
+
+
+def _orthogonal_problem(m=64, c=2.0):
+    rng = np.random.default_rng(5)
+    q = np.linalg.qr(rng.standard_normal((m, 4)))[0]  # orthonormal columns
+    a = q * np.sqrt(c * m)  # AᵀA/m = c I
+    z = np.array([0.9, -0.6, 0.15, -0.05])  # two terms survive L1(0.5), two do not
+    b = a @ (z / c)  # then Aᵀb/m = z
+    return a, b, z, c
+
+
+def _penalised_fit(solver_name, penalty, a, b):
+    data = {"a": jnp.asarray(a), "b": jnp.asarray(b)}
+    model = _RuleModel(mp.TaylorRule(jnp.full((2, 2), 0.3), ("x", "y")))
+    solver = SOLVERS[solver_name]()
+    result = mp.fit(
+        model,
+        data,
+        _RuleLeastSquares(),
+        solver=solver,
+        steps=_PENALISED_STEPS[solver_name],
+        penalty=penalty,
+        progress=False,
+    )
+    return np.asarray(result.model.rule.coefficients).reshape(-1)
+
+
+@pytest.mark.parametrize("solver_name", list(SOLVERS))
+def test_every_solver_reaches_the_closed_form_ridge_optimum(solver_name, x64):
+    """L2(λ): the optimum of mean (Aθ − b)² + λ‖θ‖² is (AᵀA/m + λI)⁻¹ Aᵀb/m; a solver that
+    dropped the penalty's gradient (or Hessian) would end at the least-squares solution."""
+    a, b, z, c = _orthogonal_problem()
+    lam = 1.0
+    model = _RuleModel(mp.TaylorRule(jnp.asarray(np.arange(4.0).reshape(2, 2)), ("x", "y")))
+    data = {"a": jnp.asarray(a), "b": jnp.asarray(b)}
+    # The loss is the mean squared residual the closed form assumes.
+    theta = np.arange(4.0)
+    np.testing.assert_allclose(
+        _RuleLeastSquares()(model, data), np.mean((a @ theta - b) ** 2), rtol=1e-12
+    )
+    m = a.shape[0]
+    ridge = np.linalg.solve(a.T @ a / m + lam * np.eye(4), a.T @ b / m)
+    unpenalised = np.linalg.lstsq(a, b, rcond=None)[0]
+    assert np.max(np.abs(ridge - unpenalised)) > 0.1
+    fitted = _penalised_fit(solver_name, mp.losses.L2(lam), a, b)
+    np.testing.assert_allclose(fitted, ridge, atol=_PENALISED_TOL[solver_name])
+
+
+@pytest.mark.parametrize("solver_name", list(SOLVERS))
+def test_every_solver_reaches_the_l1_optimum_on_an_orthogonal_design(solver_name, x64):
+    """L1(λ) (smoothed within s of zero) on an orthogonal design: each coefficient solves its
+    own 1-D problem, 2cθ − 2z + λθ/√(θ² + s²) = 0, found here by bisection; coefficients with
+    |z| < λ/2 end within s of zero (soft thresholding)."""
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    a, b, z, c = _orthogonal_problem()
+    lam, s = 0.5, 1e-3
+    slope = lambda t, zi: 2 * c * t - 2 * zi + lam * t / np.sqrt(t**2 + s**2)
+    optimum = np.array([scipy_optimize.brentq(slope, -5, 5, args=(zi,), xtol=1e-14) for zi in z])
+    soft = np.sign(z) * np.maximum(np.abs(z) - lam / 2, 0) / c
+    np.testing.assert_allclose(optimum, soft, atol=2 * s)  # the smoothing moves it by < s
+    assert np.max(np.abs(optimum - z / c)) > 0.1  # far from the unpenalised solution
+    fitted = _penalised_fit(solver_name, mp.losses.L1(lam, smoothing=s), a, b)
+    np.testing.assert_allclose(fitted, optimum, atol=_PENALISED_TOL[solver_name])
