@@ -265,17 +265,26 @@ def test_parametric_bootstrap_of_a_linear_gaussian_model_matches_the_closed_form
 
 
 def test_bootstrap_of_an_ensemble_keeps_members_apart(x64):
-    members = [gaussian_problem([0.5, -1.0, 2.0, 0.3], seed=s) for s in range(2)]
+    """Two members fitted to datasets with opposite truths: every replicate of member i is a
+    refit to trajectories of dataset i, so it lies within a few standard errors of member i's
+    own estimate, and far from the other member's (a replicate drawn from the wrong member's
+    data would land near the other estimate, 4 away)."""
+    truths = ([0.5, -1.0, 2.0, 0.3], [-0.5, 1.0, -2.0, -0.3])
+    members = [gaussian_problem(t, seed=s) for s, t in enumerate(truths)]
     data = jax.tree.map(lambda *a: jnp.stack(a), *members)
-    betas = jnp.asarray([ols(d)[0] for d in members])
+    fits = [ols(d) for d in members]
+    betas = jnp.asarray([f[0] for f in fits])
     ensemble = {"rule": eqx.filter_vmap(lambda c: model_at(c)["rule"])(betas)}
     boot = mp.bootstrap(ensemble, data, LinearLoss(), n=5, key=jr.key(0), ensemble=True, steps=3)
     samples = np.asarray(boot.samples["rule"].coefficients)
     assert samples.shape == (2, 5, 2, 2)
-    # Every refit of member i is a fit to trajectories of dataset i: near its own estimate.
     for i in range(2):
-        spread = np.abs(samples[i] - np.asarray(betas[i]).reshape(2, 2)).max()
-        assert spread < np.abs(np.asarray(betas[0] - betas[1])).max() + 1.0
+        stderr = np.sqrt(np.diag(fits[i][2]))  # OLS standard errors
+        own = np.asarray(betas[i])
+        other = np.asarray(betas[1 - i])
+        deviation = np.abs(samples[i].reshape(5, 4) - own)
+        assert np.all(deviation < 6 * stderr), (deviation / stderr).max()
+        assert np.all(np.abs(samples[i].reshape(5, 4) - other).max(axis=1) > 1.0)
     low, high = boot.interval()
     assert low["rule"].coefficients.shape == (2, 2, 2)
 
