@@ -32,6 +32,13 @@ def parse(argv=None):
     p.add_argument("--kill-at", type=int, default=None, help="SIGKILL --victim after this step")
     p.add_argument("--victim", type=int, default=1)
     p.add_argument("--watch", default=None, help="report the files written under this folder")
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=None,
+        help="fit this many members from different starts on the whole (replicated) batch, "
+        "the members split over the processes",
+    )
     return p.parse_args(argv)
 
 
@@ -77,10 +84,12 @@ def main(argv=None) -> None:
             num_processes=args.processes,
             process_id=args.process_id,
         )
+    import equinox as eqx
     import jax.numpy as jnp
     import jax.random as jr
     import numpy as np
     import optax
+    from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec
 
     import metaplastic as mp
@@ -101,8 +110,18 @@ def main(argv=None) -> None:
     )
     student = mp.nn.PlasticDense(mp.TaylorRule.random(key=k[3], scale=0.1), eta=1.0)
     loss = mp.losses.ActivityMSE()
+    ensemble = args.ensemble is not None
+    if ensemble:
+        make = lambda key: mp.nn.PlasticDense(mp.TaylorRule.random(key=key, scale=0.1), eta=1.0)
+        student = eqx.filter_vmap(make)(jr.split(k[3], args.ensemble))
 
-    if args.processes > 1:
+    if args.processes > 1 and ensemble:
+        # Every member on one process's device: the trainable arrays are split over the
+        # processes, the data replicated.
+        mesh = mp.sharding.batch_mesh()
+        student = mp.sharding.shard_ensemble(student, mesh)
+        data = mp.sharding.replicate(data, mesh)
+    elif args.processes > 1:
         assert jax.process_count() == args.processes, jax.process_count()
         mesh = mp.sharding.batch_mesh()
         assert mesh.size == len(jax.devices()) == args.processes * jax.local_device_count()
@@ -137,11 +156,15 @@ def main(argv=None) -> None:
         resume=args.resume,
         steps_per_call=args.steps_per_call,
         callback=callback,
+        **({"ensemble": True, "data_ensemble_axis": None} if ensemble else {}),
     )
     if run is not None:
         run.log_history(result.history)
         run.finish({"loss": float(result.history.loss[-1])})
-    coefficients = np.asarray(result.model.rule.coefficients)
+    coefficients = result.model.rule.coefficients
+    if not coefficients.is_fully_addressable:  # members on other processes' devices
+        coefficients = multihost_utils.process_allgather(coefficients, tiled=True)
+    coefficients = np.asarray(coefficients)
     print(
         json.dumps(
             {

@@ -134,6 +134,23 @@ def test_fit_over_two_processes_equals_one_process(tmp_path):
     check_fit_over_processes(2, tmp_path)
 
 
+def test_ensemble_split_over_two_processes_equals_one_process():
+    """Four members, two on each process's device: the history and the checkpoint state are
+    gathered from both processes (`gather`), so every process reports all four members'
+    recorded parameters, equal to the single-process ensemble fit's."""
+    args = ["--ensemble", "4", "--steps", "4"]
+    outs, (ref,) = finish(start(2, *args)), finish(start(1, *args))
+    assert ref["devices"] == 1
+    for out in outs:
+        assert out["devices"] == 2
+        assert len(out["history_last"]) == len(ref["history_last"]) == 4 * 27
+        np.testing.assert_allclose(out["history_last"], ref["history_last"], rtol=1e-9)
+        np.testing.assert_allclose(coefficients(out), coefficients(ref), rtol=1e-9)
+        np.testing.assert_allclose(out["loss"], ref["loss"], rtol=1e-9)
+    members = coefficients(ref).reshape(4, -1)
+    assert np.min(np.abs(members[0] - members[1:]).max(axis=1)) > 1e-3  # distinct members
+
+
 @pytest.mark.slow
 def test_fit_over_four_processes_equals_one_process(tmp_path):
     check_fit_over_processes(4, tmp_path)
