@@ -20,6 +20,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from ._errors import MetaplasticError, require
+from ._frames import is_dataframe
 from ._io import atomic_open
 from .rules import TaylorRule, format_monomial
 
@@ -66,11 +67,6 @@ def _taylor_rules(tree: Any) -> list[TaylorRule]:
 def _terms_of(rule_coefficients: np.ndarray, factors: tuple[str, ...]) -> list[tuple[int, ...]]:
     k = len(factors)
     return list(np.ndindex(*rule_coefficients.shape[rule_coefficients.ndim - k :]))
-
-
-def _is_frame(table: Any) -> bool:
-    """Whether `table` is a pandas DataFrame (without importing pandas)."""
-    return hasattr(table, "columns") and hasattr(table, "iloc") and hasattr(table, "to_csv")
 
 
 _COEFFICIENT_COLUMN = re.compile(r"^(.*)coefficients\[(\d+(?:, \d+)*)\]$")
@@ -154,7 +150,7 @@ def coefficient_trajectories(
 
     The matplotlib `Figure`.
     """
-    if _is_frame(history):
+    if is_dataframe(history):
         if factors is None and true_rule is not None:
             factors = true_rule.factors
         per_member, factors = _history_coefficients(history, rule_index, factors)
@@ -299,7 +295,7 @@ def _finite_array(name: str, value: Any) -> np.ndarray:
 def _columns(table: Any) -> dict[str, list[Any]]:
     """A table given as a pandas DataFrame, a list of row dicts or a dict of columns, as a
     dict of columns."""
-    if _is_frame(table):
+    if is_dataframe(table):
         cols = {str(k): table[k].tolist() for k in table.columns}
     elif isinstance(table, Mapping):
         cols = {str(k): list(np.asarray(v).tolist()) for k, v in table.items()}
@@ -452,7 +448,7 @@ def coefficient_distributions(
 
     The matplotlib `Figure`.
     """
-    if _is_frame(fits):
+    if is_dataframe(fits):
         fits = _coefficients_of_frame(fits, prefix)
     if isinstance(fits, Mapping):
         table = {str(k): _finite_array(f"values of {k!r}", v).ravel() for k, v in fits.items()}
@@ -515,7 +511,7 @@ def _column_of(frame: Any, column: str | None, what: str) -> np.ndarray:
 
 def _scores_by_model(scores: Any, column: str | None) -> Any:
     """`{model: scores}` of the forms `deviance_comparison` accepts; other input unchanged."""
-    if _is_frame(scores):
+    if is_dataframe(scores):
         names = [str(c) for c in scores.columns]
         if "model" not in names:  # one column per model
             return {name: scores[c].to_numpy() for name, c in zip(names, scores.columns)}
@@ -535,11 +531,11 @@ def _scores_by_model(scores: Any, column: str | None) -> Any:
         if missing:
             raise MetaplasticError(f"scores: models without a score for some {pair}: {missing}.")
         return {m: np.asarray([v[f] for f in flies]) for m, v in wide.items()}
-    if isinstance(scores, Mapping) and any(_is_frame(v) for v in scores.values()):
+    if isinstance(scores, Mapping) and any(is_dataframe(v) for v in scores.values()):
         out: dict[Any, Any] = {}
         first: tuple[Any, list[Any]] | None = None  # the first table with flies, and them
         for name, v in scores.items():
-            if not _is_frame(v):
+            if not is_dataframe(v):
                 out[name] = v
                 continue
             out[name] = _column_of(v, column, f"scores[{name!r}]")
@@ -673,7 +669,7 @@ def held_out_curve(
             )
         return np.stack([_column_of(frame, f"{column}_{x:g}", what) for x in f])
 
-    scores = {name: of_frame(name, v) if _is_frame(v) else v for name, v in scores.items()}
+    scores = {name: of_frame(name, v) if is_dataframe(v) else v for name, v in scores.items()}
     if ax is None:
         fig, ax = _figure(5.0, 3.8)
     else:

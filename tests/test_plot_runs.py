@@ -308,6 +308,24 @@ def test_run_writes_tables(tmp_path):
             run.write_csv("../table.csv", rows)
 
 
+def test_run_writes_dataframes_as_it_writes_rows(tmp_path):
+    pd = pytest.importorskip("pandas")
+    rows = [
+        {"fly": "Fly1", "n": 3, "score": 1 / 3, "small": 1e-300, "ok": True, "note": None},
+        {"fly": "Fly2", "n": 4, "score": -0.0, "small": 2.5e16, "ok": False, "note": "x"},
+    ]
+    fits = fake_fits("covariance", 0)
+    with runs.create_run(tmp_path, name="frames") as run:
+        as_rows = run.write_csv("rows.csv", rows).read_text()
+        assert run.write_csv("frame.csv", pd.DataFrame(rows)).read_text() == as_rows
+        # A result's DataFrame: its rows() written in full, or the columns asked for.
+        frame = run.write_csv("fits.csv", fits.to_dataframe()).read_text()
+        assert frame == run.write_csv("fit_rows.csv", fits.rows()).read_text()
+        two = run.write_csv("two.csv", fits.to_dataframe(), ["fly", "in_sample"]).read_text()
+        assert two.splitlines()[0] == "fly,in_sample"
+        assert two.splitlines()[1] == f"Fly1,{float(fits.in_sample[0])!r}"
+
+
 def test_open_run_refuses_another_configuration(tmp_path):
     config = {"seeds": 3, "grid": (0.0, 0.5), "lr": np.float32(0.25), "out": "a", "tag": None}
     with runs.create_run(tmp_path, name="grid", config=config) as run:
