@@ -24,6 +24,8 @@ answers at once.
   own `may_differ`), or a new one under `--out`.
 - `recovery_options(p, seeds=...)`: the flags of a simulated rule-recovery experiment.
 - `fly_data_option(p)`: `--data`, the folder of the real flies' recordings.
+- `needs_pandas(script)`: stop at once, saying how to install it, when pandas (which writes
+  the script's tables) is missing, instead of after the script's fits.
 - `print_json(summary)`: the last line of every script, one JSON object.
 - `finish(run, summary)`: the end of a script: the run folder named in the summary, the
   summary written to it and printed as the last line.
@@ -218,6 +220,19 @@ def recovery_options(p: argparse.ArgumentParser, *, seeds: int) -> None:
     )
     p.add_argument("--n-test", type=positive_int, default=7, help="held-out trajectories per seed")
     p.add_argument("--trials-per-block", type=positive_int, default=80)
+
+
+def needs_pandas(script: str) -> None:
+    """Exit with a message naming the extra if pandas, which writes the tables of `script`,
+    is not installed (it comes with the `plot` extra, which the README's example command
+    installs)."""
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            f"{script} writes its tables with pandas, which is not installed: "
+            "pip install -e '.[plot]' (or pip install pandas)."
+        ) from None
 
 
 def comma(values: Iterable[Any]) -> str:

@@ -36,8 +36,9 @@ fly by fly (flies improved, Wilcoxon signed-rank p-value).
     python examples/drosophila.py --families covariance,forgetting --resamples 4
     python examples/drosophila.py --protocol published
 
-Writes a run folder under --out (config.json, metrics.csv, summary.json, flies.csv,
-figures) and prints a JSON summary as its last line.
+Writes a run folder under --out (config.json, metrics.csv, summary.json, flies.csv from
+the fits' DataFrames, figures) and prints a JSON summary as its last line. Needs pandas
+and matplotlib: pip install -e ".[plot]".
 """
 
 import argparse
@@ -180,6 +181,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    _cli.needs_pandas("drosophila.py")
     start = time.perf_counter()
     _cli.compile_cache(args)
     import jax.random as jr
@@ -287,7 +289,7 @@ def main(argv=None):
             for key_, value in fit.medians().items():
                 run.log(family=name, score=key_, median=value, seconds=fit.seconds)
         run.write_json("comparisons.json", comparisons)
-        run.write_csv("flies.csv", _fly_rows(data, fits, base, args.fractions))
+        run.write_csv("flies.csv", _fly_table(data, fits, base, args.fractions))
         try:
             _figures(mp, run, fits, base, with_rej)
         except ImportError as err:  # matplotlib is optional
@@ -341,44 +343,53 @@ def _against_base_rate(mp, fits, base, with_rej):
     return out
 
 
-def _fly_rows(data, fits, base, fractions):
-    """One row per fly for flies.csv: counts, base rates and every family's scores and
-    coefficients, floats to 6 significant digits."""
+def _fly_table(data, fits, base, fractions):
+    """flies.csv as a DataFrame, one row per fly: its counts and base rates, then every
+    family's `FlyFits.to_dataframe()` (its columns behind `family:`; the 81-term rule only
+    its 10 terms of largest median magnitude on block 1), floats to 6 significant digits."""
     import numpy as np
+    import pandas as pd
 
     info = {f.name: f for f in data.flies}
-    # The 81-term rule keeps only its 10 terms of largest median magnitude (block 1 fits).
+    counts = pd.DataFrame(
+        [
+            {
+                "fly": name,
+                "accept_only": info[name].accept_only,
+                "presentations": info[name].n_presentations,
+                "trials": info[name].n_trials,
+                "rejections": info[name].n_rejections,
+                "rejections_block1": info[name].rejections_per_block[0],
+                "rewards": info[name].n_rewards,
+            }
+            for name in data.names
+        ]
+    )
+    rates = {"in_sample": base["in_sample"], "block1": base["block1"]}
+    for f, v, b in zip(fractions, base["held_out"], base["block1_held_out"]):
+        rates[f"held_out_{f:g}"] = v
+        rates[f"block1_held_out_{f:g}"] = b
+    rates = {k: np.asarray(v, np.float64) for k, v in rates.items()}
+    tables = [counts, pd.DataFrame(rates).add_prefix("base_rate:")]
     keep_taylor = set()
     if "taylor" in fits:
         c = fits["taylor"].block1_coefficients
         keep_taylor = set(sorted(c, key=lambda t: -abs(float(np.median(c[t]))))[:10])
-    rows = []
-    for i, name in enumerate(data.names):
-        fly = info[name]
-        row = {
-            "fly": name,
-            "accept_only": fly.accept_only,
-            "presentations": fly.n_presentations,
-            "trials": fly.n_trials,
-            "rejections": fly.n_rejections,
-            "rejections_block1": fly.rejections_per_block[0],
-            "rewards": fly.n_rewards,
-            "base_rate:in_sample": float(base["in_sample"][i]),
-            "base_rate:block1": float(base["block1"][i]),
-        }
-        for f, v, b in zip(fractions, base["held_out"], base["block1_held_out"]):
-            row[f"base_rate:held_out_{f:g}"] = float(v[i])
-            row[f"base_rate:block1_held_out_{f:g}"] = float(b[i])
-        for family, fit in fits.items():
-            for k, v in fit.rows()[i].items():
-                term = k.split("coef_", 1)[1] if "coef_" in k else None
-                if k in ("fly", "accept_only") or (
-                    family == "taylor" and term is not None and term not in keep_taylor
-                ):
-                    continue
-                row[f"{family}:{k}"] = v
-        rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return rows
+    for family, fit in fits.items():
+        table = fit.to_dataframe()
+        if table["fly"].tolist() != list(data.names):  # the tables are joined row by row
+            raise SystemExit(f"the {family} fits are not in the flies' order")
+        dropped = ["fly", "accept_only"]
+        if family == "taylor":
+            dropped += [
+                c for c in table if "coef_" in c and c.split("coef_", 1)[1] not in keep_taylor
+            ]
+        tables.append(table.drop(columns=dropped).add_prefix(f"{family}:"))
+    table = pd.concat(tables, axis=1)
+    for column in table:
+        if table[column].dtype.kind == "f":
+            table[column] = [f"{v:.6g}" for v in table[column]]
+    return table
 
 
 def _figures(mp, run, fits, base, with_rej):

@@ -25,8 +25,9 @@ block of 80 trials, reward probabilities 0.2 / 0.8, input variance 0.015², a ru
 real flies' medians, `--truth`), fitted exactly as the real ones, and reports the coverage
 of every term's interval with its Clopper–Pearson 95 % confidence interval.
 
-Writes intervals.csv, population.json, comparison.json and intervals.png into a run folder
-under --out, and prints a JSON summary as its last line.
+Writes intervals.csv (`FlyIntervals.to_dataframe()`), population.json, comparison.json and
+intervals.png into a run folder under --out, and prints a JSON summary as its last line.
+Needs pandas and matplotlib: pip install -e ".[plot]".
 """
 
 import os
@@ -194,6 +195,7 @@ def interval_figure(run, intervals, label):
 
 def main(argv=None):
     args = parse_args(argv)
+    _cli.needs_pandas("fly_intervals.py")
     start = time.perf_counter()
     _cli.compile_cache(args)
     import jax
@@ -270,7 +272,7 @@ def main(argv=None):
                     f" ± {c['sd_estimate']:.4f} (sd)  mean std {c['mean_std']:.4f}  truth "
                     f"{c['truth']:+g}  excludes 0 in {c['excludes_zero']}/{c['flies']}"
                 )
-    run.write_csv("intervals.csv", intervals.rows())
+    run.write_csv("intervals.csv", intervals.to_dataframe())
     run.write_json("population.json", _cli.jsonable(population))
     run.write_json("comparison.json", _cli.jsonable(comparisons))
     label = f"{'block 1' if args.trials == 'block1' else 'all trials'}, {len(intervals)} flies"

@@ -6,7 +6,8 @@ comparison of `examples/drosophila.py` from them and from the `.mat` files with 
 Every number reported by the comparison (per-fly scores and coefficients, paired
 comparisons) from the NWB files is compared with the same number from the `.mat` files;
 `max_abs_diff_vs_mat` in the JSON last line is the largest difference (0 when the NWB path
-loses nothing). The NWB files are written into the run folder (`nwb/`).
+loses nothing). The NWB files are written into the run folder (`nwb/`), and each family's
+per-fly fits from them as `<family>_flies.csv` (`FlyFits.to_dataframe()`).
 
     python examples/nwb_flies.py                     # covariance and forgetting, all 18 flies
     python examples/nwb_flies.py --families covariance --fractions 0.5
@@ -87,7 +88,7 @@ def main(argv=None):
         numbers[source] = _numbers(fits, comparisons)
         if source == "nwb":
             for family, fit in fits.items():
-                run.write_csv(f"{family}_flies.csv", fit.rows())
+                run.write_csv(f"{family}_flies.csv", fit.to_dataframe())
     if numbers["mat"].keys() != numbers["nwb"].keys():
         raise SystemExit("the two paths reported different quantities")
     diffs = [

@@ -12,7 +12,8 @@ The noise level is relative: a level σ adds Gaussian noise of standard deviatio
     python examples/oja_robustness.py --noises 0,0.5 --fractions 1,0.7   # a chosen grid
     python examples/oja_robustness.py --resume out/oja_robustness-...     # finish a grid
 
-Every finished cell is written at once to `oja_robustness.csv` in the run folder;
+Every finished cell is written at once to `oja_robustness.csv` in the run folder (from a
+pandas DataFrame: pip install -e ".[plot]" installs pandas with matplotlib);
 `--resume RUN_FOLDER` keeps the cells already there and fits the others. A resume must
 repeat the flags of the run (grid, seeds, sizes, steps): it stops with an error
 naming any flag that differs, but for `--out` and `--no-progress` (and `--quick`, whose
@@ -68,6 +69,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    _cli.needs_pandas("oja_robustness.py")
     start = time.perf_counter()
     _cli.compile_cache(args)
     import jax
@@ -77,6 +79,7 @@ def main(argv=None):
     import jax.numpy as jnp
     import jax.random as jr
     import numpy as np
+    import pandas as pd
 
     import metaplastic as mp
 
@@ -151,9 +154,8 @@ def main(argv=None):
                 f"{np.median([r['oja_error'] for r in cell]):.3g}",
                 flush=True,
             )
-            run.write_csv(
-                "oja_robustness.csv", rows
-            )  # after every cell, so an interrupted grid can --resume
+            # After every cell, so that an interrupted grid can --resume.
+            run.write_csv("oja_robustness.csv", pd.DataFrame(rows))
 
     def grid(field):
         return [

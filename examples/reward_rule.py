@@ -12,6 +12,10 @@ several seeds vmapped, and scored on 7 held-out trajectories per seed.
     python examples/reward_rule.py --draws 1         # one fresh draw of the input noise
     python examples/reward_rule.py --no-resample     # fit on the exact generating inputs
     python examples/reward_rule.py --solver adam --steps 300
+
+Writes a run folder under --out (config.json, metrics.csv, fit_history.csv from a pandas
+DataFrame, summary.json, figures) and prints a JSON summary as its last line. Needs pandas
+and matplotlib: pip install -e ".[plot]".
 """
 
 import time
@@ -162,11 +166,13 @@ def fit_family(data, family, solver, l1, steps, key_data):
 
 def main(argv=None):
     args = parse_args(argv)
+    _cli.needs_pandas("reward_rule.py")
     start = time.perf_counter()
     cache = _cli.compile_cache(args)
     _setup(cache, args.float32)
     import jax.random as jr
     import numpy as np
+    import pandas as pd
 
     import metaplastic as mp
 
@@ -307,11 +313,8 @@ def main(argv=None):
                 history[f"{family}_loss[{s}]"] = np.pad(
                     loss[:, s], (0, len(history["iteration"]) - len(loss)), constant_values=np.nan
                 )
-        steps = range(len(history["iteration"]))
-        run.write_csv(
-            "fit_history.csv",
-            [{k: f"{float(v[i]):.6g}" for k, v in history.items()} for i in steps],
-        )
+        history = {k: [f"{float(x):.6g}" for x in v] for k, v in history.items()}
+        run.write_csv("fit_history.csv", pd.DataFrame(history))
         try:
             _figures(run, results, truth, summary)
         except ImportError:  # matplotlib is an optional extra

@@ -16,7 +16,7 @@ removed: 57 rules. Every rule uses the same key, so the same encoding, initial w
 random draws; only the rule differs.
 
 Each finished (rule, family) pair is written at once as a row of `rule_sweep.csv` in the run
-folder; `--resume RUNFOLDER` skips the rows already there. A resume must repeat the
+folder (from a pandas DataFrame: pip install -e ".[plot]" installs pandas); `--resume RUNFOLDER` skips the rows already there. A resume must repeat the
 settings of the run (it stops with an error naming any flag that differs), but may select
 other `--rules` and `--families`. Rules share one compiled fit: the
 training data are padded (masked) to a few fixed sizes and JAX's persistent compilation
@@ -303,6 +303,7 @@ def markdown_table(rows, families):
 
 def main(argv=None):
     args = parse_args(argv)
+    _cli.needs_pandas("rule_sweep.py")
     start = time.perf_counter()
     _cli.compile_cache(args)
     if args.quick:
@@ -312,6 +313,7 @@ def main(argv=None):
             args.rules = NAMED_RULES[:2]
     import jax.random as jr
     import numpy as np
+    import pandas as pd
 
     import metaplastic as mp
 
@@ -406,16 +408,14 @@ def main(argv=None):
             )
             row["flags"] = flags_for(row)
             rows.append(row)
-            run.write_csv(
-                "rule_sweep.csv", rows, COLUMNS
-            )  # after every row, so an interrupted sweep can --resume
+            # After every row, so that an interrupted sweep can --resume.
+            run.write_csv("rule_sweep.csv", pd.DataFrame(rows, columns=COLUMNS))
 
     for r in rows:  # the flags of rows read back from an earlier run, by the current rules
         r["flags"] = flags_for(r)
     if rows:
-        run.write_csv(
-            "rule_sweep.csv", rows, COLUMNS
-        )  # every row, also those of rules not selected this time
+        # Every row, also those of rules not selected this time.
+        run.write_csv("rule_sweep.csv", pd.DataFrame(rows, columns=COLUMNS))
     # Report the selected rules and families, in the sweep's order.
     order = {e: i for i, (e, _) in enumerate(rules)}
     rows = sorted(

@@ -16,6 +16,12 @@ def pandas() -> Any:
     return require("pandas", "pandas", "to_dataframe()")
 
 
+def is_dataframe(table: Any) -> bool:
+    """Whether `table` is a pandas DataFrame, without importing pandas (for the functions
+    that take one or another table)."""
+    return hasattr(table, "columns") and hasattr(table, "iloc") and hasattr(table, "to_csv")
+
+
 def frame(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Any:
     """A DataFrame of `rows` (dicts) with `columns` in this order (also when empty; default:
     the keys of the first row)."""

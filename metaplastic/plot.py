@@ -2,12 +2,14 @@
 
 Every function returns a `matplotlib.figure.Figure` (made without pyplot, so it is safe in
 scripts, threads and on machines without a display) and, given `path=`, also saves it
-atomically (the format follows the suffix). Without matplotlib installed they raise
+atomically (the format follows the suffix). Tables and results may be given as the pandas
+DataFrames of the results' `to_dataframe()` (pandas itself is not needed otherwise). Without matplotlib installed they raise
 `MissingDependencyError` (an `ImportError` and a `MetaplasticError`) that names
 `pip install 'metaplastic[plot]'`.
 """
 
 import os
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from ._errors import MetaplasticError, require
+from ._frames import is_dataframe
 from ._io import atomic_open
 from .rules import TaylorRule, format_monomial
 
@@ -66,6 +69,56 @@ def _terms_of(rule_coefficients: np.ndarray, factors: tuple[str, ...]) -> list[t
     return list(np.ndindex(*rule_coefficients.shape[rule_coefficients.ndim - k :]))
 
 
+_COEFFICIENT_COLUMN = re.compile(r"^(.*)coefficients\[(\d+(?:, \d+)*)\]$")
+
+
+def _history_coefficients(
+    frame: Any, rule_index: int, factors: Sequence[str] | None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The Taylor coefficients of a `History.to_dataframe()`, `(steps, members, *shape)`,
+    and the rule's factors."""
+    names = [str(c) for c in frame.columns]
+    rules: dict[str, dict[tuple[int, ...], str]] = {}
+    for name in names:
+        match = _COEFFICIENT_COLUMN.match(name)
+        if match:
+            index = tuple(int(i) for i in match.group(2).split(", "))
+            rules.setdefault(match.group(1), {})[index] = name
+    if not rules or "step" not in names:
+        raise MetaplasticError(
+            "The table is not a History.to_dataframe() with Taylor-rule coefficients: it needs "
+            f"a 'step' column and columns like '.rule.coefficients[1, 1, 0]'; it has {names}."
+        )
+    if not 0 <= rule_index < len(rules):
+        raise MetaplasticError(f"rule_index {rule_index} is out of range ({len(rules)} rules).")
+    columns = list(rules.values())[rule_index]
+    shape = tuple(max(i[a] for i in columns) + 1 for a in range(len(next(iter(columns)))))
+    if factors is None or len(factors) != len(shape):
+        raise MetaplasticError(
+            f"A DataFrame does not record the rule's factors: pass factors= with {len(shape)} "
+            "names, e.g. factors=('x', 'y', 'w')."
+        )
+    if len(columns) != int(np.prod(shape)) or len(set(shape)) != 1:
+        raise MetaplasticError(
+            f"The table's coefficient columns do not fill a Taylor rule's tensor {shape}."
+        )
+    members = frame["member"].nunique() if "member" in names else 1
+    if "member" in names:
+        frame = frame.sort_values(["step", "member"], kind="stable")
+    else:
+        frame = frame.sort_values("step", kind="stable")
+    if len(frame) % members:
+        raise MetaplasticError(
+            f"The table has {len(frame)} rows, not one per step for each of {members} members."
+        )
+    steps = len(frame) // members
+    out = np.zeros((steps, members) + shape)
+    for index, name in columns.items():
+        values = _finite_array(f"column {name!r}", frame[name])
+        out[(slice(None), slice(None)) + index] = values.reshape(steps, members)
+    return out, tuple(str(f) for f in factors)
+
+
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def coefficient_trajectories(
     history: Any,
@@ -74,6 +127,7 @@ def coefficient_trajectories(
     terms: Sequence[str] | None = None,
     top: int = 6,
     rule_index: int = 0,
+    factors: Sequence[str] | None = None,
     title: str | None = None,
     path: str | os.PathLike | None = None,
 ) -> Any:
@@ -81,36 +135,44 @@ def coefficient_trajectories(
 
     **Arguments:**
 
-    - `history`: a fit's `History` (`result.history`); ensembles draw one thin line per
-      member and their median.
+    - `history`: a fit's `History` (`result.history`), or its `to_dataframe()` (one row per
+      step, and member; a column per coefficient, `.rule.coefficients[1, 1, 0]`); ensembles
+      draw one thin line per member and their median.
     - `true_rule`: the ground-truth `TaylorRule`, if known.
     - `terms`: the monomials to draw (default: the true rule's terms and the `top` largest
       fitted ones).
     - `rule_index`: which Taylor rule, if the model has several.
+    - `factors`: the rule's factors, e.g. `("x", "y", "w")`: needed with a DataFrame, which
+      does not record them (default: the true rule's).
     - `path`: where to save the figure.
 
     **Returns:**
 
     The matplotlib `Figure`.
     """
-    rules = _taylor_rules(getattr(history, "params", None))
-    if not rules:
-        raise MetaplasticError("The history holds no trained Taylor-rule coefficients to plot.")
-    if not 0 <= rule_index < len(rules):
-        raise MetaplasticError(f"rule_index {rule_index} is out of range ({len(rules)} rules).")
-    rule = rules[rule_index]
-    c = np.asarray(rule.coefficients, dtype=np.float64)
-    k = len(rule.factors)
-    steps = c.shape[0]
-    per_member = c.reshape(steps, -1, *c.shape[c.ndim - k :])  # (steps, members, ...)
-    if true_rule is not None and (
-        true_rule.factors != rule.factors or true_rule.order != rule.order
-    ):
+    if is_dataframe(history):
+        if factors is None and true_rule is not None:
+            factors = true_rule.factors
+        per_member, factors = _history_coefficients(history, rule_index, factors)
+        order = per_member.shape[-1] - 1
+    else:
+        rules = _taylor_rules(getattr(history, "params", None))
+        if not rules:
+            raise MetaplasticError("The history holds no trained Taylor-rule coefficients to plot.")
+        if not 0 <= rule_index < len(rules):
+            raise MetaplasticError(f"rule_index {rule_index} is out of range ({len(rules)} rules).")
+        rule = rules[rule_index]
+        factors, order = rule.factors, rule.order
+        c = np.asarray(rule.coefficients, dtype=np.float64)
+        k = len(factors)
+        per_member = c.reshape(c.shape[0], -1, *c.shape[c.ndim - k :])  # (steps, members, ...)
+    steps = per_member.shape[0]
+    if true_rule is not None and (true_rule.factors != factors or true_rule.order != order):
         raise MetaplasticError(
             f"true_rule has factors {true_rule.factors}/order {true_rule.order}, the fitted "
-            f"rule {rule.factors}/order {rule.order}."
+            f"rule {factors}/order {order}."
         )
-    lookup = {format_monomial(e, rule.factors): e for e in _terms_of(c, rule.factors)}
+    lookup = {format_monomial(e, factors): e for e in _terms_of(per_member, factors)}
     if terms is None:
         final = np.abs(np.median(per_member[-1], axis=0))
         chosen = sorted(lookup.values(), key=lambda e: -final[e])[:top]
@@ -131,7 +193,7 @@ def coefficient_trajectories(
     members = per_member.shape[1]
     truth = None if true_rule is None else np.asarray(true_rule.coefficients, dtype=np.float64)
     for colour, exps in zip(_colours(len(chosen)), chosen):
-        label = format_monomial(exps, rule.factors)
+        label = format_monomial(exps, factors)
         if truth is not None:
             label += f" (true {truth[exps]:.3g})"
         series = per_member[(slice(None), slice(None)) + exps]  # (steps, members)
@@ -231,8 +293,11 @@ def _finite_array(name: str, value: Any) -> np.ndarray:
 
 
 def _columns(table: Any) -> dict[str, list[Any]]:
-    """A table given as a list of row dicts or a dict of columns, as a dict of columns."""
-    if isinstance(table, Mapping):
+    """A table given as a pandas DataFrame, a list of row dicts or a dict of columns, as a
+    dict of columns."""
+    if is_dataframe(table):
+        cols = {str(k): table[k].tolist() for k in table.columns}
+    elif isinstance(table, Mapping):
         cols = {str(k): list(np.asarray(v).tolist()) for k, v in table.items()}
     elif isinstance(table, Sequence) and all(isinstance(r, Mapping) for r in table):
         names: list[str] = []
@@ -240,7 +305,9 @@ def _columns(table: Any) -> dict[str, list[Any]]:
             names += [str(k) for k in r if str(k) not in names]
         cols = {k: [r.get(k) for r in table] for k in names}
     else:
-        raise MetaplasticError("A table must be a list of row dicts or a dict of columns.")
+        raise MetaplasticError(
+            "A table must be a pandas DataFrame, a list of row dicts or a dict of columns."
+        )
     lengths = {len(v) for v in cols.values()}
     if len(lengths) > 1:
         raise MetaplasticError(f"The table's columns have different lengths {sorted(lengths)}.")
@@ -266,9 +333,10 @@ def sweep_heatmap(
 
     **Arguments:**
 
-    - `table`: the sweep's results, a list of row dicts or a dict of columns; rows that
-      share a cell (e.g. several seeds) are combined with `aggregate` (`"median"`,
-      `"mean"`, `"min"` or `"max"`).
+    - `table`: the sweep's results, one row per run: a pandas DataFrame (e.g. a sweep's CSV
+      read by `pandas.read_csv`, or a result's `to_dataframe()`), a list of row dicts or a
+      dict of columns; rows that share a cell (e.g. several seeds) are combined with
+      `aggregate` (`"median"`, `"mean"`, `"min"` or `"max"`).
     - `row`, `column`, `value`: the column names for the y axis, x axis and colour.
     - `fmt`: the format of the number written in each cell.
     - `path`: where to save the figure.
@@ -328,6 +396,28 @@ def sweep_heatmap(
     return _finish(fig, path)
 
 
+def _coefficients_of_frame(frame: Any, prefix: str) -> dict[str, np.ndarray]:
+    """`{term: values}` of a DataFrame with `term` and `estimate` columns (one row per fit and
+    term) or with one column per term named `prefix + term` (one row per fit)."""
+    names = [str(c) for c in frame.columns]
+    if "term" in names and "estimate" in names:
+        if "family" in names and frame["family"].nunique() > 1:
+            raise MetaplasticError(
+                "The table holds several families "
+                f"{sorted(frame['family'].unique())}: select one, e.g. "
+                "frame[frame['family'] == 'covariance']."
+            )
+        terms = list(dict.fromkeys(frame["term"].tolist()))
+        return {t: frame.loc[frame["term"] == t, "estimate"].to_numpy() for t in terms}
+    wide = {n[len(prefix) :]: frame[n].to_numpy() for n in names if n.startswith(prefix)}
+    if not prefix or not wide:
+        raise MetaplasticError(
+            "The table needs 'term' and 'estimate' columns (one row per fit and term) or "
+            f"coefficient columns named {prefix!r} + term (one row per fit); it has {names}."
+        )
+    return wide
+
+
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def coefficient_distributions(
     fits: Any,
@@ -335,6 +425,7 @@ def coefficient_distributions(
     terms: Sequence[str] | None = None,
     top: int = 8,
     true_rule: TaylorRule | None = None,
+    prefix: str = "coef_",
     title: str | None = None,
     path: str | os.PathLike | None = None,
 ) -> Any:
@@ -342,16 +433,23 @@ def coefficient_distributions(
 
     **Arguments:**
 
-    - `fits`: a list of fitted `TaylorRule`s (one per fly), or a dict
-      `{term: values per fly}`.
+    - `fits`: a list of fitted `TaylorRule`s (one per fly), a dict `{term: values per fly}`,
+      or a pandas DataFrame: one row per fly with a column per term named `prefix + term`
+      (`FlyFits.to_dataframe()`: `coef_x*r`, or `block1_coef_x*r` with
+      `prefix="block1_coef_"`), or one row per fit and term with columns `term` and
+      `estimate` (the `to_dataframe()` of an ensemble's `Posterior` or `Selection`, or of
+      one family of `FlyIntervals`).
     - `terms`: which monomials to show (default: the `top` largest median magnitudes).
     - `true_rule`: draw the true values as short black bars.
+    - `prefix`: the start of the coefficient columns of a wide DataFrame.
     - `path`: where to save the figure.
 
     **Returns:**
 
     The matplotlib `Figure`.
     """
+    if is_dataframe(fits):
+        fits = _coefficients_of_frame(fits, prefix)
     if isinstance(fits, Mapping):
         table = {str(k): _finite_array(f"values of {k!r}", v).ravel() for k, v in fits.items()}
         sizes = {len(v) for v in table.values()}
@@ -403,10 +501,63 @@ def coefficient_distributions(
     return _finish(fig, path)
 
 
+def _column_of(frame: Any, column: str | None, what: str) -> np.ndarray:
+    names = [str(c) for c in frame.columns]
+    if column is None or column not in names:
+        given = "no column= given" if column is None else f"no column {column!r}"
+        raise MetaplasticError(f"{what}: {given}; the table has columns {names}.")
+    return frame[column].to_numpy()
+
+
+def _scores_by_model(scores: Any, column: str | None) -> Any:
+    """`{model: scores}` of the forms `deviance_comparison` accepts; other input unchanged."""
+    if is_dataframe(scores):
+        names = [str(c) for c in scores.columns]
+        if "model" not in names:  # one column per model
+            return {name: scores[c].to_numpy() for name, c in zip(names, scores.columns)}
+        pair = next((c for c in ("fly", "member") if c in names), None)
+        if pair is None:
+            raise MetaplasticError(
+                "A table with a 'model' column needs a 'fly' or 'member' column to pair the "
+                f"models' scores; it has {names}."
+            )
+        values = _column_of(scores, column, "scores")
+        wide: dict[str, dict[Any, Any]] = {}
+        for model, who, v in zip(scores["model"].tolist(), scores[pair].tolist(), values):
+            wide.setdefault(str(model), {})[who] = v
+        flies = list(dict.fromkeys(scores[pair].tolist()))
+        missing = {m: [f for f in flies if f not in v] for m, v in wide.items()}
+        missing = {m: f for m, f in missing.items() if f}
+        if missing:
+            raise MetaplasticError(f"scores: models without a score for some {pair}: {missing}.")
+        return {m: np.asarray([v[f] for f in flies]) for m, v in wide.items()}
+    if isinstance(scores, Mapping) and any(is_dataframe(v) for v in scores.values()):
+        out: dict[Any, Any] = {}
+        first: tuple[Any, list[Any]] | None = None  # the first table with flies, and them
+        for name, v in scores.items():
+            if not is_dataframe(v):
+                out[name] = v
+                continue
+            out[name] = _column_of(v, column, f"scores[{name!r}]")
+            if "fly" not in v.columns:
+                continue
+            flies = v["fly"].tolist()
+            if first is None:
+                first = (name, flies)
+            elif flies != first[1]:
+                raise MetaplasticError(
+                    f"scores[{name!r}] and scores[{first[0]!r}] list different flies (or the "
+                    "same in another order); the comparison pairs them row by row."
+                )
+        return out
+    return scores
+
+
 @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 def deviance_comparison(
-    scores: Mapping[str, Any],
+    scores: Any,
     *,
+    column: str | None = None,
     ylabel: str = "% deviance explained",
     title: str | None = None,
     path: str | os.PathLike | None = None,
@@ -416,14 +567,24 @@ def deviance_comparison(
 
     **Arguments:**
 
-    - `scores`: `{model name: one value per fly}`, every model scored on the same flies in
-      the same order (e.g. percent deviance explained on held-out trials).
+    - `scores`: every model scored on the same flies in the same order (e.g. percent
+      deviance explained on held-out trials), as
+        - `{model name: one value per fly}`;
+        - `{model name: DataFrame}` with the scores in `column`, e.g. each family's
+          `FlyFits.to_dataframe()` with `column="in_sample"` (their `fly` columns must
+          agree);
+        - a DataFrame with one column per model and one row per fly;
+        - or a DataFrame with one row per model and fly (or member): a `model` column, the
+          scores in `column`, and the fly in `fly` or `member`, e.g.
+          `Comparison.to_dataframe()` of an ensemble with `column="held_out"`.
+    - `column`: the column of the scores in the DataFrames.
     - `path`: where to save the figure.
 
     **Returns:**
 
     The matplotlib `Figure`.
     """
+    scores = _scores_by_model(scores, column)
     if not isinstance(scores, Mapping) or not scores:
         raise MetaplasticError("scores must be a non-empty dict {model: values per fly}.")
     names = [str(k) for k in scores]
@@ -467,6 +628,7 @@ def held_out_curve(
     fractions: Sequence[float],
     scores: Mapping[str, Any],
     *,
+    column: str | None = None,
     xlabel: str = "fraction of trials fitted",
     ylabel: str = "% deviance explained (held out)",
     title: str | None = None,
@@ -480,7 +642,11 @@ def held_out_curve(
 
     - `fractions`: the training fractions, `(F,)`.
     - `scores`: `{model name: (F, flies) array}`, row `i` scored after fitting on the first
-      `fractions[i]` of each fly's trials.
+      `fractions[i]` of each fly's trials; or `{model name: DataFrame}` with one row per fly
+      and the scores of fraction `f` in the column `f"{column}_{f:g}"`, e.g. each family's
+      `FlyFits.to_dataframe()` with `column="held_out"` (`held_out_0.5`, ...) or
+      `column="block1_held_out"`.
+    - `column`: the start of the score columns in the DataFrames.
     - `ax`: draw into this matplotlib axes instead of a new figure.
     - `path`: where to save the figure.
 
@@ -493,6 +659,17 @@ def held_out_curve(
         raise MetaplasticError("held_out_curve needs at least one fraction.")
     if not isinstance(scores, Mapping) or not scores:
         raise MetaplasticError("scores must be a non-empty dict {model: (fractions, flies)}.")
+
+    def of_frame(name: str, frame: Any) -> np.ndarray:
+        what = f"scores[{name!r}]"
+        if column is None:
+            raise MetaplasticError(
+                f"{what} is a table: give column=, e.g. column='held_out' for its columns "
+                "held_out_<fraction>."
+            )
+        return np.stack([_column_of(frame, f"{column}_{x:g}", what) for x in f])
+
+    scores = {name: of_frame(name, v) if is_dataframe(v) else v for name, v in scores.items()}
     if ax is None:
         fig, ax = _figure(5.0, 3.8)
     else:

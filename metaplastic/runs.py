@@ -52,6 +52,7 @@ import numpy as np
 
 from ._checkpoint import versions
 from ._errors import MetaplasticError
+from ._frames import is_dataframe
 from ._io import (
     atomic_open,
     atomic_write_json,
@@ -203,22 +204,31 @@ class Run:
     def write_csv(
         self,
         name: str,
-        rows: Sequence[Mapping[str, Any]],
+        rows: Any,
         columns: Sequence[str] | None = None,
     ) -> Path:
-        """Write a table into the run folder (atomically), one line per row. The columns are
-        `columns`, or every key of the rows in order of first appearance; a missing value is
-        an empty cell. Numbers are written in full (strings as given)."""
-        if columns is None:
-            columns = list(dict.fromkeys(k for row in rows for k in row))
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([_format(row.get(c)) for c in columns])
+        """Write a table into the run folder (atomically), one line per row.
+
+        `rows` is a pandas DataFrame (e.g. a result's `to_dataframe()`), written by its
+        `to_csv` without the index, or a sequence of row dicts (no pandas needed). The
+        columns are `columns`, or the DataFrame's, or every key of the rows in order of
+        first appearance. A missing value (`None`, or NaN in a DataFrame) is an empty cell;
+        numbers are written in full (strings as given)."""
+        if is_dataframe(rows):
+            table = rows if columns is None else rows[list(columns)]
+            text = table.to_csv(index=False, lineterminator="\n")
+        else:
+            if columns is None:
+                columns = list(dict.fromkeys(k for row in rows for k in row))
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(columns)
+            for row in rows:
+                writer.writerow([_format(row.get(c)) for c in columns])
+            text = buf.getvalue()
         path = self.file(name)
         if self.writes:
-            atomic_write_text(path, buf.getvalue())
+            atomic_write_text(path, text)
         return path
 
     # ------------------------------------------------------------------ files

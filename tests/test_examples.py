@@ -108,6 +108,13 @@ def test_parser_common_flags():
     assert cli.comma((0.5, 1.0, 2)) == "0.5,1,2"
 
 
+def test_a_script_without_pandas_stops_at_once_naming_the_extra(monkeypatch):
+    cli.needs_pandas("drosophila.py")  # installed: nothing happens
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(SystemExit, match=r"drosophila.py writes its tables with pandas.*\[plot\]"):
+        cli.needs_pandas("drosophila.py")
+
+
 def test_json_line_converts_numpy_values(capsys):
     print("a table first")
     cli.print_json(

@@ -106,6 +106,125 @@ def test_coefficient_distributions_and_deviance(tmp_path):
         plot.deviance_comparison({"a": [1.0, 2.0], "b": [1.0]})
 
 
+def fake_fits(family, seed, flies=("Fly1", "Fly2", "Fly3", "Fly4")):
+    """A `FlyFits` of made-up numbers: 4 flies, held-out fractions 0.5 and 0.8."""
+    rng = np.random.default_rng(seed)
+    n = len(flies)
+    coefficients = {"x*r": rng.normal(size=n), "w": rng.normal(size=n)}
+    return mp.flies.FlyFits(
+        family=family,
+        reward_signal="prediction_error",
+        names=tuple(flies),
+        accept_only=np.zeros(n, bool),
+        fractions=(0.5, 0.8),
+        in_sample=rng.normal(10, 2, n),
+        held_out=rng.normal(5, 2, (2, n)),
+        block1=rng.normal(8, 2, n),
+        block1_held_out=rng.normal(3, 2, (2, n)),
+        coefficients=coefficients,
+        block1_coefficients={k: v + 1 for k, v in coefficients.items()},
+        rules=mp.TaylorRule.zeros(),
+        objective=np.zeros(n),
+        seconds=0.0,
+    )
+
+
+def drawn(fig):
+    """The y values of every line and scatter of a figure's first axes, in drawing order."""
+    ax = fig.axes[0]
+    lines = [np.asarray(line.get_ydata(), float) for line in ax.get_lines()]
+    points = [np.asarray(c.get_offsets())[:, 1] for c in ax.collections if len(c.get_offsets())]
+    return lines + points
+
+
+def assert_same_figure(a, b):
+    for x, y in zip(drawn(a), drawn(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_plots_take_the_results_dataframes():
+    pd = pytest.importorskip("pandas")
+    rows = [
+        {"noise_std": n, "recorded_fraction": f, "r2_weights": n + f}
+        for n in (0, 1)
+        for f in (1, 2)
+    ]
+    image = lambda fig: fig.axes[0].get_images()[0].get_array()
+    np.testing.assert_array_equal(
+        image(plot.sweep_heatmap(pd.DataFrame(rows))), image(plot.sweep_heatmap(rows))
+    )
+    # A fit's History.to_dataframe(): the same curves as the History, ensembles included.
+    for members in (None, 3):
+        history = fake_history(steps=5, members=members)
+        a = plot.coefficient_trajectories(history, terms=["x*y", "y^2*w"])
+        b = plot.coefficient_trajectories(
+            history.to_dataframe(), terms=["x*y", "y^2*w"], factors=("x", "y", "w")
+        )
+        assert_same_figure(a, b)
+    with pytest.raises(mp.MetaplasticError, match="pass factors="):
+        plot.coefficient_trajectories(history.to_dataframe())
+    # Per-fly fits: FlyFits.to_dataframe() of each family.
+    cov, fgt = fake_fits("covariance", 0), fake_fits("forgetting", 1)
+    tables = {"covariance": cov.to_dataframe(), "forgetting": fgt.to_dataframe()}
+    assert_same_figure(
+        plot.coefficient_distributions(tables["covariance"], prefix="block1_coef_"),
+        plot.coefficient_distributions(cov.block1_coefficients),
+    )
+    assert_same_figure(
+        plot.deviance_comparison(tables, column="in_sample"),
+        plot.deviance_comparison({"covariance": cov.in_sample, "forgetting": fgt.in_sample}),
+    )
+    wide = pd.DataFrame({"covariance": cov.in_sample, "forgetting": fgt.in_sample})
+    assert_same_figure(
+        plot.deviance_comparison(wide), plot.deviance_comparison(tables, column="in_sample")
+    )
+    assert_same_figure(
+        plot.held_out_curve((0.5, 0.8), tables, column="block1_held_out"),
+        plot.held_out_curve(
+            (0.5, 0.8), {"covariance": cov.block1_held_out, "forgetting": fgt.block1_held_out}
+        ),
+    )
+    # One row per fit and term (an ensemble's Posterior, one family of FlyIntervals), and
+    # one row per model and member (an ensemble's Comparison).
+    long = pd.DataFrame(
+        {"member": [0, 0, 1, 1], "term": ["x*r", "w"] * 2, "estimate": [0.5, -0.1, 0.4, 0.0]}
+    )
+    assert_same_figure(
+        plot.coefficient_distributions(long),
+        plot.coefficient_distributions({"x*r": [0.5, 0.4], "w": [-0.1, 0.0]}),
+    )
+    models = long.rename(columns={"term": "model", "estimate": "held_out"})
+    assert_same_figure(
+        plot.deviance_comparison(models, column="held_out"),
+        plot.deviance_comparison({"x*r": [0.5, 0.4], "w": [-0.1, 0.0]}),
+    )
+
+
+def test_dataframes_that_do_not_fit_a_plot_are_refused():
+    pd = pytest.importorskip("pandas")
+    cov = fake_fits("covariance", 0)
+    other = fake_fits("forgetting", 1, flies=("Fly2", "Fly1", "Fly3", "Fly4"))
+    tables = {"covariance": cov.to_dataframe(), "forgetting": other.to_dataframe()}
+    with pytest.raises(mp.MetaplasticError, match="list different flies"):
+        plot.deviance_comparison(tables, column="in_sample")
+    with pytest.raises(mp.MetaplasticError, match=r"scores\['covariance'\]: no column 'r2'"):
+        plot.deviance_comparison(tables, column="r2")
+    with pytest.raises(mp.MetaplasticError, match="give column="):
+        plot.held_out_curve((0.5,), tables)
+    with pytest.raises(mp.MetaplasticError, match="no column 'held_out_0.6'"):
+        plot.held_out_curve((0.6,), tables, column="held_out")
+    families = pd.DataFrame({"family": ["a", "b"], "term": ["w", "w"], "estimate": [1.0, 2.0]})
+    with pytest.raises(mp.MetaplasticError, match="several families"):
+        plot.coefficient_distributions(families)
+    with pytest.raises(mp.MetaplasticError, match="coefficient columns named 'coef_'"):
+        plot.coefficient_distributions(pd.DataFrame({"fly": ["Fly1"], "in_sample": [1.0]}))
+    unpaired = pd.DataFrame({"model": ["a", "b"], "held_out": [1.0, 2.0]})
+    with pytest.raises(mp.MetaplasticError, match="'fly' or 'member' column"):
+        plot.deviance_comparison(unpaired, column="held_out")
+    with pytest.raises(mp.MetaplasticError, match="not a History.to_dataframe"):
+        plot.coefficient_trajectories(pd.DataFrame({"step": [0], "loss": [1.0]}), factors="xyw")
+
+
 def test_plot_without_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
@@ -187,6 +306,24 @@ def test_run_writes_tables(tmp_path):
         assert sorted(p.name for p in run.path.iterdir()) == ["config.json", "table.csv"]
         with pytest.raises(mp.MetaplasticError, match="plain file name"):
             run.write_csv("../table.csv", rows)
+
+
+def test_run_writes_dataframes_as_it_writes_rows(tmp_path):
+    pd = pytest.importorskip("pandas")
+    rows = [
+        {"fly": "Fly1", "n": 3, "score": 1 / 3, "small": 1e-300, "ok": True, "note": None},
+        {"fly": "Fly2", "n": 4, "score": -0.0, "small": 2.5e16, "ok": False, "note": "x"},
+    ]
+    fits = fake_fits("covariance", 0)
+    with runs.create_run(tmp_path, name="frames") as run:
+        as_rows = run.write_csv("rows.csv", rows).read_text()
+        assert run.write_csv("frame.csv", pd.DataFrame(rows)).read_text() == as_rows
+        # A result's DataFrame: its rows() written in full, or the columns asked for.
+        frame = run.write_csv("fits.csv", fits.to_dataframe()).read_text()
+        assert frame == run.write_csv("fit_rows.csv", fits.rows()).read_text()
+        two = run.write_csv("two.csv", fits.to_dataframe(), ["fly", "in_sample"]).read_text()
+        assert two.splitlines()[0] == "fly,in_sample"
+        assert two.splitlines()[1] == f"Fly1,{float(fits.in_sample[0])!r}"
 
 
 def test_open_run_refuses_another_configuration(tmp_path):

@@ -222,9 +222,9 @@ class PackedChoiceDataset(eqx.Module):
         return self.choices.shape[0]
 
 
-# The default number of draws of the input noise in the marginal likelihood of choices
-# (`examples/results/reward_rule.md`: recovery at input variance 0.015 with 8 draws).
 DEFAULT_DRAWS = 8
+"""The default number of draws of the input noise in the marginal likelihood of choices
+(`examples/results/reward_rule.md`: recovery at input variance 0.015 with 8 draws)."""
 
 
 class NoisyChoices(eqx.Module):

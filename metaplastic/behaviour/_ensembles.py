@@ -38,10 +38,12 @@ def stack_rules(
     return eqx.filter_vmap(make_rule)(keys)
 
 
-# The initial scale of the default students: Taylor coefficients from `N(0, scale²)`; the MLP's
-# output layer scaled down by `scale` (its bias zero), so the first trials stay near the zero rule.
 TAYLOR_STUDENT_SCALE = 1e-3
+"""The initial scale of the default Taylor student: its coefficients are drawn from
+`N(0, scale²)`, so that the first trials stay near the zero rule."""
 MLP_STUDENT_SCALE = 0.1
+"""The initial scale of the default MLP student: its output layer scaled down by `scale` (its
+bias zero), so that the first trials stay near the zero rule."""
 
 
 def taylor_student(*, key: Key, order: int = 2, scale: float = TAYLOR_STUDENT_SCALE) -> TaylorRule:

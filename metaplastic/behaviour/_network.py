@@ -14,11 +14,13 @@ from ..rules import AbstractRule
 
 
 REWARD_SIGNALS = ("prediction_error", "reward")
-# The default variance of the input noise: the published fly model's, whose parameter named
-# "input_variance" (0.015) multiplies standard-normal draws, i.e. is the noise's standard
-# deviation. Choices are fitted by the likelihood averaged over draws of this noise
-# (`NoisyChoices`), which the recording never sees.
+"""The reward signals `r` a fly model can learn from: reward minus expected reward, or the
+reward itself."""
 DEFAULT_INPUT_VARIANCE = 0.015**2
+"""The default variance of the input noise: the published fly model's, whose parameter named
+"input_variance" (0.015) multiplies standard-normal draws, i.e. is the noise's standard
+deviation. Choices are fitted by the likelihood averaged over draws of this noise
+(`NoisyChoices`), which the recording never sees."""
 
 
 class OdourEncoding(eqx.Module):

@@ -13,7 +13,7 @@ from jaxtyping import PyTree
 from .._errors import MetaplasticError, require
 from ._activity import ActivityDataset
 from ._recording import RecordingDataset
-from ._table import check_initial, dataset_of
+from ._table import check_initial, dataset_of, spike_counts
 
 
 def _series(nwb: Any, name: str, path: Any, what: str) -> Any:
@@ -96,12 +96,8 @@ def from_nwb(
                 if nwb.units is None:
                     raise MetaplasticError(f"{f}: the file has no units table (recorded='units').")
                 step = np.median(np.diff(times)) if len(times) > 1 else 1.0
-                edges = np.append(times, times[-1] + step)
                 spikes = nwb.units["spike_times"]
-                y = np.stack(
-                    [np.histogram(np.asarray(spikes[u]), edges)[0] for u in range(len(nwb.units))],
-                    axis=-1,
-                ).astype(np.float64)
+                y = spike_counts([spikes[u] for u in range(len(nwb.units))], times, step)
             else:
                 y, y_times = _values(_series(nwb, recorded, f, "the recording"), f)
                 if len(y_times) != len(times) or not np.allclose(y_times, times):

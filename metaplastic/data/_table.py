@@ -127,6 +127,16 @@ def check_initial(initial_weights: Any, initial_state: PyTree, caller: str) -> N
         )
 
 
+def spike_counts(trains: Sequence[np.ndarray], times: np.ndarray, step: float) -> np.ndarray:
+    """The spikes of each train (spike times, one array per unit) counted in the bins that
+    start at `times` (increasing), the last bin `step` long: `(len(times), n_units)`, float64.
+    Spikes outside the bins are not counted."""
+    edges = np.append(times, times[-1] + step)
+    return np.stack(
+        [np.histogram(np.asarray(train, np.float64), edges)[0] for train in trains], axis=-1
+    ).astype(np.float64)
+
+
 def dataset_of(
     trajectories: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
     initial_weights: Any,

@@ -13,18 +13,20 @@ from ..behaviour import (
 from ..rules import AbstractRule, TaylorRule, format_monomial
 
 
-# The free terms of the small families, over (x, y, w, r) to first order: the covariance rule
-# Δw = θ₀ + θ_r r + θ_x x + θ_xr x·r, the same with a weight-dependent (forgetting) term, and
-# the same with a postsynaptic term `y`: what the published implementation fitted under the
-# name "forgetting" (its four-factor coefficient tensor is indexed with the factor axes
-# reversed, so the coefficient it names `w` multiplies `y`, and those it names `x` and `r`
-# multiply `r` and `x`, which maps {1, r, x, x*r} onto itself).
 FAMILY_TERMS = {
     "covariance": ("1", "r", "x", "x*r"),
     "forgetting": ("1", "r", "x", "x*r", "w"),
     "forgetting_y": ("1", "r", "x", "x*r", "y"),
 }
+"""The free terms of the small families, over (x, y, w, r) to first order: the covariance rule
+Δw = θ₀ + θ_r r + θ_x x + θ_xr x·r, the same with a weight-dependent (forgetting) term, and
+the same with a postsynaptic term `y`: what the published implementation fitted under the
+name "forgetting" (its four-factor coefficient tensor is indexed with the factor axes
+reversed, so the coefficient it names `w` multiplies `y`, and those it names `x` and `r`
+multiply `r` and `x`, which maps {1, r, x, x*r} onto itself)."""
 FAMILIES = ("covariance", "forgetting", "forgetting_y", "taylor", "mlp")
+"""Every rule family `fit_families` fits: the small families of `FAMILY_TERMS`, the 81-term
+Taylor rule over (x, y, w, r) and an MLP rule."""
 # Taylor families, which the L1 penalty applies to.
 TAYLOR_FAMILIES = ("covariance", "forgetting", "forgetting_y", "taylor")
 # The factors of the small families' shared rule.

@@ -18,6 +18,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": jnp.tanh,
     "identity": lambda v: v,
 }
+"""The activation functions of the layers, by the name their `activation=` takes."""
 
 
 def check_activation(name: str) -> None:

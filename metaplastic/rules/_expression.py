@@ -13,6 +13,8 @@ from .._errors import MetaplasticError
 # The factors a rule may depend on, in canonical order: presynaptic activity, postsynaptic
 # activity, the weight, the reward signal. Taylor evaluation contracts them in this order.
 FACTORS = ("x", "y", "w", "r")
+"""The factors of a rule, in their default order: presynaptic activity `x`, postsynaptic
+activity `y`, the weight `w` and the reward signal `r`."""
 _FACTOR_NAMES = {
     "x": "presynaptic activity",
     "y": "postsynaptic activity",
