@@ -837,3 +837,46 @@ def test_recovery_data_with_draws_never_uses_the_generating_noise():
     rec = mp.behaviour.recover_rule(data=data, steps=2, key=jr.key(1))
     assert rec.scores["marginal_percent_deviance"].shape == (2,)
     assert np.isfinite(rec.scores["true_marginal_percent_deviance"]).all()
+
+
+def _hand_arrays():
+    """The arrays of `hand_dataset`, as fresh NumPy copies to mutate."""
+    d = hand_dataset(inputs=False)
+    return {
+        "odours": np.array(d.odours),
+        "choices": np.array(d.choices),
+        "presentation_mask": np.array(d.presentation_mask),
+        "trial_mask": np.array(d.trial_mask),
+        "rewards": np.array(d.rewards),
+        "expected_rewards": np.array(d.expected_rewards),
+    }
+
+
+def _fractional_choice(a):
+    a["choices"][0, 0, 1] = 0.5
+
+
+def _unknown_odour(a):
+    a["odours"][1, 0, 0] = 2
+
+
+def _two_acceptances(a):
+    a["choices"][0, 2, :2] = 1.0  # trial 3 of trajectory 0 has three valid presentations
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (_fractional_choice, r"choices must be 0 or 1; found 0.5 at index \(0, 0, 1\)"),
+        (_unknown_odour, r"odours must be 0 or 1; found 2 at index \(1, 0, 0\)"),
+        (_two_acceptances, r"Trial \(0, 2\) has more than one accepted presentation"),
+    ],
+)
+def test_choice_dataset_refuses_impossible_choices(mutate, message):
+    """A choice that is not 0 or 1, an odour that is neither A nor B, and a trial with two
+    acceptances (a trial ends at its first acceptance) are refused, naming the entry."""
+    arrays = _hand_arrays()
+    mp.behaviour.ChoiceDataset(**arrays)  # the unmutated arrays are accepted
+    mutate(arrays)
+    with pytest.raises(mp.MetaplasticError, match=message):
+        mp.behaviour.ChoiceDataset(**arrays)

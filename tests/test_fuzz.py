@@ -341,6 +341,7 @@ def test_random_choice_datasets(seed, mutation):
     inputs = rng.normal(size=(b, t, p, 2))
     args = [odours, choices, pm, tm, rewards, expected, inputs]
     valid = (0, 0, 0)
+    impossible = False  # a mutation that no valid recording can contain: must be refused
     if mutation is not None:
         i = tuple(int(rng.integers(0, k)) for k in (b, t, p))
         valid = (i[0], 0, 0)  # trial 0 is valid and presentation 0 of it too
@@ -358,11 +359,14 @@ def test_random_choice_datasets(seed, mutation):
             inputs[i + (0,)] = np.inf
         elif mutation == "choice 0.5":
             choices[valid] = 0.5
+            impossible = True
         elif mutation == "odour 2":
             odours[valid] = 2
+            impossible = True
         elif mutation == "two acceptances" and p > 1:
             pm[valid[:2]] = True
             choices[valid[:2]] = 1.0
+            impossible = True
         elif mutation == "empty":
             args = [a[:, :0] for a in args]
         elif mutation == "ragged":
@@ -379,6 +383,7 @@ def test_random_choice_datasets(seed, mutation):
     if data is None:
         assert mutation is not None, "a valid dataset was refused"
         return
+    assert not impossible, f"accepted a dataset with {mutation!r}"
     valid_pm = np.asarray(data.presentation_mask)
     np.testing.assert_array_equal(valid_pm, pm & tm[..., None])
     np.testing.assert_array_equal(np.asarray(data.choices)[valid_pm], choices[valid_pm])

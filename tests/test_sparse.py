@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+import scipy.stats as scipy_stats
 
 import metaplastic as mp
 from metaplastic.losses import Observations
@@ -67,7 +68,13 @@ def test_threshold_fit_recovers_the_true_terms_and_drops_the_rest_exactly(x64):
     assert sel.posterior.free == tuple(bool(s) for s in selected.reshape(-1))
     # The intervals are the posterior's at `level` around the estimates.
     rows = {r["term"]: r for r in sel.table()}
-    assert rows["x*r"]["low"] < rows["x*r"]["estimate"] < rows["x*r"]["high"]
+    z = scipy_stats.norm.ppf(0.5 + LEVEL / 2)  # 2.576 at 99 %
+    for term, (i, j, k) in (("x*r", (1, 0, 1)), ("w", (0, 1, 0))):
+        flat = np.ravel_multi_index((i, j, k), c.shape)
+        std = np.sqrt(cov[flat, flat])
+        np.testing.assert_allclose(rows[term]["estimate"], c[i, j, k], rtol=1e-12)
+        np.testing.assert_allclose(rows[term]["low"], c[i, j, k] - z * std, rtol=1e-9)
+        np.testing.assert_allclose(rows[term]["high"], c[i, j, k] + z * std, rtol=1e-9)
     assert rows["w"]["high"] < 0
     assert sel.expression(digits=2).startswith("x*r - 0.")
     text = str(sel)
