@@ -226,11 +226,12 @@ def test_small_recovery_of_oja_rule(x64):
         progress=False,
     )
     rule = result.model.rule
-    assert rule.coefficient("x*y") == pytest.approx(1.0, rel=0.05)
-    assert rule.coefficient("y^2*w") == pytest.approx(-1.0, rel=0.05)
-    others = [abs(v) for term, v in rule.terms() if term not in ("x*y", "y^2*w")]
-    assert max(others) < 0.02
-    assert rule.to_expression(tol=0.02) == "x*y - y^2*w"
+    # Noiseless data in float64: the fit is Oja's rule to the precision the README states
+    # for float64 fits (1e-11 on the 100 -> 1000 example; 1.0e-10 measured here, on a
+    # 10 -> 20 layer with minibatches of 5 trajectories).
+    error = np.abs(np.asarray(rule.coefficients) - np.asarray(mp.rules.oja().coefficients))
+    assert error.max() < 1e-9, error.max()
+    assert rule.to_expression(tol=1e-6) == "x*y - y^2*w"
     held_out = mp.tasks.gaussian_stimuli(10, 50, n_trajectories=3, key=jr.key(9))
     w0 = 0.01 * jr.normal(jr.key(8), (3, 20, 10))
     scores = mp.metrics.compare_layers(
