@@ -29,18 +29,31 @@ def session_env():
 
 
 # The session: each block is compiled with the README's line numbers (so a traceback points
-# into README.md) and run in one shared namespace, as if pasted into one interpreter. The
-# number of the failing block goes to stderr before its traceback.
+# into README.md) and run in one shared namespace, as if pasted into one interpreter; what it
+# prints is echoed and kept as `printed`, and the block's check (if any) then runs in the same
+# namespace. The number of the failing block goes to stderr before its traceback.
 DRIVER = textwrap.dedent(
     """
-    import json, sys, traceback
+    import io, json, sys, traceback
+
+    class Tee(io.StringIO):
+        def write(self, text):
+            sys.__stdout__.write(text)
+            return super().write(text)
 
     blocks = json.loads(sys.stdin.read())
     namespace = {"__name__": "__main__"}
-    for i, (line, source) in enumerate(blocks):
+    for i, (line, source, *check) in enumerate(blocks):
         code = compile("\\n" * (line - 1) + source, "README.md", "exec")
         try:
-            exec(code, namespace)
+            sys.stdout = tee = Tee()
+            try:
+                exec(code, namespace)
+            finally:
+                sys.stdout = sys.__stdout__
+            if check and check[0]:
+                namespace["printed"] = tee.getvalue()
+                exec(check[0], namespace)
         except BaseException:
             sys.stderr.write(f"\\nREADME block {i} (line {line}) failed:\\n")
             traceback.print_exc()
@@ -48,6 +61,61 @@ DRIVER = textwrap.dedent(
             sys.exit(1)
     """
 )
+
+# What the README says its blocks print or produce, checked after each block (`printed` is
+# what the block printed). Each key is a line found in exactly one block.
+CHECKS = {
+    # The quick start: Oja's rule recovered from noiseless activity.
+    "print(result.model.rule.to_expression(tol=1e-3))": (
+        "assert printed.strip() == 'x*y - y^2*w', printed"
+    ),
+    # Choices: the two largest terms are x*r and x^2*r, both positive.
+    "print(result.model.rule.top_terms(2))": (
+        "top = dict(result.model.rule.top_terms(2))\n"
+        "assert set(top) == {'x*r', 'x^2*r'} and min(top.values()) > 0, top"
+    ),
+    # Spike counts: both terms of Oja's rule, each interval excluding 0 and covering the truth.
+    "print(mp.laplace(fitted_counts, counts, count_loss).format(tol=1e-6))": (
+        "import re\n"
+        "rows = {m[0]: m for m in re.findall(r'^(y\\^2\\*w|x\\*y)\\s+(\\S+)\\s+(\\S+)\\s+"
+        "\\[(\\S+), (\\S+)\\]\\s*(\\*?)$', printed, re.M)}\n"
+        "assert set(rows) == {'x*y', 'y^2*w'}, printed\n"
+        "for term, truth in (('x*y', 1.0), ('y^2*w', -1.0)):\n"
+        "    _, estimate, std, low, high, star = rows[term]\n"
+        "    assert star == '*' and float(low) < truth < float(high), printed\n"
+        "    assert abs(float(estimate) - truth) < 0.02, printed"
+    ),
+    # Optax: the history holds every step.
+    "result.history.params.rule.coefficients  # (steps, 3, 3, 3)": (
+        "assert result.history.loss.shape == (100,)\n"
+        "assert result.history.params.rule.coefficients.shape == (100, 3, 3, 3)\n"
+        "assert result.history.loss[-1] < result.history.loss[0]"
+    ),
+    # The recovery experiment: the Taylor students recover the rule (R² of weights).
+    "print(recovery.median())": (
+        "m = recovery.median()\n"
+        "assert {'r2_weights', 'r2_activity', 'percent_deviance'} <= set(m), m\n"
+        "assert m['r2_weights'] > 0.5, m"
+    ),
+    # A run folder with its files.
+    'run.finish({"loss": float(result.history.loss[-1])})': (
+        "import pathlib\n"
+        "(folder,) = pathlib.Path('out').glob('oja-*')\n"
+        "names = {p.name for p in folder.iterdir()}\n"
+        "assert {'metrics.csv', 'summary.json', 'coefficients.png', 'checkpoint'} <= names, names"
+    ),
+}
+
+
+def with_checks(blocks, checks):
+    """`blocks` as (line, code, check) triples; every check's key must be in exactly one
+    block (a check never silently detaches from a README that changed)."""
+    out = [[line, code, None] for line, code in blocks]
+    for key, check in checks.items():
+        hits = [b for b in out if key in b[1]]
+        assert len(hits) == 1, f"{len(hits)} README blocks contain {key!r}"
+        hits[0][2] = check
+    return out
 
 
 def python_blocks(text):
@@ -60,6 +128,20 @@ def python_blocks(text):
     return blocks
 
 
+def test_a_block_that_does_not_print_what_it_says_fails():
+    """The session runs each block's check on what it printed, and stops at the first block
+    whose check fails."""
+    blocks = [
+        [1, "print('x*y')\n", "assert printed.strip() == 'x*y'"],
+        [2, "print(2)\n", "assert 0"],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER], input=json.dumps(blocks), capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "@@failed-block 1" in proc.stderr
+    assert proc.stdout.splitlines() == ["x*y", "2"]  # what the blocks print is still shown
+
+
 def test_python_blocks_are_found():
     text = "a\n```python\nx = 1\n```\n\n```bash\nls\n```\n```python\ny = x\n```\n"
     assert python_blocks(text) == [(3, "x = 1\n"), (10, "y = x\n")]
@@ -70,6 +152,7 @@ def test_readme_python_blocks_run_in_one_session(tmp_path):
     with open(README, encoding="utf-8") as f:
         blocks = python_blocks(f.read())
     assert blocks, "README.md has no ```python blocks"
+    blocks = with_checks(blocks, CHECKS)
     try:
         proc = subprocess.run(
             [sys.executable, "-c", DRIVER],
