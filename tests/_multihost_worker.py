@@ -36,8 +36,8 @@ def parse(argv=None):
         "--ensemble",
         type=int,
         default=None,
-        help="fit this many members from different starts on the whole (replicated) batch, "
-        "the members split over the processes",
+        help="then also fit this many members from different starts on the whole "
+        "(replicated) batch, the members split over the processes",
     )
     return p.parse_args(argv)
 
@@ -84,18 +84,16 @@ def main(argv=None) -> None:
             num_processes=args.processes,
             process_id=args.process_id,
         )
-    import equinox as eqx
     import jax.numpy as jnp
     import jax.random as jr
     import numpy as np
     import optax
-    from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec
 
     import metaplastic as mp
 
     n = args.trajectories
-    k = jr.split(jr.key(0), 4)
+    k = jr.split(jr.key(0), 5)
     teacher = mp.nn.PlasticDense(mp.rules.oja(), eta=1.0)
     inputs = mp.tasks.gaussian_stimuli(4, 12, n_trajectories=n, std=0.5, key=k[0])
     w0 = 0.1 * jr.normal(k[1], (n, 5, 4))
@@ -110,18 +108,9 @@ def main(argv=None) -> None:
     )
     student = mp.nn.PlasticDense(mp.TaylorRule.random(key=k[3], scale=0.1), eta=1.0)
     loss = mp.losses.ActivityMSE()
-    ensemble = args.ensemble is not None
-    if ensemble:
-        make = lambda key: mp.nn.PlasticDense(mp.TaylorRule.random(key=key, scale=0.1), eta=1.0)
-        student = eqx.filter_vmap(make)(jr.split(k[3], args.ensemble))
+    whole = data  # every trajectory, for the ensemble fit
 
-    if args.processes > 1 and ensemble:
-        # Every member on one process's device: the trainable arrays are split over the
-        # processes, the data replicated.
-        mesh = mp.sharding.batch_mesh()
-        student = mp.sharding.shard_ensemble(student, mesh)
-        data = mp.sharding.replicate(data, mesh)
-    elif args.processes > 1:
+    if args.processes > 1:
         assert jax.process_count() == args.processes, jax.process_count()
         mesh = mp.sharding.batch_mesh()
         assert mesh.size == len(jax.devices()) == args.processes * jax.local_device_count()
@@ -156,15 +145,12 @@ def main(argv=None) -> None:
         resume=args.resume,
         steps_per_call=args.steps_per_call,
         callback=callback,
-        **({"ensemble": True, "data_ensemble_axis": None} if ensemble else {}),
     )
     if run is not None:
         run.log_history(result.history)
         run.finish({"loss": float(result.history.loss[-1])})
-    coefficients = result.model.rule.coefficients
-    if not coefficients.is_fully_addressable:  # members on other processes' devices
-        coefficients = multihost_utils.process_allgather(coefficients, tiled=True)
-    coefficients = np.asarray(coefficients)
+    coefficients = np.asarray(result.model.rule.coefficients)
+    members = None if args.ensemble is None else fit_ensemble(args, whole, k[4])
     print(
         json.dumps(
             {
@@ -180,10 +166,49 @@ def main(argv=None) -> None:
                 "n_traces": result.n_traces,
                 "run": None if run is None else str(Path(run.path).resolve()),
                 "writes": sorted(set(writes)),
+                "ensemble": members,
             }
         ),
         flush=True,
     )
+
+
+def fit_ensemble(args, data, key):
+    """`args.ensemble` members from different starts fitted to every trajectory, the members
+    split over the processes (each on one process's device) and the data replicated: the
+    history and the fitted members are split across processes and must be gathered."""
+    import equinox as eqx
+    import jax.random as jr
+    import numpy as np
+    import optax
+    from jax.experimental import multihost_utils
+
+    import metaplastic as mp
+
+    make = lambda k: mp.nn.PlasticDense(mp.TaylorRule.random(key=k, scale=0.1), eta=1.0)
+    members = eqx.filter_vmap(make)(jr.split(key, args.ensemble))
+    if args.processes > 1:
+        mesh = mp.sharding.batch_mesh()
+        members = mp.sharding.shard_ensemble(members, mesh)
+        data = mp.sharding.replicate(data, mesh)
+    result = mp.fit(
+        members,
+        data,
+        mp.losses.ActivityMSE(),
+        solver=mp.Optax(optax.adam(1e-2)),
+        steps=4,
+        progress=False,
+        ensemble=True,
+        data_ensemble_axis=None,
+    )
+    coefficients = result.model.rule.coefficients
+    if not coefficients.is_fully_addressable:  # members on other processes' devices
+        coefficients = multihost_utils.process_allgather(coefficients, tiled=True)
+    return {
+        "coefficients": np.asarray(coefficients).ravel().tolist(),
+        "loss": np.asarray(result.history.loss).tolist(),
+        "history_last": np.asarray(result.history.params.rule.coefficients[-1]).ravel().tolist(),
+    }
 
 
 if __name__ == "__main__":
