@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from helpers import run_example
 
+import metaplastic as mp
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -200,14 +202,14 @@ def _cache_entries(folder):
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
-def test_compile_cache_flag_and_environment_variable(tmp_path):
-    """By default a script caches its compiled programs in $METAPLASTIC_CACHE_DIR (or the
-    folder of --compile-cache); with --no-compile-cache it writes no cache at all."""
+def test_compile_cache_flag_and_environment_variable(tmp_path, monkeypatch):
+    """By default a script caches its compiled programs in $METAPLASTIC_CACHE_DIR; the folder
+    of --compile-cache takes precedence; with --no-compile-cache it writes no cache at all."""
     args = ["--steps", "2", "--checkpoint-every", "1", "--trajectories", "2", "--length", "5"]
     args += ["--n-in", "2", "--n-out", "2", "--no-progress"]
     env_cache, flag_cache = tmp_path / "env_cache", tmp_path / "flag_cache"
 
-    def run(*extra, folder):
+    def run(*extra):
         env = dict(os.environ, PYTHONPATH=ROOT, METAPLASTIC_CACHE_DIR=str(env_cache))
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
         proc = subprocess.run(
@@ -218,15 +220,16 @@ def test_compile_cache_flag_and_environment_variable(tmp_path):
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return _cache_entries(folder)
 
-    assert run("--out", str(tmp_path / "a"), folder=env_cache)
-    assert run("--out", str(tmp_path / "b"), "--compile-cache", str(flag_cache), folder=flag_cache)
-    n_env, n_flag = len(_cache_entries(env_cache)), len(_cache_entries(flag_cache))
-    assert not run(
-        "--out", str(tmp_path / "c"), "--no-compile-cache", folder=tmp_path / "xdg" / "metaplastic"
-    )
-    assert len(_cache_entries(env_cache)) == n_env
+    # Without a flag the scripts' folder is the user cache folder, $METAPLASTIC_CACHE_DIR
+    # first (`compile_cache` passes no folder to `enable_compile_cache`).
+    monkeypatch.setenv("METAPLASTIC_CACHE_DIR", str(env_cache))
+    assert mp.runs.default_compile_cache_dir() == env_cache
+    run("--out", str(tmp_path / "a"), "--compile-cache", str(flag_cache))
+    n_flag = len(_cache_entries(flag_cache))
+    assert n_flag and not _cache_entries(env_cache)  # the flag wins over the variable
+    run("--out", str(tmp_path / "b"), "--no-compile-cache")
+    assert not _cache_entries(env_cache) and not _cache_entries(tmp_path / "xdg" / "metaplastic")
     assert len(_cache_entries(flag_cache)) == n_flag
 
 
