@@ -11,7 +11,7 @@ from jaxtyping import PyTree
 from .._errors import MetaplasticError, require
 from ._activity import ActivityDataset
 from ._recording import RecordingDataset
-from ._table import check_initial, dataset_of, spike_counts
+from ._table import check_initial, dataset_of, recording_gap, spike_counts
 
 
 # Two series share a time base when their times agree to this fraction of the inputs' step
@@ -140,10 +140,9 @@ def from_pynapple(
             in_y = (y_times >= start) & (y_times <= end)
             _on_time_base(y_times[in_y], times, tolerance, "the recording", where)
             yi = y[in_y]
-            missing = np.isnan(yi)
-            gaps = missing & ~missing.all(axis=0)[None, :]
-            if gaps.any():
-                s, j = np.argwhere(gaps)[0]
+            gap = recording_gap(yi)
+            if gap is not None:
+                s, j = gap
                 raise MetaplasticError(
                     f"from_pynapple(): {where}: the recording ({y_names[j]!r}) is NaN at "
                     f"{times[s]:g} s but recorded at other steps; a neuron is either recorded "

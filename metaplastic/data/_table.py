@@ -104,11 +104,9 @@ def from_table(
                     f"(trajectory {label!r}); every step needs it."
                 )
         rec = y[rows]
-        missing = np.isnan(rec)
-        unrecorded = missing.all(axis=0)
-        gaps = missing & ~unrecorded[None, :]
-        if gaps.any():
-            k, j = np.argwhere(gaps)[0]
+        gap = recording_gap(rec)
+        if gap is not None:
+            k, j = gap
             raise MetaplasticError(
                 f"table: column {recorded[j]!r} is empty/NaN at row {rows[k]} (trajectory "
                 f"{label!r}) but recorded at other steps; a neuron is either recorded at "
@@ -116,6 +114,18 @@ def from_table(
             )
         trajectories.append((x[rows], rec, None if r is None else r[rows]))
     return dataset_of(trajectories, initial_weights, initial_state)
+
+
+def recording_gap(recorded: np.ndarray) -> tuple[int, int] | None:
+    """The first `(step, neuron)` at which a neuron that is recorded at other steps of a
+    trajectory `(steps, neurons)` is NaN, or `None`: a neuron is either recorded at every
+    step of a trajectory or NaN throughout it (then unrecorded there)."""
+    missing = np.isnan(recorded)
+    gaps = missing & ~missing.all(axis=0)[None, :]
+    if not gaps.any():
+        return None
+    step, neuron = np.argwhere(gaps)[0]
+    return int(step), int(neuron)
 
 
 def check_initial(initial_weights: Any, initial_state: PyTree, caller: str) -> None:
