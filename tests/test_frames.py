@@ -81,6 +81,7 @@ def test_posterior_frame_is_its_table_and_an_ensemble_gets_a_member_column():
         "high",
         "excludes_zero",
         "fixed",
+        "determined",
     ]
     for i in range(2):
         rows = frame[frame["member"] == i].drop(columns="member").to_dict("records")
