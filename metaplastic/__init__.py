@@ -22,6 +22,7 @@ from ._errors import MissingDependencyError as MissingDependencyError
 from ._fit import fit as fit
 from ._fit import load_checkpoint as load_checkpoint
 from ._fit import rule_filter_spec as rule_filter_spec
+from ._fit import stack_models as stack_models
 from ._jacobian import AbstractDifferentiation as AbstractDifferentiation
 from ._jacobian import Automatic as Automatic
 from ._jacobian import ForwardMode as ForwardMode
