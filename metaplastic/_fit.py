@@ -7,7 +7,6 @@ import functools
 import logging
 import os
 import time
-import typing
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +21,13 @@ import optax
 from jaxtyping import PyTree
 
 from . import _checkpoint as ckpt
-from ._errors import CheckpointError, FitDivergedError, MetaplasticError, first_line
+from ._errors import (
+    CheckpointError,
+    FitDivergedError,
+    MetaplasticError,
+    first_line,
+    validates_input,
+)
 from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._multihost import host_array, is_main_process, put
 from ._progress import Progress
@@ -160,7 +165,8 @@ def preflight(
     except Exception as err:
         text = str(err).lower()
         shapes = isinstance(err, (TypeError, ValueError)) and any(
-            word in text for word in ("shape", "dimension", "broadcast", "incompatible")
+            word in text
+            for word in ("shape", "dimension", "broadcast", "incompatible", "size", "match")
         )
         hint = (
             " — do the data's shapes (e.g. the number of inputs) match the model's?"
@@ -212,7 +218,7 @@ def _place_as(loaded: PyTree, like: PyTree) -> PyTree:
     return jax.tree.map(one, loaded, like)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def fit(
     model: PyTree,
     data: PyTree,
@@ -866,7 +872,7 @@ def _first_nonfinite_quantity(
     return quantity, member, _first_nonfinite(quantity, leaf)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def load_checkpoint(
     path: str | os.PathLike, model: PyTree, *, filter_spec: PyTree | None = None
 ) -> tuple[FitResult, dict[str, Any]]:

@@ -10,7 +10,6 @@ parameters to first order.
 
 import math
 import textwrap
-import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, PyTree
 
-from ._errors import MetaplasticError
+from ._errors import MetaplasticError, validates_input
 from ._fit import (
     check_ensemble,
     fit,
@@ -386,7 +385,7 @@ def _check_gn_loss(loss: Any) -> AbstractGaussNewtonLoss:
     return loss
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def laplace(
     model: PyTree,
     data: PyTree,
@@ -567,7 +566,7 @@ def _conditional_starts(posterior, model, filter_spec, idx, rule, values, where)
     return jax.vmap(unravel)(starts)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def profile(
     model: PyTree,
     data: PyTree,

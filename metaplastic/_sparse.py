@@ -15,7 +15,6 @@ posterior covariance are zero.
 """
 
 import dataclasses
-import typing
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -27,7 +26,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from ._errors import MetaplasticError
+from ._errors import MetaplasticError, validates_input
 from ._fit import check_ensemble, check_key, fit, rule_filter_spec
 from ._frames import members_frame
 from ._jacobian import AbstractDifferentiation, as_differentiation
@@ -349,7 +348,7 @@ def _where_members(keep: np.ndarray, new: PyTree, old: PyTree) -> PyTree:
 
 
 # ---------------------------------------------------------------------- threshold_fit
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def threshold_fit(
     model: PyTree,
     data: PyTree,
@@ -524,7 +523,7 @@ def threshold_fit(
 
 
 # ---------------------------------------------------------------------- stability selection
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def stability_selection(
     model: PyTree,
     data: PyTree,

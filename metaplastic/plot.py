@@ -4,11 +4,10 @@ Every function returns a `matplotlib.figure.Figure` (made without pyplot, so it 
 scripts, threads and on machines without a display) and, given `path=`, also saves it
 atomically (the format follows the suffix). Without matplotlib installed they raise
 `MissingDependencyError` (an `ImportError` and a `MetaplasticError`) that names
-`pip install 'metaplastic[plot]'`.
+`pip install "metaplastic[plot]"`.
 """
 
 import os
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import jax
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from ._errors import MetaplasticError, require
+from ._errors import MetaplasticError, require, validates_input
 from ._io import atomic_open
 from .rules import TaylorRule, format_monomial
 
@@ -66,7 +65,7 @@ def _terms_of(rule_coefficients: np.ndarray, factors: tuple[str, ...]) -> list[t
     return list(np.ndindex(*rule_coefficients.shape[rule_coefficients.ndim - k :]))
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def coefficient_trajectories(
     history: Any,
     *,
@@ -155,7 +154,7 @@ def coefficient_trajectories(
     return _finish(fig, path)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def weight_trajectories(
     true_weights: Float[ArrayLike, "time n_out n_in"],
     fitted_weights: Float[ArrayLike, "time n_out n_in"],
@@ -247,7 +246,7 @@ def _columns(table: Any) -> dict[str, list[Any]]:
     return cols
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def sweep_heatmap(
     table: Any,
     *,
@@ -328,7 +327,7 @@ def sweep_heatmap(
     return _finish(fig, path)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def coefficient_distributions(
     fits: Any,
     *,
@@ -403,7 +402,7 @@ def coefficient_distributions(
     return _finish(fig, path)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def deviance_comparison(
     scores: Mapping[str, Any],
     *,
@@ -462,7 +461,7 @@ def deviance_comparison(
     return _finish(fig, path)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def held_out_curve(
     fractions: Sequence[float],
     scores: Mapping[str, Any],

@@ -125,5 +125,5 @@ def test_comparison_frame_is_its_table_per_member():
 def test_without_pandas_the_error_says_how_to_install_it(monkeypatch):
     history = quadratic_fit([1.0, 0.0, 0.0]).history
     monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` raises ImportError
-    with pytest.raises(mp.MissingDependencyError, match=r"pip install 'metaplastic\[pandas\]'"):
+    with pytest.raises(mp.MissingDependencyError, match=r'pip install "metaplastic\[pandas\]"'):
         history.to_dataframe()

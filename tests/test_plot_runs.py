@@ -110,7 +110,7 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(
-        mp.MissingDependencyError, match=r"pip install 'metaplastic\[plot\]'"
+        mp.MissingDependencyError, match=r'pip install "metaplastic\[plot\]"'
     ) as info:
         plot.deviance_comparison({"a": [1.0]})
     assert isinstance(info.value, ImportError) and isinstance(info.value, mp.MetaplasticError)

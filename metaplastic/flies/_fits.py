@@ -31,7 +31,6 @@ likelihood of a rule has no finite optimum there.
 
 import logging
 import time
-import typing
 from collections.abc import Sequence
 from typing import Literal
 
@@ -42,7 +41,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._fit import fit
 from .._random import host_rng
 from .._solver import AbstractSolver, LevenbergMarquardt
@@ -227,7 +226,7 @@ def _check_int(name, value, minimum=1, allow_none=False):
         raise MetaplasticError(f"{name} must be a positive integer, got {value!r}.")
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def fit_families(
     data: DrosophilaData,
     families: Sequence[str] = FAMILIES,
@@ -479,7 +478,7 @@ def fit_families(
     return {f: out[f] for f in families}
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def padded_l1(data: DrosophilaData, weight: float = 1e-2) -> np.ndarray:
     """The L1 weight per fly, in units of `fit_families`' mean per-presentation
     log-likelihood, that the published implementation's penalty amounts to: its choice loss

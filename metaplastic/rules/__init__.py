@@ -14,3 +14,21 @@ from ._library import zero_like as zero_like
 from ._mlp import MLPRule as MLPRule
 from ._taylor import TaylorRule as TaylorRule
 from ._taylor import powers as powers
+
+
+__all__ = [
+    "AbstractRule",
+    "FACTORS",
+    "MLPRule",
+    "TaylorRule",
+    "format_expression",
+    "format_monomial",
+    "from_expression",
+    "hebbian",
+    "oja",
+    "parse_expression",
+    "powers",
+    "reward_modulated",
+    "with_decay",
+    "zero_like",
+]
