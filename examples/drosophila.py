@@ -86,7 +86,7 @@ PROTOCOLS = {
 
 
 def parse_args(argv=None):
-    p = _cli.parser(__doc__, progress=False)
+    p = _cli.parser(__doc__)
     _cli.fly_data_option(p)
     p.add_argument(
         "--families",
@@ -201,6 +201,7 @@ def main(argv=None):
         evaluation_samples=args.evaluation_samples,
         l1=mp.flies.padded_l1(data) if args.l1 == "padded" else args.l1,
         key=key,  # the same key: the same draws and initial weights for every family
+        progress=not args.no_progress,
     )
     if published:
         # One Adam step per training sample, as the original loop: `steps` epochs.

@@ -102,7 +102,7 @@ def bootstrap(
     differentiation: AbstractDifferentiation | None = None,
     ensemble: bool = False,
     data_ensemble_axis: int | None = 0,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Bootstrap:
     """Bootstrap a fit: `n` replicate datasets, every one refitted from the fitted `model`,
     all replicates (and all members of an ensemble) in one vmapped `metaplastic.fit`.

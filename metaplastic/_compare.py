@@ -221,7 +221,7 @@ def compare_models(
     ensemble: bool = False,
     data_ensemble_axis: int | None = 0,
     key: Key | None = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Comparison:
     """Fit each candidate model to the same data and compare them: held-out log-likelihood,
     AIC, BIC and the Laplace evidence, in one `Comparison`.

@@ -461,10 +461,26 @@ def history_rows(history: Any, *, prefix: str = "") -> list[dict[str, Any]]:
     ]
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Read a run's `metrics.csv` (or the run folder's) as a list of dicts of strings."""
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a run's `metrics.csv` (or the run folder's) as a list of dicts, one per row,
+    with numbers as numbers: an integer as `int`, any other number (`nan` and `inf`
+    included) as `float`, an empty cell (a column the row did not log) as `None`, and any
+    other text as the string it is."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.csv"
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _cell(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text

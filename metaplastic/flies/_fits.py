@@ -248,6 +248,7 @@ def fit_families(
     l1: float | Sequence[float] | np.ndarray = 1e-3,
     evaluation_samples: int | None = None,
     key: jax.Array,
+    progress: bool = True,
 ) -> dict[str, FlyFits]:
     """Fit rule families to every fly: per family, all flies and all train/test splits in
     one vmapped fit (the small families together in one), every fit scored against the
@@ -296,6 +297,7 @@ def fit_families(
       initial weights) of the same trials instead of the fitted draws (the published
       evaluation); `None`: score on the fitted draws.
     - `key`: the draws, the initial weights and the initial rules.
+    - `progress`: show a progress bar for each fit (`False` to silence them).
 
     **Returns:**
 
@@ -437,7 +439,7 @@ def fit_families(
             batch_size=batch_size,
             ensemble=True,
             per_member=per_member,
-            progress=False,
+            progress=progress,
             key=k,
         )
         if first_order:

@@ -364,6 +364,7 @@ def rule_intervals(
     steps: int = 20,
     prior_std: float = 1.0,
     key: jax.Array,
+    progress: bool = True,
 ) -> FlyIntervals:
     """Fit each small rule family to each fly and give every free term of every fly a
     Laplace interval; score the families fly by fly by AIC, BIC and the Laplace evidence.
@@ -387,6 +388,7 @@ def rule_intervals(
     - `prior_std`: the prior standard deviation of every free term in the evidence.
     - `key`: the noise draws, the initial weights and the initial rules (the families share
       the draws and the weights).
+    - `progress`: show a progress bar for each family's fit (`False` to silence them).
 
     **Returns:**
 
@@ -475,7 +477,7 @@ def rule_intervals(
             solver=solver,
             steps=steps,
             ensemble=True,
-            progress=False,
+            progress=progress,
         )
         model = result.model
         post = laplace(model, member_data, loss, ensemble=True)
