@@ -477,11 +477,16 @@ def threshold_fit(
         # The candidates are free in every round (each member's dropped terms are fixed
         # inside its posterior), so that the rounds' posteriors have one structure.
         post = dataclasses.replace(post, free=tuple(bool(f) for f in flat_library))
-        low, high = post.interval(level)
+        # Conditional on the directions the data determine (the pseudo-inverse's spread), as
+        # the selection was designed and measured: with the unbounded intervals of a
+        # rank-deficient posterior every term of a collinear library would contain 0, and
+        # the first round would drop them all.
+        low, high = post.interval(level, conditional=True)
         estimate = np.asarray(_taylor_rule(fitted).coefficients).reshape(members, -1)
         low = np.asarray(_taylor_rule(low).coefficients).reshape(members, -1)
         high = np.asarray(_taylor_rule(high).coefficients).reshape(members, -1)
-        std = np.asarray(_taylor_rule(post.std()).coefficients).reshape(members, -1)
+        std = np.asarray(_taylor_rule(post.std(conditional=True)).coefficients)
+        std = std.reshape(members, -1)
         contains = selected & (low <= 0) & (high >= 0)
         if drop == "all":
             new = selected & ~contains
