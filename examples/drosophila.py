@@ -86,7 +86,9 @@ PROTOCOLS = {
 
 
 def parse_args(argv=None):
-    p = _cli.parser(__doc__)
+    p = _cli.parser(
+        __doc__, quick="3 flies, covariance and forgetting, 2 draws, 4 steps, no sweep: a check"
+    )
     _cli.fly_data_option(p)
     p.add_argument(
         "--families",
@@ -170,6 +172,10 @@ def parse_args(argv=None):
     for name, value in PROTOCOLS[args.protocol].items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
+    if args.quick:
+        small = tuple(f for f in args.families if f in ("covariance", "forgetting"))
+        args.families = small or ("covariance",)
+        args.resamples, args.steps, args.fractions = 2, min(args.steps, 4), ()
     if not os.path.isdir(args.data):
         p.error(
             f"the Drosophila data folder {args.data!r} does not exist; pass --data with the "
@@ -189,6 +195,8 @@ def main(argv=None):
     import metaplastic as mp
 
     data = mp.flies.load_drosophila(args.data)
+    if args.quick:
+        data = data.select(list(range(min(3, len(data)))))
     key = jr.key(args.seed)
     published = args.protocol == "published"
     common = dict(
