@@ -35,7 +35,9 @@ INPUT_VARIANCE = 0.015
 
 
 def parse_args(argv=None):
-    p = _cli.parser(__doc__)
+    p = _cli.parser(
+        __doc__, quick="1 seed, 6 training flies, 20 trials a block, 2 draws, 4 steps, one process"
+    )
     _cli.recovery_options(p, seeds=5)
     p.add_argument(
         "--input-variance",
@@ -90,7 +92,12 @@ def parse_args(argv=None):
         default=2,
         help="processes: 2 fits the two families side by side",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.n_train, args.n_test, args.trials_per_block = 1, 6, 3, 20
+        args.draws, args.jobs = 2, 1
+        args.steps = 4
+    return args
 
 
 def _setup(folder, float32):
