@@ -21,7 +21,9 @@ answers at once.
   fit.
 - `open_run(args, name)`: the run folder named by `--resume` (refused if its recorded
   flags differ from these, but for `--out`, `--resume`, `--no-progress` and the script's
-  own `may_differ`), or a new one under `--out`.
+  own `may_differ`), or a new one under `--out`. With `--resume`, the parser has already
+  taken every flag not given on the command line from the folder's `config.json`.
+- `--help` shows every flag's default.
 - `recovery_options(p, seeds=...)`: the flags of a simulated rule-recovery experiment.
 - `fly_data_option(p)`: `--data`, the folder of the real flies' recordings.
 - `needs_pandas(script)`: stop at once, saying how to install it, when pandas (which writes
@@ -38,6 +40,80 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The script's docstring as written, and every flag's default in its help (unless the
+    help already names it), also for flags without a help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        shown = (
+            action.option_strings
+            and default is not argparse.SUPPRESS
+            and default is not None
+            and not isinstance(default, bool)
+            and "default" not in text.lower()
+        )
+        if not shown:
+            return text
+        value = comma(default) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {value})".strip()
+
+
+class ExampleParser(argparse.ArgumentParser):
+    """An `ArgumentParser` that, with `--resume RUN_FOLDER`, takes every flag not given on
+    the command line from the run folder's recorded configuration (`config.json`), so that
+    a resume needs no flag but `--resume`; flags given explicitly still win (and a
+    difference from the record is refused by `open_run`)."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        default = action.default
+        if not action.help and action.option_strings and default not in (None, False):
+            if default is not argparse.SUPPRESS and not isinstance(default, bool):
+                value = comma(default) if isinstance(default, (list, tuple)) else default
+                action.help = f"default: {value}".replace("%", "%%")
+        return action
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        ns = super().parse_args(args, namespace)
+        folder = getattr(ns, "resume", None)
+        recorded = recorded_config(folder) if folder else None
+        if recorded:
+            given = self._explicit(args)
+            for key, value in recorded.items():
+                if key in given or key in RESUME_MAY_DIFFER or not hasattr(ns, key):
+                    continue
+                if isinstance(getattr(ns, key), tuple) and isinstance(value, list):
+                    value = tuple(value)
+                setattr(ns, key, value)
+        return ns
+
+    def _explicit(self, args: Any) -> set[str]:
+        """The destinations of the flags given on the command line."""
+        saved = [(action, action.default) for action in self._actions]
+        try:
+            for action, _ in saved:
+                action.default = argparse.SUPPRESS
+            given, _ = super().parse_known_args(args)
+        finally:
+            for action, default in saved:
+                action.default = default
+        return set(vars(given))
+
+
+def recorded_config(folder: str) -> dict[str, Any] | None:
+    """The configuration recorded in a run folder's `config.json`, or `None` when there is
+    none to read (`open_run` then says what is wrong with the folder)."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    config = record.get("config") if isinstance(record, dict) else None
+    return config if isinstance(config, dict) else None
 
 
 def parser(
@@ -60,9 +136,7 @@ def parser(
 
     **Returns:** the parser; the script adds its own flags and calls `parse_args`.
     """
-    p = argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = ExampleParser(description=doc, formatter_class=HelpFormatter)
     p.add_argument(
         "--out", default="out", help="folder in which the run folder is created (default: out)"
     )

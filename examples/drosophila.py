@@ -87,7 +87,9 @@ PROTOCOLS = {
 
 
 def parse_args(argv=None):
-    p = _cli.parser(__doc__, progress=False)
+    p = _cli.parser(
+        __doc__, quick="3 flies, covariance and forgetting, 2 draws, 4 steps, no sweep: a check"
+    )
     _cli.fly_data_option(p)
     p.add_argument(
         "--families",
@@ -171,6 +173,10 @@ def parse_args(argv=None):
     for name, value in PROTOCOLS[args.protocol].items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
+    if args.quick:
+        small = tuple(f for f in args.families if f in ("covariance", "forgetting"))
+        args.families = small or ("covariance",)
+        args.resamples, args.steps, args.fractions = 2, min(args.steps, 4), ()
     if not os.path.isdir(args.data):
         p.error(
             f"the Drosophila data folder {args.data!r} does not exist; pass --data with the "
@@ -191,6 +197,8 @@ def main(argv=None):
     import metaplastic as mp
 
     data = mp.flies.load_drosophila(args.data)
+    if args.quick:
+        data = data.select(list(range(min(3, len(data)))))
     key = jr.key(args.seed)
     published = args.protocol == "published"
     common = dict(
@@ -203,6 +211,7 @@ def main(argv=None):
         evaluation_samples=args.evaluation_samples,
         l1=mp.flies.padded_l1(data) if args.l1 == "padded" else args.l1,
         key=key,  # the same key: the same draws and initial weights for every family
+        progress=not args.no_progress,
     )
     if published:
         # One Adam step per training sample, as the original loop: `steps` epochs.

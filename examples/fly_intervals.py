@@ -42,7 +42,7 @@ TERMS = ("x*r", "r", "x", "1", "w", "y")
 
 
 def parse_args(argv=None):
-    p = _cli.parser(__doc__, progress=False, quick="3 flies, 2 draws, 6 steps")
+    p = _cli.parser(__doc__, quick="3 flies, 2 draws, 6 steps")
     _cli.fly_data_option(p)
     p.add_argument(
         "--families",
@@ -227,6 +227,7 @@ def main(argv=None):
         steps=steps,
         prior_std=args.prior_std,
         key=jr.key(args.seed),
+        progress=not args.no_progress,
     )
     if args.input_variance is not None:
         options["input_variance"] = args.input_variance

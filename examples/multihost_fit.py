@@ -43,7 +43,7 @@ DEFAULTS = {
 
 
 def parse_args(argv=None):
-    p = _cli.parser(__doc__, progress=False)
+    p = _cli.parser(__doc__, quick="8 trajectories, 10 steps")
     p.add_argument(
         "--processes", type=int, default=2, help="number of local processes (default: 2)"
     )
@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.quick:
+        args.trajectories, args.steps = min(args.trajectories, 8), min(args.steps, 10)
     if args.processes < 1:
         p.error("--processes must be at least 1")
     if args.trajectories % args.processes:
@@ -90,8 +92,7 @@ def fit(args, student, data, loss, **kwargs):
         solver=mp.Optax(optax.adam(args.learning_rate)),
         steps=args.steps,
         key=jr.key(args.seed),
-        progress=False,
-        **kwargs,
+        **({"progress": False} | kwargs),
     )
 
 
@@ -184,7 +185,7 @@ def launch(args) -> None:
         import metaplastic as mp
 
         data, student = problem(args)
-        single = fit(args, student, data, mp.losses.ActivityMSE())
+        single = fit(args, student, data, mp.losses.ActivityMSE(), progress=not args.no_progress)
         outs = [p.communicate(timeout=1800) for p in procs]
     finally:
         for p in procs:

@@ -76,7 +76,11 @@ def main(argv=None):
     numbers = {}
     for source, data in (("mat", mat), ("nwb", nwb)):
         fits = mp.flies.fit_families(
-            data, args.families, fractions=args.fractions, key=jr.key(args.seed)
+            data,
+            args.families,
+            fractions=args.fractions,
+            key=jr.key(args.seed),
+            progress=not args.no_progress,
         )
         comparisons = {}
         base = fits[args.families[0]]

@@ -2,9 +2,10 @@
 
 Writes a run folder under --out with config.json, metrics.csv (one row per step: loss and
 every coefficient), summary.json, figures (coefficient trajectories, weight trajectories) and
-the fit's checkpoint. Kill it at any point and continue with `--resume <run folder>` and the same flags: the
-result is bitwise the one an uninterrupted run gives (on CPU). A resume whose flags differ
-from the recorded ones (but for `--out` and `--no-progress`) stops with an error naming them.
+the fit's checkpoint. Kill it at any point and continue with `--resume <run folder>`: the
+flags not given again are those recorded in the folder's config.json, and the result is
+bitwise the one an uninterrupted run gives (on CPU). A resume whose flags differ from the
+recorded ones (but for `--out` and `--no-progress`) stops with an error naming them.
 
     python examples/resumable_fit.py                      # a new run in out/
     python examples/resumable_fit.py --resume out/oja-... # continue an interrupted one
@@ -36,7 +37,9 @@ DEFAULTS = {
 
 def parse_args(argv=None):
     p = _cli.parser(
-        __doc__, resume="a run folder to continue, with the configuration it was run with"
+        __doc__,
+        resume="a run folder to continue, with the configuration it was run with",
+        quick="60 steps instead of 600",
     )
     p.set_defaults(seed=DEFAULTS["seed"])
     for name, value in DEFAULTS.items():
@@ -44,6 +47,8 @@ def parse_args(argv=None):
             kind = _cli.positive_int if isinstance(value, int) else _cli.positive_float
             p.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
     args = p.parse_args(argv)
+    if args.quick:
+        args.steps = min(args.steps, 60)
     if args.resume is not None:
         args.resume = Path(args.resume)
     return args

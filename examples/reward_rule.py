@@ -39,7 +39,9 @@ INPUT_VARIANCE = 0.015
 
 
 def parse_args(argv=None):
-    p = _cli.parser(__doc__, progress=False)
+    p = _cli.parser(
+        __doc__, quick="1 seed, 6 training flies, 20 trials a block, 2 draws, 4 steps, one process"
+    )
     _cli.recovery_options(p, seeds=5)
     p.add_argument(
         "--input-variance",
@@ -94,7 +96,12 @@ def parse_args(argv=None):
         default=2,
         help="processes: 2 fits the two families side by side",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.n_train, args.n_test, args.trials_per_block = 1, 6, 3, 20
+        args.draws, args.jobs = 2, 1
+        args.steps = 4
+    return args
 
 
 def _setup(folder, float32):
@@ -123,7 +130,7 @@ def _key_data(keys, family):
     return np.asarray(jr.key_data(keys[family]))
 
 
-def fit_family(data, family, solver, l1, steps, key_data):
+def fit_family(data, family, solver, l1, steps, key_data, progress=True):
     """Fit one rule family on `data` (several seeds vmapped) and score it; plain results so
     that it can run in another process."""
     import equinox as eqx
@@ -146,6 +153,7 @@ def fit_family(data, family, solver, l1, steps, key_data):
         rule=family,
         l1=l1,
         key=jr.wrap_key_data(key_data),
+        progress=progress,
         **options,
     )
     coefficients = np.asarray(res.fitted.rule.coefficients) if family == "taylor" else None
@@ -213,16 +221,19 @@ def main(argv=None):
             initializer=_setup,
             initargs=(cache, args.float32),
         ) as pool:
+            # The other process's bars would interleave with this one's: it fits silently.
             other = pool.submit(
-                fit_family, data, families[1], *settings, _key_data(keys, families[1])
+                fit_family, data, families[1], *settings, _key_data(keys, families[1]), False
             )
             results[families[0]] = fit_family(
-                data, families[0], *settings, _key_data(keys, families[0])
+                data, families[0], *settings, _key_data(keys, families[0]), not args.no_progress
             )
             results[families[1]] = other.result()
     else:
         for family in families:
-            results[family] = fit_family(data, family, *settings, _key_data(keys, family))
+            results[family] = fit_family(
+                data, family, *settings, _key_data(keys, family), not args.no_progress
+            )
     for family in families:
         res = results[family]
         med = {k: float(np.median(v)) for k, v in res["scores"].items()}

@@ -22,6 +22,7 @@ from ._errors import MissingDependencyError as MissingDependencyError
 from ._fit import fit as fit
 from ._fit import load_checkpoint as load_checkpoint
 from ._fit import rule_filter_spec as rule_filter_spec
+from ._fit import stack_models as stack_models
 from ._jacobian import AbstractDifferentiation as AbstractDifferentiation
 from ._jacobian import Automatic as Automatic
 from ._jacobian import ForwardMode as ForwardMode
@@ -57,4 +58,65 @@ from .rules import MLPRule as MLPRule
 from .rules import TaylorRule as TaylorRule
 
 
+# The one place the version is written (pyproject.toml reads it from here).
 __version__ = "0.1.0"
+
+__all__ = [
+    "AbstractDifferentiation",
+    "AbstractEnvironment",
+    "AbstractRule",
+    "AbstractSolver",
+    "Automatic",
+    "Bootstrap",
+    "CheckpointError",
+    "Comparison",
+    "FitDivergedError",
+    "FitResult",
+    "ForwardMode",
+    "History",
+    "Identifiability",
+    "LevenbergMarquardt",
+    "MLPRule",
+    "MetaplasticError",
+    "MissingDependencyError",
+    "Objective",
+    "Optax",
+    "Posterior",
+    "Profile",
+    "ReverseMode",
+    "Selection",
+    "Simulation",
+    "Stability",
+    "TaylorReverse",
+    "TaylorRule",
+    "Trajectory",
+    "__version__",
+    "behaviour",
+    "bootstrap",
+    "checkpointing",
+    "compare_models",
+    "data",
+    "fit",
+    "flies",
+    "generate_activity",
+    "generate_recordings",
+    "laplace",
+    "load_checkpoint",
+    "losses",
+    "metrics",
+    "nn",
+    "plot",
+    "profile",
+    "rule_filter_spec",
+    "rules",
+    "runs",
+    "sharding",
+    "simulate",
+    "simulate_dataset",
+    "simulate_network",
+    "simulate_recordings",
+    "stability_selection",
+    "stack_models",
+    "tasks",
+    "threshold_fit",
+]

@@ -9,7 +9,6 @@ the whole pipeline (generation, fitting, its bias) and its *basic* interval
 the truth.
 """
 
-import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import PyTree
 
-from ._errors import MetaplasticError
+from ._errors import MetaplasticError, validates_input
 from ._fit import fit, partition_trainable
 from ._jacobian import AbstractDifferentiation
 from ._types import Key
@@ -87,7 +86,7 @@ def _member(tree: PyTree, i: int) -> PyTree:
     return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, tree)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def bootstrap(
     model: PyTree,
     data: PyTree,
@@ -103,7 +102,7 @@ def bootstrap(
     differentiation: AbstractDifferentiation | None = None,
     ensemble: bool = False,
     data_ensemble_axis: int | None = 0,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Bootstrap:
     """Bootstrap a fit: `n` replicate datasets, every one refitted from the fitted `model`,
     all replicates (and all members of an ensemble) in one vmapped `metaplastic.fit`.

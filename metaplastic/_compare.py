@@ -3,7 +3,6 @@ and score each by its held-out log-likelihood, AIC, BIC and Laplace evidence, in
 
 import dataclasses
 import math
-import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
-from ._errors import MetaplasticError
+from ._errors import MetaplasticError, validates_input
 from ._fit import fit, rule_filter_spec
 from ._frames import members_frame
 from ._jacobian import AbstractDifferentiation
@@ -205,7 +204,7 @@ def _score(loss, model, data, test, post, prior_std, ensemble, axis):
     return ll, n, held, evidence, n_noise[0]
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def compare_models(
     candidates: Mapping[str, PyTree],
     data: PyTree,
@@ -222,7 +221,7 @@ def compare_models(
     ensemble: bool = False,
     data_ensemble_axis: int | None = 0,
     key: Key | None = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Comparison:
     """Fit each candidate model to the same data and compare them: held-out log-likelihood,
     AIC, BIC and the Laplace evidence, in one `Comparison`.

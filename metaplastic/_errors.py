@@ -2,14 +2,39 @@
 
 Every public entry point that takes user input (the rule, layer, readout and dataset
 constructors, `simulate`, `generate_activity`, `fit`) checks that input
-itself and raises `MetaplasticError`. Those entry points are marked `typing.no_type_check`, so
-a runtime type checker (the jaxtyping import hook of the test run) leaves them alone: bad input
-gives the same clear `MetaplasticError` with or without it, never a checker's or JAX's
-traceback. Their jaxtyping annotations document the expected shapes; the arrays they store are
-checked against those shapes by the tests.
+itself and raises `MetaplasticError`. Those entry points are marked `@validates_input`, which
+the test run's runtime type checker (the jaxtyping import hook, with the checker of
+`tests/jaxtyping_checker.py`) leaves alone: bad input gives the same clear
+`MetaplasticError` with or without it, never a checker's or JAX's traceback. Unlike
+`typing.no_type_check`, the mark keeps their signatures visible to static type checkers
+(mypy, pyright). Their jaxtyping annotations document the expected shapes; the arrays they
+store are checked against those shapes by the tests.
 """
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+
+__all__ = [
+    "CheckpointError",
+    "FitDivergedError",
+    "MetaplasticError",
+    "MissingDependencyError",
+    "validates_input",
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+# The `module.qualname` of every function marked with `validates_input`.
+SELF_VALIDATING: set[str] = set()
+
+
+def validates_input(fn: _F) -> _F:
+    """Mark a public entry point that checks its own input and raises `MetaplasticError`
+    (returns `fn` itself, its signature unchanged): a runtime type checker installed for the
+    tests skips it, so that bad input gets the library's message, as without the checker."""
+    SELF_VALIDATING.add(f"{fn.__module__}.{fn.__qualname__}")
+    return fn
 
 
 class MetaplasticError(ValueError):
@@ -79,6 +104,7 @@ def require(module: str, extra: str, purpose: str) -> Any:
     except ImportError as err:
         raise MissingDependencyError(
             f"{purpose} needs the optional dependency {module.split('.')[0]!r}, which is not "
-            f"installed. Install it with: pip install 'metaplastic[{extra}]' (or pip install "
-            f"-e '.[{extra}]' in a clone of the repository)"
+            f'installed. Install it with: pip install "metaplastic[{extra}]" (or pip install '
+            f'-e ".[{extra}]" in a clone of the repository; pip install "metaplastic[all]" '
+            "installs every optional dependency)"
         ) from err

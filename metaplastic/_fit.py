@@ -7,7 +7,7 @@ import functools
 import logging
 import os
 import time
-import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,13 @@ import optax
 from jaxtyping import PyTree
 
 from . import _checkpoint as ckpt
-from ._errors import CheckpointError, FitDivergedError, MetaplasticError, first_line
+from ._errors import (
+    CheckpointError,
+    FitDivergedError,
+    MetaplasticError,
+    first_line,
+    validates_input,
+)
 from ._jacobian import AbstractDifferentiation, as_differentiation
 from ._multihost import host_array, is_main_process, put
 from ._progress import Progress
@@ -35,8 +41,10 @@ from ._record import (
 )
 from ._solver import AbstractSolver, LevenbergMarquardt, Objective, Optax
 from ._types import Key, Scalar
+from .data import ActivityDataset, RecordingDataset
 from .losses import AbstractGaussNewtonLoss, AbstractLoss, AbstractPenalty, as_loss, as_penalties
 from .nn import layer_rules
+from .rules import AbstractRule, TaylorRule
 
 
 logger = logging.getLogger("metaplastic")
@@ -155,9 +163,18 @@ def preflight(
     except MetaplasticError:
         raise
     except Exception as err:
+        text = str(err).lower()
+        shapes = isinstance(err, (TypeError, ValueError)) and any(
+            word in text
+            for word in ("shape", "dimension", "broadcast", "incompatible", "size", "match")
+        )
+        hint = (
+            " — do the data's shapes (e.g. the number of inputs) match the model's?"
+            if shapes
+            else ":"
+        )
         raise MetaplasticError(
-            "The loss cannot be evaluated on this data with this model — do the data's shapes "
-            f"(e.g. the number of inputs) match the model's? {first_line(err)}"
+            f"The loss cannot be evaluated on this data with this model{hint} {first_line(err)}"
         ) from err
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise MetaplasticError(f"The loss must return one array, got {type(out).__name__}.")
@@ -201,7 +218,7 @@ def _place_as(loaded: PyTree, like: PyTree) -> PyTree:
     return jax.tree.map(one, loaded, like)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def fit(
     model: PyTree,
     data: PyTree,
@@ -301,6 +318,7 @@ def fit(
     (which is also saved to the checkpoint when checkpointing).
     """
     start = time.perf_counter()
+    check_not_traced("fit", (model, data))
     loss = as_loss(loss)
     if solver is None:
         solver = (
@@ -338,8 +356,11 @@ def fit(
     filter_spec, params, static = partition_trainable(model, filter_spec)
     param_leaves = jax.tree.leaves(params)
     data_axis = data_ensemble_axis if ensemble else None
+    if ensemble:
+        check_stacked(params)
     members = check_ensemble(param_leaves, data, data_axis) if ensemble else None
     own, static = split_per_member(model, params, static, per_member, members)
+    warn_unused_rewards(model, data)
     chunks = getattr(solver, "chunks", None)
     n = _leading_size(data, 0 if data_axis is None or data_axis != 0 else 1)
     batch = n if batch_size is None else min(batch_size, n)
@@ -672,6 +693,134 @@ def with_member_arrays(objective: Objective, own: PyTree) -> Objective:
     return eqx.tree_at(lambda o: o.static, objective, eqx.combine(own, objective.static))
 
 
+def check_not_traced(verb: str, tree: PyTree) -> None:
+    """A `MetaplasticError` when `tree` holds a traced array: `verb` is a host loop (it
+    compiles its own steps, shows progress, writes checkpoints) and cannot run inside
+    `jax.jit`, `jax.vmap` or `jax.grad` (package-internal)."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree)):
+        raise MetaplasticError(
+            f"metaplastic.{verb} was called inside a JAX transformation (jax.jit, jax.vmap, "
+            f"jax.grad, ...), on traced arrays. {verb} is a loop on the host that compiles its "
+            "own steps: call it outside jit. To fit several models or datasets at once, stack "
+            "them and pass ensemble=True (metaplastic.stack_models)."
+        )
+
+
+def stack_models(
+    models: Sequence[PyTree],
+    *,
+    filter_spec: PyTree | None = None,
+    per_member: Callable[[PyTree], PyTree] | None = None,
+) -> PyTree:
+    """An ensemble for `fit(..., ensemble=True)` (and `laplace`, `bootstrap`) from models of
+    one structure: their trainable arrays, and the arrays `per_member` selects, stacked
+    along a new leading member axis; every other array is shared by the members and must be
+    equal in every model.
+
+    **Arguments:**
+
+    - `models`: the members, e.g. `[layer.with_rule(rule_a), layer.with_rule(rule_b)]`:
+      the same kind of model with the same hyper-parameters (factors, sizes, activations).
+    - `filter_spec`: what trains, as for `fit` (default `rule_filter_spec`: the rules).
+    - `per_member`: as for `fit`: the arrays that do not train but differ between members
+      (e.g. `lambda m: m.rule.trainable`, each member's own frozen terms).
+
+    **Returns:**
+
+    The stacked model (pass the same `filter_spec` and `per_member` to `fit`).
+    """
+    models = list(models)
+    if not models:
+        raise MetaplasticError("stack_models needs at least one model.")
+    first = models[0]
+    structure = jax.tree.structure(first)
+    for i, m in enumerate(models[1:], 1):
+        if jax.tree.structure(m) != structure:
+            raise MetaplasticError(
+                f"stack_models: model {i} differs from model 0 in its structure or its "
+                "hyper-parameters (factors, sizes, activations); the members of an ensemble "
+                "must differ only in their arrays."
+            )
+    spec = rule_filter_spec(first) if filter_spec is None else filter_spec
+    try:
+        trainable = eqx.partition(first, spec)[0]
+    except ValueError as err:
+        raise MetaplasticError(f"filter_spec does not match the model's structure: {err}") from err
+    stacked = jax.tree.map(lambda x: x is not None, trainable, is_leaf=lambda x: x is None)
+    if per_member is not None:
+        marked = jax.tree.map(lambda _: False, first)
+        marked = eqx.tree_at(
+            per_member, marked, replace_fn=lambda node: jax.tree.map(lambda _: True, node)
+        )
+        stacked = jax.tree.map(lambda a, b: a or b, stacked, marked)
+    flags = jax.tree.leaves(stacked)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(first)[0]]
+    columns = list(zip(*[jax.tree.leaves(m) for m in models]))
+    out = []
+    for path, flag, column in zip(paths, flags, columns):
+        if flag:
+            out.append(jnp.stack([jnp.asarray(c) for c in column]))
+            continue
+        for i, c in enumerate(column[1:], 1):
+            if eqx.is_array(c) or eqx.is_array(column[0]):
+                a, b = np.asarray(c), np.asarray(column[0])
+                same = a.shape == b.shape and bool(np.array_equal(a, b))
+            else:
+                same = c is column[0] or c == column[0]
+            if not same:
+                raise MetaplasticError(
+                    f"stack_models: {path or '(root)'} differs between model 0 and model {i}, "
+                    "but it does not train, so the members share it. Select it with "
+                    "per_member=lambda m: ... to give each member its own (and pass the same "
+                    "per_member to fit)."
+                )
+        out.append(column[0])
+    return jax.tree.unflatten(structure, out)
+
+
+def check_stacked(params: PyTree) -> None:
+    """A `MetaplasticError` when `ensemble=True` is given a single model: a trainable
+    `TaylorRule` whose coefficients have one axis per factor and no member axis
+    (package-internal)."""
+    for node in jax.tree.leaves(params, is_leaf=lambda n: isinstance(n, TaylorRule)):
+        if isinstance(node, TaylorRule) and eqx.is_array(node.coefficients):
+            if node.coefficients.ndim == len(node.factors):
+                raise MetaplasticError(
+                    "ensemble=True needs a stack of models, one per member along a leading "
+                    "axis of every trainable array, but this model's Taylor rule has "
+                    f"coefficients of shape {tuple(node.coefficients.shape)}: one axis per "
+                    f"factor {node.factors}, no member axis. Stack the members with "
+                    "metaplastic.stack_models([model_a, model_b, ...]), or fit one model "
+                    "without ensemble=True."
+                )
+
+
+def warn_unused_rewards(model: PyTree, data: PyTree) -> None:
+    """Warn when a rule of `model` has the factor `r` but `data` (an `ActivityDataset` or
+    `RecordingDataset`) carries no reward (none, or all zero): every term with `r` is then
+    multiplied by 0, and the data cannot determine it (package-internal)."""
+    if not isinstance(data, (ActivityDataset, RecordingDataset)):
+        return
+    is_rule = lambda n: isinstance(n, AbstractRule)
+    rules = [n for n in jax.tree.leaves(model, is_leaf=is_rule) if is_rule(n)]
+    if not any("r" in getattr(rule, "factors", ()) for rule in rules):
+        return
+    rewards = data.rewards
+    try:
+        silent = rewards is None or not np.any(np.asarray(rewards))
+    except Exception:  # arrays spread over other processes: nothing to check here
+        return
+    if silent:
+        warnings.warn(
+            "The model's rule has the factor r (reward), but the data carry no reward "
+            f"({type(data).__name__}.rewards is {'None' if rewards is None else 'all zero'}): "
+            "every term with r is multiplied by 0 and the fit cannot determine it. Pass the "
+            "rewards (rewards=...) when building the dataset, or fit a rule over ('x', 'y', "
+            "'w') only.",
+            stacklevel=3,
+        )
+
+
 def check_ensemble(param_leaves: list, data: PyTree, data_axis: int | None) -> int:
     """The number of ensemble members: the one leading size of the trainable arrays, which
     every data array must have along `data_axis` (`None`: shared data); a
@@ -680,7 +829,8 @@ def check_ensemble(param_leaves: list, data: PyTree, data_axis: int | None) -> i
     if len(sizes) != 1 or None in sizes:
         raise MetaplasticError(
             "ensemble=True needs a leading member axis of one size on every trainable "
-            f"array; their leading sizes are {sorted(str(s) for s in sizes)}."
+            f"array; their leading sizes are {sorted(str(s) for s in sizes)}. Stack the "
+            "members with metaplastic.stack_models([model_a, model_b, ...])."
         )
     members = sizes.pop()
     if data_axis is not None:
@@ -722,7 +872,7 @@ def _first_nonfinite_quantity(
     return quantity, member, _first_nonfinite(quantity, leaf)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def load_checkpoint(
     path: str | os.PathLike, model: PyTree, *, filter_spec: PyTree | None = None
 ) -> tuple[FitResult, dict[str, Any]]:

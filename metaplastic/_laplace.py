@@ -9,7 +9,7 @@ parameters to first order.
 """
 
 import math
-import typing
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Bool, Float, PyTree
 
-from ._errors import MetaplasticError
+from ._errors import MetaplasticError, validates_input
 from ._fit import (
     check_ensemble,
     fit,
@@ -107,6 +107,16 @@ class Posterior(eqx.Module):
       `None` when the loss has none.
     - `rank`: the number of free directions whose precision is above the cutoff; the
       others are undetermined by the data and left out of the covariance (pseudo-inverse).
+    - `undetermined`: `(n,)` (or `(members, n)`), `True` for a free parameter that moves
+      along an undetermined direction (its projection on them is above rounding); `None`
+      when unknown (every parameter counts as determined).
+
+    A rank-deficient posterior says so: `std()`, `interval()`, `table()`, `format()` and
+    `to_dataframe()` give an undetermined parameter an infinite standard deviation and an
+    unbounded interval (never one that excludes 0), and `format()` states the rank. The
+    `covariance` itself is the pseudo-inverse, the covariance *conditional on the
+    determined subspace* (the undetermined directions held at their fitted values);
+    `std(conditional=True)` and `interval(level, conditional=True)` read it.
     """
 
     mean: PyTree
@@ -116,10 +126,28 @@ class Posterior(eqx.Module):
     rank: Array
     names: tuple[str, ...] = eqx.field(static=True)
     free: tuple[bool, ...] = eqx.field(static=True)
+    undetermined: Bool[Array, "*members n"] | None = None
 
     @property
     def is_ensemble(self) -> bool:
         return self.covariance.ndim == 3
+
+    @property
+    def is_rank_deficient(self) -> bool:
+        """Whether some free parameter moves along a direction the data do not determine
+        (for an ensemble: in any member)."""
+        return bool(np.any(self._flat_undetermined()))
+
+    def _flat_undetermined(self) -> np.ndarray:
+        if self.undetermined is None:
+            return np.zeros(self.covariance.shape[:-1], bool)
+        return np.asarray(self.undetermined, bool)
+
+    def determined(self) -> PyTree:
+        """Whether each parameter is determined by the data (`False` for one that moves
+        along an undetermined direction; frozen terms count as determined), a PyTree of
+        booleans like `mean`."""
+        return self._unravel(jnp.asarray(~self._flat_undetermined()))
 
     def _unravel(self, flat: Array) -> PyTree:
         if not self.is_ensemble:
@@ -132,9 +160,12 @@ class Posterior(eqx.Module):
             return ravel_pytree(self.mean)[0]
         return jax.vmap(lambda m: ravel_pytree(m)[0])(self.mean)
 
-    def _flat_std(self) -> Array:
+    def _flat_std(self, conditional: bool = False) -> Array:
         var = jnp.diagonal(self.covariance, axis1=-2, axis2=-1)
-        return jnp.sqrt(jnp.maximum(var, 0.0))
+        std = jnp.sqrt(jnp.maximum(var, 0.0))
+        if conditional:
+            return std
+        return jnp.where(jnp.asarray(self._flat_undetermined()), jnp.inf, std)
 
     def member(self, i: int) -> "Posterior":
         """The posterior of ensemble member `i`."""
@@ -142,33 +173,41 @@ class Posterior(eqx.Module):
             raise MetaplasticError("member() needs the posterior of an ensemble.")
         return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, self)
 
-    def std(self) -> PyTree:
-        """The posterior standard deviation of each parameter, a PyTree like `mean`."""
-        return self._unravel(self._flat_std())
+    def std(self, *, conditional: bool = False) -> PyTree:
+        """The posterior standard deviation of each parameter, a PyTree like `mean`: `inf`
+        for a parameter the data do not determine (see `determined()`), unless
+        `conditional=True`, which gives the standard deviation conditional on the
+        determined subspace (the undetermined directions held at their fitted values)."""
+        return self._unravel(self._flat_std(conditional))
 
-    def interval(self, level: float = 0.95) -> tuple[PyTree, PyTree]:
+    def interval(self, level: float = 0.95, *, conditional: bool = False) -> tuple[PyTree, PyTree]:
         """`(low, high)`: the central `level` interval of each parameter, `mean ∓ z·std`
-        with `z` the normal quantile (1.96 for 0.95); PyTrees like `mean`."""
+        with `z` the normal quantile (1.96 for 0.95); PyTrees like `mean`. A parameter the
+        data do not determine gets `(-inf, inf)`, unless `conditional=True` (see `std`)."""
         z = _norm_ppf(level)
-        mean, std = self._flat_mean(), self._flat_std()
+        mean, std = self._flat_mean(), self._flat_std(conditional)
         return self._unravel(mean - z * std), self._unravel(mean + z * std)
 
     def correlation(self) -> Float[Array, "*members n n"]:
-        """The correlation matrix of the flat parameters (0 for fixed parameters)."""
-        std = self._flat_std()
+        """The correlation matrix of the flat parameters (0 for fixed parameters);
+        conditional on the determined subspace where the posterior is rank-deficient."""
+        std = self._flat_std(conditional=True)
         outer = std[..., :, None] * std[..., None, :]
         return jnp.where(outer > 0, self.covariance / jnp.where(outer > 0, outer, 1.0), 0.0)
 
     def table(self, level: float = 0.95) -> list[dict[str, Any]]:
         """One row per parameter: `term`, `estimate`, `std`, `low`, `high` (the `level`
-        interval), `excludes_zero` (whether the interval excludes 0) and `fixed` (a frozen
-        term)."""
+        interval), `excludes_zero` (whether the interval excludes 0), `fixed` (a frozen
+        term) and `determined` (`False` for a term that moves along a direction the data do
+        not determine: its `std` is `inf`, its interval `(-inf, inf)`, and it never
+        excludes 0)."""
         if self.is_ensemble:
             raise MetaplasticError("table() is per model: use posterior.member(i).table().")
         z = _norm_ppf(level)
         mean, std = np.asarray(self._flat_mean()), np.asarray(self._flat_std())
+        undetermined = self._flat_undetermined()
         rows = []
-        for name, m, s, free in zip(self.names, mean, std, self.free):
+        for name, m, s, free, und in zip(self.names, mean, std, self.free, undetermined):
             low, high = float(m - z * s), float(m + z * s)
             rows.append(
                 {
@@ -177,40 +216,89 @@ class Posterior(eqx.Module):
                     "std": float(s),
                     "low": low,
                     "high": high,
-                    "excludes_zero": bool(low > 0 or high < 0),
+                    "excludes_zero": bool(not und and (low > 0 or high < 0)),
                     "fixed": not free,
+                    "determined": not bool(und),
                 }
             )
         return rows
 
+    def rank_note(self) -> str:
+        """One sentence on what the data leave undetermined (`""` for a posterior of full
+        rank): the rank among the free parameters and how many terms move along the
+        undetermined directions. For an ensemble, per member."""
+        if self.is_ensemble:
+            notes = [self.member(i).rank_note() for i in range(self.covariance.shape[0])]
+            return "; ".join(f"member {i}: {n}" for i, n in enumerate(notes) if n)
+        undetermined = self._flat_undetermined()
+        if not undetermined.any():
+            return ""
+        n_free = int(np.sum(self.free))
+        rank = int(self.rank)
+        k = int(undetermined.sum())
+        return (
+            f"rank-deficient: rank {rank} of {n_free} free parameters; {n_free - rank} "
+            f"direction(s) are not determined by the data (see identifiability()), and the "
+            f"{k} term(s) that move along them have unbounded intervals (std inf, marked "
+            "'undetermined'); std(conditional=True) gives the spread with those directions "
+            "held at their fitted values."
+        )
+
     def to_dataframe(self, level: float = 0.95) -> Any:
         """`table(level)` as a pandas DataFrame (needs pandas); for an ensemble, every
-        member's rows with a leading `member` column."""
+        member's rows with a leading `member` column. A rank-deficient posterior's frame
+        says so in `frame.attrs["note"]` (see `rank_note()`) and in its `determined`
+        column."""
         members = self.covariance.shape[0] if self.is_ensemble else None
-        columns = ["term", "estimate", "std", "low", "high", "excludes_zero", "fixed"]
+        columns = [
+            "term",
+            "estimate",
+            "std",
+            "low",
+            "high",
+            "excludes_zero",
+            "fixed",
+            "determined",
+        ]
         one = lambda i: (self if i is None else self.member(i)).table(level)
-        return members_frame(members, one, columns)
+        out = members_frame(members, one, columns)
+        note = self.rank_note()
+        if note:
+            out.attrs["note"] = note
+        return out
 
     def format(self, level: float = 0.95, *, tol: float = 0.0) -> str:
-        """The table as text, one line per parameter whose estimate or std exceeds `tol`;
-        `*` marks an interval that excludes 0."""
-        rows = [r for r in self.table(level) if max(abs(r["estimate"]), r["std"]) > tol]
+        """The table as text, one line per parameter whose estimate or finite std exceeds
+        `tol`; `*` marks an interval that excludes 0, and a term the data do not determine
+        reads `undetermined` in place of its std and interval, under a first line that
+        states the rank (see `rank_note()`)."""
+
+        def shown(r: dict[str, Any]) -> bool:
+            std = r["std"] if math.isfinite(r["std"]) else 0.0
+            return max(abs(r["estimate"]), std) > tol
+
+        rows = [r for r in self.table(level) if shown(r)]
         width = max([len("term")] + [len(r["term"]) for r in rows])
         pct = f"{100 * level:g}%"
         lines = [f"{'term':<{width}}  {'estimate':>11}  {'std':>10}  {pct + ' interval':>25}"]
         for r in rows:
             if r["fixed"]:
                 tail = f"{'fixed':>10}"
+            elif not r["determined"]:
+                tail = f"{'undetermined':>12}"
             else:
                 interval = f"[{r['low']:.4g}, {r['high']:.4g}]"
                 tail = f"{r['std']:>10.3g}  {interval:>25}{' *' if r['excludes_zero'] else ''}"
             lines.append(f"{r['term']:<{width}}  {r['estimate']:>11.4g}  {tail}")
-        return "\n".join(lines)
+        note = textwrap.wrap(self.rank_note(), 92)
+        return "\n".join(note + lines)
 
     def __str__(self) -> str:
         if self.is_ensemble:
+            note = self.rank_note()
             return (
                 f"Posterior of {self.covariance.shape[0]} members over {len(self.names)} parameters"
+                + (f" ({note})" if note else "")
             )
         return self.format()
 
@@ -297,7 +385,7 @@ def _check_gn_loss(loss: Any) -> AbstractGaussNewtonLoss:
     return loss
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def laplace(
     model: PyTree,
     data: PyTree,
@@ -398,17 +486,34 @@ def laplace(
         cov_sub = (vectors * inv) @ vectors.T
         cov = jnp.zeros_like(prec).at[np.ix_(free_idx, free_idx)].set(cov_sub)
         cov = jnp.where(fixed[:, None] | fixed[None, :], 0.0, cov)
+        # A free parameter moves along the undetermined directions when its projection on
+        # them (the diagonal of their projector) is above rounding: its marginal variance is
+        # unbounded, whatever the pseudo-inverse says. The member's own frozen terms are
+        # among those directions (zero rows) and are excluded.
+        load = jnp.sum(jnp.where(keep, 0.0, vectors**2), axis=1)
+        rounding = 100 * free_idx.size * float(jnp.finfo(theta.dtype).eps)
+        undetermined = jnp.zeros(theta.size, bool).at[free_idx].set(load > rounding)
+        undetermined = undetermined & jnp.asarray(own_free, bool)
         if not noise:
             sigma = None
         elif len(noise) == 1:
             sigma = noise[0]
         else:
             sigma = jnp.stack(noise)
-        return cov, prec, sigma, jnp.sum(keep)
+        return cov, prec, sigma, jnp.sum(keep), undetermined
 
     fn = eqx.filter_vmap(one, in_axes=(0, 0, 0, data_ensemble_axis)) if ensemble else one
-    cov, prec, sigma, rank = eqx.filter_jit(fn)(params, own, member_free, data)
-    return Posterior(params, cov, prec, sigma, rank, tuple(names), tuple(bool(f) for f in free))
+    cov, prec, sigma, rank, undetermined = eqx.filter_jit(fn)(params, own, member_free, data)
+    return Posterior(
+        params,
+        cov,
+        prec,
+        sigma,
+        rank,
+        tuple(names),
+        tuple(bool(f) for f in free),
+        undetermined,
+    )
 
 
 class Profile(eqx.Module):
@@ -461,7 +566,7 @@ def _conditional_starts(posterior, model, filter_spec, idx, rule, values, where)
     return jax.vmap(unravel)(starts)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def profile(
     model: PyTree,
     data: PyTree,

@@ -3,7 +3,6 @@
 import abc
 import contextlib
 import contextvars
-import typing
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
-from ._errors import MetaplasticError, first_line
+from ._errors import MetaplasticError, first_line, validates_input
 from ._types import Key
 from ._validate import batched_inputs, real_array
 from .data import ActivityDataset, RecordingDataset
@@ -324,7 +323,7 @@ def simulate_dataset(
     )(data.initial_weights, data.inputs, data.rewards, data.step_mask)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def generate_activity(
     layer: PlasticDense,
     inputs: Float[Array, "batch time n_in"],
@@ -405,7 +404,7 @@ def simulate_recordings(
     )(data.initial_state, data.inputs, data.rewards, data.step_mask)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def generate_recordings(
     model: Model,
     inputs: Float[Array, "batch time n_in"],

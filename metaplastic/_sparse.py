@@ -15,7 +15,6 @@ posterior covariance are zero.
 """
 
 import dataclasses
-import typing
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -27,7 +26,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from ._errors import MetaplasticError
+from ._errors import MetaplasticError, validates_input
 from ._fit import check_ensemble, check_key, fit, rule_filter_spec
 from ._frames import members_frame
 from ._jacobian import AbstractDifferentiation, as_differentiation
@@ -349,7 +348,7 @@ def _where_members(keep: np.ndarray, new: PyTree, old: PyTree) -> PyTree:
 
 
 # ---------------------------------------------------------------------- threshold_fit
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def threshold_fit(
     model: PyTree,
     data: PyTree,
@@ -478,11 +477,16 @@ def threshold_fit(
         # The candidates are free in every round (each member's dropped terms are fixed
         # inside its posterior), so that the rounds' posteriors have one structure.
         post = dataclasses.replace(post, free=tuple(bool(f) for f in flat_library))
-        low, high = post.interval(level)
+        # Conditional on the directions the data determine (the pseudo-inverse's spread), as
+        # the selection was designed and measured: with the unbounded intervals of a
+        # rank-deficient posterior every term of a collinear library would contain 0, and
+        # the first round would drop them all.
+        low, high = post.interval(level, conditional=True)
         estimate = np.asarray(_taylor_rule(fitted).coefficients).reshape(members, -1)
         low = np.asarray(_taylor_rule(low).coefficients).reshape(members, -1)
         high = np.asarray(_taylor_rule(high).coefficients).reshape(members, -1)
-        std = np.asarray(_taylor_rule(post.std()).coefficients).reshape(members, -1)
+        std = np.asarray(_taylor_rule(post.std(conditional=True)).coefficients)
+        std = std.reshape(members, -1)
         contains = selected & (low <= 0) & (high >= 0)
         if drop == "all":
             new = selected & ~contains
@@ -524,7 +528,7 @@ def threshold_fit(
 
 
 # ---------------------------------------------------------------------- stability selection
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def stability_selection(
     model: PyTree,
     data: PyTree,

@@ -22,7 +22,34 @@ def _as_numpy(name: str, value: Any, what: str, allow_traced: bool) -> Any:
     try:
         return np.asarray(value)
     except (TypeError, ValueError) as err:
+        lengths = _ragged_lengths(value)
+        if lengths is not None:
+            raise MetaplasticError(
+                f"{name} is a list of trajectories (or trials) of different lengths "
+                f"{lengths}, which is not an array. Pad them to one length and mark the "
+                "padding invalid in the dataset's mask (e.g. step_mask=), or build the "
+                "dataset from a table, which pads and masks for you (metaplastic.data."
+                "from_table, metaplastic.flies.from_table)."
+            ) from None
         raise MetaplasticError(f"{name} must be {what}: {err}") from None
+
+
+def _ragged_lengths(value: Any) -> list[int] | None:
+    """The lengths of the items of a list or tuple of sequences whose lengths differ (at
+    the first nesting level where they do), else `None`."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    try:
+        shapes = [np.shape(item) for item in value]
+    except (TypeError, ValueError):
+        shapes = None
+    if shapes is not None and all(shapes) and len({s[0] for s in shapes}) > 1:
+        return [s[0] for s in shapes]
+    for item in value:
+        inner = _ragged_lengths(item)
+        if inner is not None:
+            return inner
+    return None
 
 
 def real_array(name: str, value: Any, *, allow_traced: bool = False) -> np.ndarray | jax.Array:

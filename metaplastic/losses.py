@@ -130,7 +130,21 @@ class ActivityMSE(AbstractGaussNewtonLoss):
     over valid steps and recorded neurons only. The simulation starts from each trajectory's
     initial weights."""
 
-    def observe(self, model: PlasticDense, batch: ActivityDataset) -> tuple[Observations, ...]:
+    def observe(self, model: PyTree, batch: PyTree) -> tuple[Observations, ...]:
+        """**Arguments:** `model`, a `metaplastic.nn.PlasticDense`; `batch`, a
+        `metaplastic.data.ActivityDataset` (each refused with a clear error otherwise)."""
+        if not isinstance(batch, ActivityDataset):
+            raise MetaplasticError(
+                "ActivityMSE fits the recorded activity of a PlasticDense layer (a "
+                f"metaplastic.data.ActivityDataset), got {type(batch).__name__}: "
+                + loss_hint(batch)
+            )
+        if not isinstance(model, PlasticDense):
+            raise MetaplasticError(
+                "ActivityMSE simulates a metaplastic.nn.PlasticDense layer, got "
+                f"{type(model).__name__}: for any other network with a head use "
+                "metaplastic.losses.RecordingLoss() on a RecordingDataset."
+            )
         sim = simulate_dataset(model, batch)
         mask = batch.step_mask[:, :, None] & batch.neuron_mask[:, None, :]
         return (Observations(sim.activity, batch.activity, mask, "squared_error"),)
@@ -160,6 +174,20 @@ class RecordingLoss(AbstractGaussNewtonLoss):
         return (head_observations(model.head, batch, sim.outputs),)
 
 
+def loss_hint(batch: typing.Any) -> str:
+    """The loss that fits a dataset of `batch`'s type, as advice for a message."""
+    name = type(batch).__name__
+    if name in ("ChoiceDataset", "PackedChoiceDataset", "NoisyChoices"):
+        return "recorded choices are fitted with metaplastic.behaviour.ChoiceBCE()."
+    if name == "ChoiceActivityDataset":
+        return "choices with activity are fitted with metaplastic.behaviour.ChoiceActivity()."
+    if isinstance(batch, ActivityDataset):
+        return "recorded activity is fitted with metaplastic.losses.ActivityMSE()."
+    if isinstance(batch, RecordingDataset):
+        return "recordings are fitted with metaplastic.losses.RecordingLoss()."
+    return "pass the dataset this loss is made for, or a loss made for this dataset."
+
+
 def head_observations(
     head: AbstractHead, batch: RecordingDataset, outputs: Float[Array, "batch time n_out"]
 ) -> Observations:
@@ -174,9 +202,21 @@ def head_observations(
 
 def as_loss(loss: typing.Any) -> AbstractLoss:
     """`loss` itself if it is an `AbstractLoss`, a plain function wrapped as one, or
-    `MetaplasticError`."""
+    `MetaplasticError` (also for the class of a loss instead of an instance, and for a
+    penalty passed as the loss)."""
     if isinstance(loss, AbstractLoss):
         return loss
+    if isinstance(loss, type) and issubclass(loss, (AbstractLoss, AbstractPenalty)):
+        raise MetaplasticError(
+            f"loss is the class {loss.__name__}, not a loss object: call it, "
+            f"loss={loss.__name__}()."
+        )
+    if isinstance(loss, AbstractPenalty):
+        raise MetaplasticError(
+            f"loss is the penalty {type(loss).__name__}, which acts on the coefficients, not "
+            "on the data: pass it as penalty= and give a loss for the data, e.g. "
+            f"fit(model, data, metaplastic.losses.ActivityMSE(), penalty={type(loss).__name__}(...))."
+        )
     if callable(loss):
         return FunctionLoss(loss)
     raise MetaplasticError(

@@ -5,12 +5,11 @@ scripts, threads and on machines without a display) and, given `path=`, also sav
 atomically (the format follows the suffix). Tables and results may be given as the pandas
 DataFrames of the results' `to_dataframe()` (pandas itself is not needed otherwise). Without matplotlib installed they raise
 `MissingDependencyError` (an `ImportError` and a `MetaplasticError`) that names
-`pip install 'metaplastic[plot]'`.
+`pip install "metaplastic[plot]"`.
 """
 
 import os
 import re
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import jax
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from ._errors import MetaplasticError, require
+from ._errors import MetaplasticError, require, validates_input
 from ._frames import is_dataframe
 from ._io import atomic_open
 from .rules import TaylorRule, format_monomial
@@ -119,7 +118,7 @@ def _history_coefficients(
     return out, tuple(str(f) for f in factors)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def coefficient_trajectories(
     history: Any,
     *,
@@ -217,7 +216,7 @@ def coefficient_trajectories(
     return _finish(fig, path)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def weight_trajectories(
     true_weights: Float[ArrayLike, "time n_out n_in"],
     fitted_weights: Float[ArrayLike, "time n_out n_in"],
@@ -314,7 +313,7 @@ def _columns(table: Any) -> dict[str, list[Any]]:
     return cols
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def sweep_heatmap(
     table: Any,
     *,
@@ -418,7 +417,7 @@ def _coefficients_of_frame(frame: Any, prefix: str) -> dict[str, np.ndarray]:
     return wide
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def coefficient_distributions(
     fits: Any,
     *,
@@ -553,7 +552,7 @@ def _scores_by_model(scores: Any, column: str | None) -> Any:
     return scores
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def deviance_comparison(
     scores: Any,
     *,
@@ -623,7 +622,7 @@ def deviance_comparison(
     return _finish(fig, path)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def held_out_curve(
     fractions: Sequence[float],
     scores: Mapping[str, Any],

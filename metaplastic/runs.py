@@ -42,7 +42,6 @@ import re
 import secrets
 import sys
 import time
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ import jax
 import numpy as np
 
 from ._checkpoint import versions
-from ._errors import MetaplasticError
+from ._errors import MetaplasticError, validates_input
 from ._frames import is_dataframe
 from ._io import (
     atomic_open,
@@ -159,7 +158,6 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
 class Run:
     """One run's folder. Make it with `create_run`; use it as a context manager so that a
     failure is recorded in `summary.json` too. With several processes only process 0's `Run`
@@ -179,6 +177,7 @@ class Run:
         return f"Run({str(self.path)!r})"
 
     # ------------------------------------------------------------------ metrics
+    @validates_input
     def log(self, **metrics: Any) -> None:
         """Add one row to `metrics.csv`, e.g. `run.log(step=3, loss=0.1)`. The file is
         rewritten atomically at most every 10 seconds, by `flush()` and by `finish()`."""
@@ -189,6 +188,7 @@ class Run:
         if time.perf_counter() - self._last_flush > 10.0:
             self.flush()
 
+    @validates_input
     def log_history(self, history: Any, *, prefix: str = "") -> None:
         """Add one row per step of a fit's `History`: the loss and every Taylor coefficient
         (named by its monomial; ensembles get one column per member)."""
@@ -201,6 +201,7 @@ class Run:
         self.write_csv("metrics.csv", self.rows, self._columns)
         self._last_flush = time.perf_counter()
 
+    @validates_input
     def write_csv(
         self,
         name: str,
@@ -232,12 +233,14 @@ class Run:
         return path
 
     # ------------------------------------------------------------------ files
+    @validates_input
     def file(self, name: str) -> Path:
         """The path of a file inside the run folder (no folders above it)."""
         if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
             raise MetaplasticError(f"A run file needs a plain file name, got {name!r}.")
         return self.path / name
 
+    @validates_input
     def write_json(self, name: str, obj: Any) -> Path:
         """Write a JSON file into the run folder (atomically)."""
         path = self.file(name)
@@ -245,6 +248,7 @@ class Run:
             atomic_write_json(path, obj)
         return path
 
+    @validates_input
     def write_text(self, name: str, text: str) -> Path:
         """Write a text file (a report, a table) into the run folder (atomically)."""
         path = self.file(name)
@@ -252,6 +256,7 @@ class Run:
             atomic_write_text(path, text)
         return path
 
+    @validates_input
     def save_figure(self, figure: Any, name: str, **savefig_kwargs: Any) -> Path:
         """Save a matplotlib figure into the run folder (atomically); the format follows the
         name's suffix (default `.png`)."""
@@ -263,6 +268,7 @@ class Run:
                 figure.savefig(f, format=path.suffix[1:], **savefig_kwargs)
         return path
 
+    @validates_input
     def finish(self, summary: Mapping[str, Any] | None = None, *, status: str = "finished") -> Path:
         """Write `metrics.csv` and `summary.json` (the given values, the status and the
         seconds since the run started)."""
@@ -288,7 +294,7 @@ class Run:
             self.finish()
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def create_run(
     out_dir: str | os.PathLike = "out", name: str = "run", config: Mapping[str, Any] | None = None
 ) -> Run:
@@ -343,7 +349,7 @@ def _describe(value: Any) -> str:
     return "(absent)" if value is _ABSENT else json.dumps(value, sort_keys=True)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def open_run(
     path: str | os.PathLike,
     config: Mapping[str, Any] | None = None,
@@ -465,10 +471,26 @@ def history_rows(history: Any, *, prefix: str = "") -> list[dict[str, Any]]:
     ]
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Read a run's `metrics.csv` (or the run folder's) as a list of dicts of strings."""
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a run's `metrics.csv` (or the run folder's) as a list of dicts, one per row,
+    with numbers as numbers: an integer as `int`, any other number (`nan` and `inf`
+    included) as `float`, an empty cell (a column the row did not log) as `None`, and any
+    other text as the string it is."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.csv"
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _cell(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text

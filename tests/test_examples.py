@@ -117,6 +117,33 @@ def test_a_script_without_pandas_stops_at_once_naming_the_extra(monkeypatch):
         cli.needs_pandas("drosophila.py")
 
 
+def test_help_shows_every_default_and_resume_restores_the_recorded_flags(tmp_path):
+    def make():
+        p = cli.parser("doc", resume="continue", quick="small")
+        p.add_argument("--steps", type=cli.positive_int, default=20)
+        p.add_argument("--fractions", type=cli.list_of(float), default=(0.5, 1.0), help="f")
+        p.add_argument("--noise", type=float, default=0.1, help="noise (default 0.1 here)")
+        return p
+
+    text = " ".join(make().format_help().split())
+    assert "--steps STEPS default: 20" in text and "f (default: 0.5,1)" in text
+    assert "random seed (default: 0)" in text and "(default 0.1 here)" in text
+    assert "here) (default" not in text  # a help that names its default is left alone
+    # The run folder records the flags; --resume alone brings them back, and a flag given
+    # on the command line wins over the record (open_run then compares them).
+    run = tmp_path / "run"
+    run.mkdir()
+    recorded = {"seed": 3, "steps": 7, "fractions": [0.6, 0.8], "quick": True, "out": "x"}
+    (run / "config.json").write_text(json.dumps({"name": "r", "config": recorded}))
+    args = make().parse_args(["--resume", str(run)])
+    assert (args.seed, args.steps, args.fractions, args.quick) == (3, 7, (0.6, 0.8), True)
+    assert args.out == "out"  # --out, --no-progress and the cache flags may differ
+    args = make().parse_args(["--resume", str(run), "--steps", "9"])
+    assert (args.seed, args.steps) == (3, 9)
+    # No record (not a run folder): the flags as given, for open_run to refuse.
+    assert make().parse_args(["--resume", str(tmp_path)]).steps == 20
+
+
 def test_json_line_converts_numpy_values(capsys):
     print("a table first")
     cli.print_json(

@@ -81,6 +81,7 @@ def test_posterior_frame_is_its_table_and_an_ensemble_gets_a_member_column():
         "high",
         "excludes_zero",
         "fixed",
+        "determined",
     ]
     for i in range(2):
         rows = frame[frame["member"] == i].drop(columns="member").to_dict("records")
@@ -124,5 +125,5 @@ def test_comparison_frame_is_its_table_per_member():
 def test_without_pandas_the_error_says_how_to_install_it(monkeypatch):
     history = quadratic_fit([1.0, 0.0, 0.0]).history
     monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` raises ImportError
-    with pytest.raises(mp.MissingDependencyError, match=r"pip install 'metaplastic\[pandas\]'"):
+    with pytest.raises(mp.MissingDependencyError, match=r'pip install "metaplastic\[pandas\]"'):
         history.to_dataframe()

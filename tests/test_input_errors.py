@@ -79,7 +79,7 @@ def with_value(array, index, value):
         (dict(inputs=X[:, :, :0], initial_weights=W0[:, :, :0]), r"n_in=0"),
         (dict(activity=Y[:, :, :0], initial_weights=W0[:, :0]), r"n_out=0"),
         (dict(inputs=np.full((B, T, N_IN), "a")), r"inputs must hold real numbers"),
-        (dict(activity=[[1, 2], [3]]), r"activity must be an array of numbers"),
+        (dict(activity=[[1, 2], [3]]), r"activity is a list .*different lengths \[2, 1\]"),
     ],
 )
 def test_bad_dataset(changes, match):

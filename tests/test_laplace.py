@@ -208,6 +208,79 @@ def test_identifiability_of_oja_names_collinear_monomials(x64):
     assert time.perf_counter() - start < 60
 
 
+def test_collinear_terms_are_undetermined_not_certain(x64):
+    # The columns of "x" and "x*r" are equal: only their sum is determined, and neither
+    # term alone; "1" and "r" stay determined.
+    data = linear_problem(4)
+    X = np.asarray(data["X"]).copy()
+    X[..., 3] = X[..., 2]
+    data = dict(data, X=jnp.asarray(X))
+    beta, *_ = np.linalg.lstsq(
+        X.reshape(-1, 4)[np.asarray(data["mask"]).reshape(-1)],
+        np.asarray(data["y"]).reshape(-1)[np.asarray(data["mask"]).reshape(-1)],
+        rcond=None,
+    )
+    post = mp.laplace(model_at(beta), data, LinearLoss())
+    assert int(post.rank) == 3 and post.is_rank_deficient
+    determined = np.asarray(post.determined()["rule"].coefficients).reshape(-1)
+    assert determined.tolist() == [True, True, False, False]
+    std = np.asarray(post.std()["rule"].coefficients).reshape(-1)
+    assert np.all(np.isfinite(std[:2])) and np.all(np.isinf(std[2:]))
+    low, high = post.interval(0.95)
+    assert np.all(np.asarray(low["rule"].coefficients).reshape(-1)[2:] == -np.inf)
+    assert np.all(np.asarray(high["rule"].coefficients).reshape(-1)[2:] == np.inf)
+    # Conditional on the determined subspace: the pseudo-inverse's finite spread.
+    conditional = np.asarray(post.std(conditional=True)["rule"].coefficients).reshape(-1)
+    assert np.all(np.isfinite(conditional)) and np.all(conditional > 0)
+    rows = post.table()
+    assert [r["determined"] for r in rows] == [True, True, False, False]
+    assert not rows[2]["excludes_zero"] and not rows[3]["excludes_zero"]
+    assert rows[2]["excludes_zero"] is False
+    text = post.format()
+    assert "rank 3 of 4" in text and "1 direction(s) are not determined" in text
+    assert [line.split()[-1] for line in text.splitlines()[-2:]] == ["undetermined"] * 2
+    assert str(post) == text
+    frame = post.to_dataframe()
+    assert frame["determined"].tolist() == [True, True, False, False]
+    assert "rank 3 of 4" in frame.attrs["note"]
+    # A posterior of full rank says nothing of the kind.
+    full = mp.laplace(model_at(ols(linear_problem(4))[0]), linear_problem(4), LinearLoss())
+    assert not full.is_rank_deficient and full.rank_note() == ""
+    assert "rank" not in full.format() and "note" not in full.to_dataframe().attrs
+
+
+def test_noisy_oja_posterior_never_claims_an_undetermined_term(x64):
+    # The case, smaller: 27 Taylor terms fitted to the noisy activity of an Oja
+    # layer driven by inputs of std 0.1 (y near 0.5, so monomials differing by a power of y
+    # are nearly collinear) leave directions the data do not determine.
+    teacher = mp.nn.PlasticDense(mp.rules.oja(), eta=1.0, activation="sigmoid")
+    x = mp.tasks.gaussian_stimuli(8, 20, n_trajectories=4, std=0.1, key=jr.key(0))
+    w0 = 0.01 * jr.normal(jr.key(1), (4, 20, 8))
+    readout = mp.nn.ActivityReadout(noise_std=0.01)
+    noisy, _ = mp.generate_activity(teacher, x, w0, readout=readout, key=jr.key(5))
+    student = mp.nn.PlasticDense(mp.TaylorRule.random(("x", "y", "w"), key=jr.key(3)), eta=1.0)
+    loss = mp.losses.ActivityMSE()
+    fitted = mp.fit(student, noisy, loss, steps=10, progress=False).model
+    post = mp.laplace(fitted, noisy, loss)
+    assert int(post.rank) < 27 and post.is_rank_deficient
+    rows = post.table()
+    undetermined = [r for r in rows if not r["determined"]]
+    assert undetermined
+    assert all(np.isinf(r["std"]) and not r["excludes_zero"] for r in undetermined)
+    # Every term that moves along an undetermined direction loads on one of them.
+    ident = post.identifiability()
+    below = ident.eigenvalues <= ident.threshold
+    assert int(below.sum()) == 27 - int(post.rank)
+    load = (ident.eigenvectors[:, below] ** 2).sum(axis=1)
+    assert {r["term"] for r in undetermined} == {n for n, v in zip(ident.names, load) if v > 1e-10}
+    text = post.format(tol=0.5)
+    assert f"rank {int(post.rank)} of 27" in text
+    assert all(
+        not line.endswith(" *") for line in text.splitlines() if line.endswith("undetermined")
+    )
+    assert np.isinf(ident.condition_number)
+
+
 # ------------------------------------------------------------------ bootstrap, model comparison
 def gaussian_problem(theta, seed, n_traj=6, steps=7, sigma=0.7):
     rng = np.random.default_rng(seed)

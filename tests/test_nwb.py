@@ -71,5 +71,5 @@ def test_nwb_files_that_cannot_be_read_are_named(tmp_path):
 
 def test_without_pynwb_the_error_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pynwb", None)
-    with pytest.raises(mp.MissingDependencyError, match=r"pip install 'metaplastic\[nwb\]'"):
+    with pytest.raises(mp.MissingDependencyError, match=r'pip install "metaplastic\[nwb\]"'):
         mp.flies.load_nwb(tmp_path)

@@ -1,3 +1,4 @@
+import inspect
 import json
 import os
 import subprocess
@@ -229,7 +230,7 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(
-        mp.MissingDependencyError, match=r"pip install 'metaplastic\[plot\]'"
+        mp.MissingDependencyError, match=r'pip install "metaplastic\[plot\]"'
     ) as info:
         plot.deviance_comparison({"a": [1.0]})
     assert isinstance(info.value, ImportError) and isinstance(info.value, mp.MetaplasticError)
@@ -262,7 +263,7 @@ def test_concurrent_runs_get_their_own_folders(tmp_path):
         assert config["versions"]["metaplastic"] == mp.__version__
         assert config["versions"]["jax"] == jax.__version__
         assert config["backend"] == jax.default_backend()
-        assert runs.read_metrics(run.path) == [{"epoch": "1", "loss": repr(float(seed))}]
+        assert runs.read_metrics(run.path) == [{"epoch": 1, "loss": float(seed)}]
         summary = json.loads((run.path / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["summary"] == {"seed": seed}
         assert sorted(p.name for p in run.path.iterdir()) == [
@@ -278,9 +279,11 @@ def test_run_records_history_figures_and_failures(tmp_path):
         run.log_history(history)
         run.save_figure(plot.coefficient_trajectories(history), "coefficients")
     rows = runs.read_metrics(run.path)
-    assert [r["step"] for r in rows] == ["1", "2", "3", "4", "5"]
-    assert float(rows[-1]["x*y"]) == pytest.approx(1 - np.exp(-5 / 8))
-    assert float(rows[0]["loss"]) == 1.0 and "y^2*w" in rows[0] and "1" in rows[0]
+    # Numbers come back as numbers.
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert isinstance(rows[-1]["x*y"], float)
+    assert rows[-1]["x*y"] == pytest.approx(1 - np.exp(-5 / 8))
+    assert rows[0]["loss"] == 1.0 and "y^2*w" in rows[0] and "1" in rows[0]
     assert (run.path / "coefficients.png").read_bytes().startswith(PNG)
     assert json.loads((run.path / "summary.json").read_text())["status"] == "finished"
     with pytest.raises(RuntimeError):
@@ -411,7 +414,7 @@ def test_processes_writing_into_one_out_folder_get_distinct_runs(tmp_path):
         config = json.loads((folder / "config.json").read_text())["config"]
         key = (config["worker"], config["i"])
         seen.add(key)
-        assert runs.read_metrics(folder) == [{"worker": str(key[0]), "i": str(key[1])}]
+        assert runs.read_metrics(folder) == [{"worker": key[0], "i": key[1]}]
         assert (folder / "table.csv").read_text() == "worker,i\n" + f"{key[0]},{key[1]}\n" * 50
         assert json.loads((folder / "summary.json").read_text())["status"] == "finished"
     assert seen == {(w, i) for w in range(workers) for i in range(n)}
@@ -441,3 +444,19 @@ def test_open_run_removes_the_temporaries_of_a_killed_writer(tmp_path):
         "config.json",
         "summary.json",
     ]
+
+
+@pytest.mark.parametrize(
+    "function",
+    [
+        mp.fit,
+        mp.bootstrap,
+        mp.compare_models,
+        mp.behaviour.recover_rule,
+        mp.flies.fit_families,
+        mp.flies.rule_intervals,
+    ],
+)
+def test_the_long_calls_show_progress_by_default(function):
+    # Each can keep a user waiting for more than a few seconds: a bar unless progress=False.
+    assert inspect.signature(function).parameters["progress"].default is True

@@ -139,5 +139,5 @@ def test_pynapple_objects_that_do_not_fit_are_refused(recording):
 
 def test_without_pynapple_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynapple", None)
-    with pytest.raises(mp.MissingDependencyError, match=r"pip install 'metaplastic\[pynapple\]'"):
+    with pytest.raises(mp.MissingDependencyError, match=r'pip install "metaplastic\[pynapple\]"'):
         mp.data.from_pynapple(None, None, initial_weights=np.zeros((1, 1)))

@@ -196,3 +196,5 @@ def test_guide_python_blocks_run_in_one_session(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert "0.999*x*y - 0.999*y^2*w" in proc.stdout  # what the guide says it prints
+    # Oja's rule with the initial weights fitted as parameters (started at zero).
+    assert "0.999 -0.998" in proc.stdout

@@ -1,13 +1,12 @@
 """Any optax optimiser as a solver of `metaplastic.fit`."""
 
-import typing
 from typing import ClassVar
 
 import equinox as eqx
 import optax
 from jaxtyping import PyTree
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._types import Scalar
 from ._base import AbstractSolver, Objective
 
@@ -34,7 +33,7 @@ class Optax(AbstractSolver):
         "optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))."
     )
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def __init__(self, optimizer: optax.GradientTransformation):
         if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
             raise MetaplasticError(

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._random import host_rng
 from .._types import Key
 from .._validate import finite_where, mask_array, real_array
@@ -43,7 +43,7 @@ class ChoiceDataset(eqx.Module):
     expected_rewards: Float[Array, "batch trials"]
     inputs: Float[Array, "batch trials presentations n_in"] | None
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def __init__(
         self,
         odours: Int[ArrayLike, "batch trials presentations"],

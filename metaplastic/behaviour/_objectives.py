@@ -5,14 +5,22 @@ alone or with a neural recording of the same presentations. Both have Gauss–Ne
 from typing import Literal
 
 import equinox as eqx
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, PyTree
 
 from .._errors import MetaplasticError
-from ..losses import AbstractGaussNewtonLoss, Observations
+from ..losses import AbstractGaussNewtonLoss, Observations, loss_hint
 from ._data import ChoiceDataset, NoisyChoices, PackedChoiceDataset
 from ._generate import GeneratedBehaviour
 from ._network import MushroomBody
 from ._replay import choice_logits, replay
+
+
+def _check_choice_model(loss: str, model: object) -> None:
+    if not isinstance(model, MushroomBody):
+        raise MetaplasticError(
+            f"{loss} replays the choices of a metaplastic.behaviour.MushroomBody, got "
+            f"{type(model).__name__}."
+        )
 
 
 class ChoiceBCE(AbstractGaussNewtonLoss):
@@ -23,11 +31,16 @@ class ChoiceBCE(AbstractGaussNewtonLoss):
     `p(accept)` is the average over the draws of the unobserved input noise: the marginal
     likelihood of the choices (per presentation)."""
 
-    def observe(
-        self,
-        model: MushroomBody,
-        batch: ChoiceDataset | PackedChoiceDataset | NoisyChoices,
-    ) -> tuple[Observations, ...]:
+    def observe(self, model: PyTree, batch: PyTree) -> tuple[Observations, ...]:
+        """**Arguments:** `model`, a `MushroomBody`; `batch`, a `ChoiceDataset`,
+        `PackedChoiceDataset` or `NoisyChoices` (each refused with a clear error otherwise)."""
+        if not isinstance(batch, (ChoiceDataset, PackedChoiceDataset, NoisyChoices)):
+            raise MetaplasticError(
+                "ChoiceBCE fits recorded choices (a ChoiceDataset, PackedChoiceDataset or "
+                f"NoisyChoices of metaplastic.behaviour), got {type(batch).__name__}: "
+                + loss_hint(batch)
+            )
+        _check_choice_model("ChoiceBCE", model)
         logits = choice_logits(model, batch)
         return (Observations(logits, batch.choices, batch.presentation_mask, "bernoulli"),)
 
@@ -65,9 +78,16 @@ class ChoiceActivity(AbstractGaussNewtonLoss):
 
     activity_weight: float = eqx.field(static=True, default=1.0)
 
-    def observe(
-        self, model: MushroomBody, batch: ChoiceActivityDataset
-    ) -> tuple[Observations, ...]:
+    def observe(self, model: PyTree, batch: PyTree) -> tuple[Observations, ...]:
+        """**Arguments:** `model`, a `MushroomBody`; `batch`, a `ChoiceActivityDataset`
+        (each refused with a clear error otherwise)."""
+        if not isinstance(batch, ChoiceActivityDataset):
+            raise MetaplasticError(
+                "ChoiceActivity fits choices with a recording of the same presentations (a "
+                f"metaplastic.behaviour.ChoiceActivityDataset), got {type(batch).__name__}: "
+                + loss_hint(batch)
+            )
+        _check_choice_model("ChoiceActivity", model)
         choices = batch.choices
         rep = replay(model, choices)
         predicted = rep.hidden if batch.record == "hidden" else rep.logits[..., None]

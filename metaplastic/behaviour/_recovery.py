@@ -176,7 +176,7 @@ def recover_rule(
     l1: float = 1e-3,
     batch_size: int | None = None,
     key: Key,
-    progress: bool = False,
+    progress: bool = True,
     **data_options,
 ) -> RuleRecovery:
     """Recover a ground-truth rule from simulated behaviour, several seeds vmapped.

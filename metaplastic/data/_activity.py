@@ -1,5 +1,4 @@
 import logging
-import typing
 
 import equinox as eqx
 import jax
@@ -7,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._validate import finite_where, real_array, trajectory_masks
 
 
@@ -41,7 +40,7 @@ class ActivityDataset(eqx.Module):
     neuron_mask: Bool[Array, "batch n_out"]
     rewards: Float[Array, "batch time"]
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def __init__(
         self,
         inputs: Float[ArrayLike, "batch time n_in"],

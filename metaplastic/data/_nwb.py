@@ -3,14 +3,13 @@
 times binned into counts (`from_nwb`). Needs pynwb (the optional extra `nwb`)."""
 
 import os
-import typing
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from jaxtyping import PyTree
 
-from .._errors import MetaplasticError, require
+from .._errors import MetaplasticError, require, validates_input
 from ._activity import ActivityDataset
 from ._recording import RecordingDataset
 from ._table import check_initial, dataset_of, spike_counts
@@ -41,7 +40,7 @@ def _values(series: Any, path: Any) -> tuple[np.ndarray, np.ndarray]:
     return data, times
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def from_nwb(
     path: str | os.PathLike | Sequence[str | os.PathLike],
     *,

@@ -2,13 +2,12 @@
 (or a `TsGroup` of spike trains, counted per step) and an `IntervalSet` whose epochs are the
 trajectories (`from_pynapple`). Needs pynapple (the optional extra `pynapple`)."""
 
-import typing
 from typing import Any
 
 import numpy as np
 from jaxtyping import PyTree
 
-from .._errors import MetaplasticError, require
+from .._errors import MetaplasticError, require, validates_input
 from ._activity import ActivityDataset
 from ._recording import RecordingDataset
 from ._table import check_initial, dataset_of, recording_gap, spike_counts
@@ -56,7 +55,7 @@ def _on_time_base(
         )
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def from_pynapple(
     inputs: Any,
     recorded: Any,

@@ -1,12 +1,10 @@
-import typing
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._validate import batched_inputs, finite_where, real_array, trajectory_masks
 from ..nn import AbstractHead
 from ._activity import float_dtype
@@ -34,7 +32,7 @@ class RecordingDataset(eqx.Module):
     neuron_mask: Bool[Array, "batch n_out"]
     rewards: Float[Array, "batch time"] | None
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def __init__(
         self,
         inputs: Float[ArrayLike, "batch time n_in"],

@@ -1,20 +1,19 @@
 """Recorded trajectories from a table: one row per (trajectory, time step), one column per
 input and per recorded neuron (`from_table`)."""
 
-import typing
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from jaxtyping import PyTree
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._frames import numbers, table_columns
 from ._activity import ActivityDataset
 from ._recording import RecordingDataset
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def from_table(
     table: Any,
     *,

@@ -1,13 +1,12 @@
 """Paired comparisons of per-fly scores (Wilcoxon signed-rank)."""
 
 import dataclasses
-import typing
 from typing import Literal
 
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._errors import MetaplasticError, require
+from .._errors import MetaplasticError, require, validates_input
 from ._results import FlyFits
 
 
@@ -33,7 +32,7 @@ class PairedComparison:
         return dataclasses.asdict(self)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def compare_scores(
     a: Float[np.ndarray, " flies"] | Float[Array, " flies"],
     b: Float[np.ndarray, " flies"] | Float[Array, " flies"],
@@ -41,7 +40,7 @@ def compare_scores(
     """Compare paired per-fly scores of two models: how many flies `b` improves on `a` and
     the Wilcoxon signed-rank p-value of the differences.
 
-    Needs scipy (`pip install 'metaplastic[data]'`).
+    Needs scipy (`pip install "metaplastic[data]"`).
 
     **Arguments:**
 
@@ -76,7 +75,7 @@ def compare_scores(
     )
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def compare_families(
     a: FlyFits,
     b: FlyFits,

@@ -31,7 +31,6 @@ likelihood of a rule has no finite optimum there.
 
 import logging
 import time
-import typing
 from collections.abc import Sequence
 from typing import Literal
 
@@ -42,7 +41,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._fit import fit
 from .._random import host_rng
 from .._solver import AbstractSolver, LevenbergMarquardt
@@ -227,7 +226,7 @@ def _check_int(name, value, minimum=1, allow_none=False):
         raise MetaplasticError(f"{name} must be a positive integer, got {value!r}.")
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def fit_families(
     data: DrosophilaData,
     families: Sequence[str] = FAMILIES,
@@ -249,6 +248,7 @@ def fit_families(
     l1: float | Sequence[float] | np.ndarray = 1e-3,
     evaluation_samples: int | None = None,
     key: jax.Array,
+    progress: bool = True,
 ) -> dict[str, FlyFits]:
     """Fit rule families to every fly: per family, all flies and all train/test splits in
     one vmapped fit (the small families together in one), every fit scored against the
@@ -297,6 +297,7 @@ def fit_families(
       initial weights) of the same trials instead of the fitted draws (the published
       evaluation); `None`: score on the fitted draws.
     - `key`: the draws, the initial weights and the initial rules.
+    - `progress`: show a progress bar for each fit (`False` to silence them).
 
     **Returns:**
 
@@ -438,7 +439,7 @@ def fit_families(
             batch_size=batch_size,
             ensemble=True,
             per_member=per_member,
-            progress=False,
+            progress=progress,
             key=k,
         )
         if first_order:
@@ -479,7 +480,7 @@ def fit_families(
     return {f: out[f] for f in families}
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def padded_l1(data: DrosophilaData, weight: float = 1e-2) -> np.ndarray:
     """The L1 weight per fly, in units of `fit_families`' mean per-presentation
     log-likelihood, that the published implementation's penalty amounts to: its choice loss

@@ -17,7 +17,6 @@ whose rule alone differs between flies.
 import dataclasses
 import math
 import time
-import typing
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -30,7 +29,7 @@ import numpy as np
 from jaxtyping import Bool, Float
 
 from .._compare import compare_models
-from .._errors import MetaplasticError, require
+from .._errors import MetaplasticError, require, validates_input
 from .._fit import fit
 from .._frames import frame
 from .._laplace import Posterior, laplace
@@ -182,7 +181,7 @@ class FlyIntervals:
         _, low, high = self.interval(family, term)
         return (low > 0) | (high < 0)
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def select(self, keep: Sequence[bool] | np.ndarray) -> "FlyIntervals":
         """Keep the flies where `keep` is true (a boolean per fly), e.g.
         `intervals.select(~intervals.accept_only)`. The posteriors are kept whole."""
@@ -212,7 +211,7 @@ class FlyIntervals:
         """Summarise one term over the flies: how many intervals exclude 0 (and on which
         side), the precision-weighted mean, Cochran's Q test of heterogeneity and the
         random-effects mean (see `PopulationSummary`). The p-value needs scipy
-        (`pip install 'metaplastic[data]'`).
+        (`pip install "metaplastic[data]"`).
 
         **Arguments:**
 
@@ -348,7 +347,7 @@ def _coefficient(rules: TaylorRule, term: str) -> np.ndarray:
     return np.asarray(rules.coefficients, dtype=np.float64)[(slice(None),) + e]
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def rule_intervals(
     data: DrosophilaData,
     families: Sequence[str] = ("covariance", "forgetting"),
@@ -365,6 +364,7 @@ def rule_intervals(
     steps: int = 20,
     prior_std: float = 1.0,
     key: jax.Array,
+    progress: bool = True,
 ) -> FlyIntervals:
     """Fit each small rule family to each fly and give every free term of every fly a
     Laplace interval; score the families fly by fly by AIC, BIC and the Laplace evidence.
@@ -388,6 +388,7 @@ def rule_intervals(
     - `prior_std`: the prior standard deviation of every free term in the evidence.
     - `key`: the noise draws, the initial weights and the initial rules (the families share
       the draws and the weights).
+    - `progress`: show a progress bar for each family's fit (`False` to silence them).
 
     **Returns:**
 
@@ -476,7 +477,7 @@ def rule_intervals(
             solver=solver,
             steps=steps,
             ensemble=True,
-            progress=False,
+            progress=progress,
         )
         model = result.model
         post = laplace(model, member_data, loss, ensemble=True)

@@ -28,7 +28,6 @@ import os
 import pathlib
 import re
 import struct
-import typing
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -36,20 +35,13 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, require, validates_input
 from ..behaviour import ChoiceDataset, expected_reward
 from ._records import DrosophilaData, FlyInfo
 
 
 def _scipy_io():
-    try:
-        import scipy.io
-    except ImportError as e:
-        raise ImportError(
-            "Reading .mat files needs scipy, which metaplastic does not install by default; "
-            "install it with `pip install scipy` (or `pip install 'metaplastic[data]'`)."
-        ) from e
-    return scipy.io
+    return require("scipy.io", "data", "Reading the flies' .mat files")
 
 
 def _natural_key(path: pathlib.Path) -> list:
@@ -397,7 +389,7 @@ def assemble_flies(
     )
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def save_drosophila(
     data: ChoiceDataset,
     folder: str | os.PathLike,

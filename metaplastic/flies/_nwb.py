@@ -5,11 +5,10 @@ optional extra `nwb`)."""
 import datetime
 import os
 import pathlib
-import typing
 from collections.abc import Sequence
 from typing import Any
 
-from .._errors import MetaplasticError, require
+from .._errors import MetaplasticError, require, validates_input
 from ._loader import assemble_flies, check_blocks, recording_files
 from ._records import DrosophilaData
 from ._table import drosophila_rows, table_recordings
@@ -28,7 +27,7 @@ def _pynwb() -> Any:
     return require("pynwb", "nwb", "Reading and writing NWB files")
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def save_nwb(
     data: DrosophilaData,
     folder: str | os.PathLike,
@@ -73,7 +72,7 @@ def save_nwb(
     return paths
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def load_nwb(
     path: str | os.PathLike | Sequence[str | os.PathLike],
     *,

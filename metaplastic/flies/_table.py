@@ -1,12 +1,11 @@
 """Flies from a table: one row per odour presentation (`from_table`), and back
 (`DrosophilaData.to_dataframe`)."""
 
-import typing
 from typing import Any
 
 import numpy as np
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._frames import frame, numbers, table_columns
 from ._loader import assemble_flies, check_blocks
 from ._records import DrosophilaData
@@ -26,7 +25,7 @@ def _first_bad(mask: np.ndarray) -> int | None:
     return int(np.argmax(mask)) if mask.any() else None
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def from_table(
     table: Any,
     *,

@@ -3,7 +3,6 @@ was recorded, with the likelihood that scores them, and draw synthetic recording
 
 import abc
 import math
-import typing
 from typing import ClassVar
 
 import equinox as eqx
@@ -13,7 +12,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._likelihood import AbstractLikelihood, Bernoulli, Poisson, SquaredError
 from .._types import Key
 from .._validate import is_size
@@ -98,7 +97,7 @@ class GaussianHead(AbstractHead):
     noise_std: float = eqx.field(static=True)
     likelihood: ClassVar[AbstractLikelihood] = SquaredError()
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def __init__(self, n_neurons: int | None = None, *, noise_std: float = 0.0):
         self.n_neurons = _check_neurons(n_neurons)
         self.noise_std = _noise_std(noise_std)
@@ -123,7 +122,7 @@ class AbstractLinearHead(AbstractHead):
     offset: Float[Array, ""]
     n_neurons: int | None = eqx.field(static=True)
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def __init__(self, n_neurons: int | None = None, *, gain: float = 1.0, offset: float = 0.0):
         """**Arguments:**
 
@@ -171,7 +170,7 @@ class CalciumHead(AbstractHead):
     noise_std: float = eqx.field(static=True)
     likelihood: ClassVar[AbstractLikelihood] = SquaredError()
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def __init__(
         self,
         n_neurons: int | None = None,

@@ -1,5 +1,4 @@
 import math
-import typing
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -7,7 +6,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._types import Key
 
 
@@ -23,7 +22,7 @@ class ActivityReadout(eqx.Module):
     noise_std: float = eqx.field(static=True)
     mask: Bool[Array, " n"] | None
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def __init__(
         self,
         recorded_fraction: float = 1.0,

@@ -2,12 +2,11 @@
 
 import math
 import re
-import typing
 from typing import Any
 
 import numpy as np
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 
 
 # The factors a rule may depend on, in canonical order: presynaptic activity, postsynaptic
@@ -45,7 +44,7 @@ def check_order(order: Any) -> int:
     return int(order)
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def check_factors(factors: tuple[str, ...]) -> None:
     """Raise `MetaplasticError` unless `factors` is a non-empty tuple of distinct known factors."""
     if not isinstance(factors, tuple) or len(factors) == 0:
@@ -83,7 +82,7 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
     return tokens
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def parse_expression(text: str, factors: tuple[str, ...], order: int) -> dict[Monomial, float]:
     """Parse a polynomial expression into a map from exponent tuples to coefficients.
 

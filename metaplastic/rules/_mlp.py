@@ -1,4 +1,3 @@
-import typing
 from collections.abc import Callable
 
 import equinox as eqx
@@ -6,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._types import Key, Post, Pre, Scalar, Weight
 from ._abstract import AbstractRule
 from ._expression import FACTORS, as_factors
@@ -27,7 +26,7 @@ class MLPRule(AbstractRule):
     mlp: eqx.nn.MLP
     factors: tuple[str, ...] = eqx.field(static=True)
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def __init__(
         self,
         factors: tuple[str, ...] = FACTORS,

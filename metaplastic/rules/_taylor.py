@@ -1,6 +1,5 @@
 import itertools
 import math
-import typing
 
 import equinox as eqx
 import jax
@@ -9,7 +8,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._types import Key, Post, Pre, Scalar, Weight
 from .._validate import real_array
 from ._abstract import AbstractRule
@@ -58,7 +57,7 @@ class TaylorRule(AbstractRule):
     factors: tuple[str, ...] = eqx.field(static=True)
     order: int = eqx.field(static=True)
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def __init__(
         self,
         coefficients: Float[ArrayLike, "..."],
@@ -116,7 +115,7 @@ class TaylorRule(AbstractRule):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def zeros(cls, factors: tuple[str, ...] = ("x", "y", "w"), order: int = 2) -> "TaylorRule":
         """The zero rule (no plasticity) over `factors`, exponents `0..order`."""
         factors = as_factors(factors)
@@ -124,7 +123,7 @@ class TaylorRule(AbstractRule):
         return cls(jnp.zeros((order + 1,) * len(factors)), factors)
 
     @classmethod
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def random(
         cls,
         factors: tuple[str, ...] = ("x", "y", "w"),
@@ -144,7 +143,7 @@ class TaylorRule(AbstractRule):
         return cls(scale * jr.normal(key, rule.coefficients.shape), rule.factors)
 
     @classmethod
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def from_expression(
         cls, expression: str, factors: tuple[str, ...] = ("x", "y", "w"), order: int = 2
     ) -> "TaylorRule":
@@ -163,7 +162,7 @@ class TaylorRule(AbstractRule):
         return cls(coefficients, rule.factors)
 
     # ------------------------------------------------------------------ inspection
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def monomial(self, term: str) -> tuple[int, ...]:
         """The exponents of one monomial, one per factor in the order of `factors`: the index
         of its coefficient, e.g. `rule.monomial("x*r")` is `(1, 0, 0, 1)` over `x, y, w, r`."""
@@ -172,7 +171,7 @@ class TaylorRule(AbstractRule):
             raise MetaplasticError(f"Expected a single monomial such as 'y^2*w', got {term!r}.")
         return next(iter(terms))
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def coefficient(self, term: str) -> float:
         """The coefficient of one monomial, e.g. `rule.coefficient("y^2*w")`."""
         return float(self.coefficients[self.monomial(term)])
@@ -207,7 +206,7 @@ class TaylorRule(AbstractRule):
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return f"TaylorRule({self.to_expression(tol=1e-6)!r}, factors={self.factors})"
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def mask(self, expression_terms: list[str] | tuple[str, ...]) -> Bool[np.ndarray, "..."]:
         """A boolean array that is `True` on the listed monomials, e.g. `["1", "r", "x", "x*r"]`;
         pass it as `trainable=` to fit only that family."""
@@ -220,7 +219,7 @@ class TaylorRule(AbstractRule):
             out[self.monomial(term) if term != "1" else (0,) * len(self.factors)] = True
         return out
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def with_trainable(self, trainable: Bool[ArrayLike, "..."] | None) -> "TaylorRule":
         """The same rule with a new trainable mask (`None`: every term trains)."""
         return TaylorRule(self.coefficients, self.factors, trainable=trainable)
