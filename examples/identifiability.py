@@ -197,7 +197,9 @@ def main(argv=None):
     # The profile of one term on the noisy recording, against its Laplace interval.
     noisy_model = member(fitted, 1)
     noisy_post = post.member(1)
-    lo, hi = noisy_post.interval(0.95)
+    # The grid's width from the interval given the determined subspace: a term on an
+    # undetermined direction has an unbounded default interval.
+    lo, hi = noisy_post.interval(0.95, conditional=True)
     term = args.profile_term
     centre = noisy_model.rule.coefficient(term)
     half = lo.rule.coefficient(term), hi.rule.coefficient(term)

@@ -190,7 +190,10 @@ def main(argv=None):
                 student, oja, loss, steps=3 * steps, ensemble=True, progress=not args.no_progress
             ).model
             post = mp.laplace(fitted, oja, loss, ensemble=True)
-            lo, hi = post.interval(LEVEL)
+            # The per-term intervals given the determined subspace (the undetermined
+            # directions held at their fitted values), whose coverage this study measures;
+            # the default interval() marks a term on an undetermined direction unbounded.
+            lo, hi = post.interval(LEVEL, conditional=True)
             est = flat(fitted.rule.coefficients)
             low, high = flat(lo.rule.coefficients), flat(hi.rule.coefficients)
             results[name] = coverage_table(post.names, truth, est, low, high, post.free)

@@ -481,7 +481,9 @@ def rule_intervals(
         )
         model = result.model
         post = laplace(model, member_data, loss, ensemble=True)
-        sd = post.std()
+        # Conditional on the determined subspace, as the intervals were defined before the
+        # posterior marked undetermined terms unbounded (drosophila.md's numbers).
+        sd = post.std(conditional=True)
         cols = lambda m, terms=terms: np.stack([_coefficient(m.rule, t) for t in terms], axis=1)
         estimate[family] = cols(model)
         std[family] = cols(sd)
