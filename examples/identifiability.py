@@ -197,7 +197,9 @@ def main(argv=None):
     # The profile of one term on the noisy recording, against its Laplace interval.
     noisy_model = member(fitted, 1)
     noisy_post = post.member(1)
-    lo, hi = noisy_post.interval(0.95)
+    # The interval conditional on the determined directions: on the noisy recording the
+    # term moves along an undetermined one too, and its plain interval is unbounded.
+    lo, hi = noisy_post.interval(0.95, conditional=True)
     term = args.profile_term
     centre = noisy_model.rule.coefficient(term)
     half = lo.rule.coefficient(term), hi.rule.coefficient(term)
