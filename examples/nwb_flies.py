@@ -24,7 +24,7 @@ FAMILIES = ("covariance", "forgetting", "forgetting_y", "taylor", "mlp")
 
 
 def parse_args(argv=None):
-    p = _cli.parser(__doc__)
+    p = _cli.parser(__doc__, quick="the first 3 flies, no held-out sweep: a check")
     _cli.fly_data_option(p)
     p.add_argument(
         "--families",
@@ -38,7 +38,20 @@ def parse_args(argv=None):
         default=(0.5,),
         help="training fractions of the held-out sweep (default: 0.5)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.fractions = ()
+    return args
+
+
+def _first_files(folder, n):
+    """The first `n` `.mat` files of `folder` in the loader's order (Fly2 before Fly10)."""
+    import re
+    from pathlib import Path
+
+    number = lambda p: [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", p.name)]
+    files = [p for p in Path(folder).glob("*.mat") if not p.name.startswith(".")]
+    return sorted(files, key=number)[:n]
 
 
 def _numbers(fits, comparisons):
@@ -65,7 +78,9 @@ def main(argv=None):
 
     start = time.perf_counter()
     run = _cli.open_run(args, "nwb_flies")
-    mat = mp.flies.load_drosophila(args.data)
+    # --quick loads the first 3 files alone (not a selection of all 18), so that they are
+    # padded to their own longest trial, as their NWB files are when read back.
+    mat = mp.flies.load_drosophila(_first_files(args.data, 3) if args.quick else args.data)
     t0 = time.perf_counter()
     paths = mp.flies.save_nwb(mat, run.path / "nwb")
     t1 = time.perf_counter()

@@ -189,6 +189,9 @@ def test_help_answers_quickly(name):
     assert "--out" in proc.stdout and "usage:" in proc.stdout
     # The compilation cache's switch and its default folder.
     assert "--no-compile-cache" in proc.stdout and "metaplastic/jax" in proc.stdout
+    # Every script takes a small check run, silences its bars and takes its seed(s).
+    assert "--quick" in proc.stdout and "--no-progress" in proc.stdout
+    assert "--seed" in proc.stdout
 
 
 def test_default_compile_cache_folder(monkeypatch, tmp_path):

@@ -174,6 +174,15 @@ def test_readme_python_blocks_run_in_one_session(tmp_path):
             f"--- stderr (exit status {proc.returncode}) ---\n{proc.stderr[-6000:]}",
             pytrace=False,
         )
+    # The uncertainty block prints what its comments say: the rank-deficient 27-term table
+    # says so and claims no term, and both terms of the two-term family are determined.
+    out = proc.stdout
+    assert "rank-deficient: rank 22 of 27 free parameters" in out, out[-4000:]
+    assert "is not determined by the data" in out
+    table = [line.split() for line in out.splitlines()]
+    rows = {r[0]: r for r in table if len(r) >= 2 and r[0] in ("x*y", "y^2*w", "x^2*y*w^2")}
+    assert rows["x^2*y*w^2"][-1] == "undetermined"
+    assert rows["x*y"][-1] == "*" and rows["y^2*w"][-1] == "*"
 
 
 GUIDE = os.path.join(ROOT, "docs", "guide", "own-data.md")
