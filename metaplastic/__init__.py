@@ -53,8 +53,10 @@ from ._sparse import Stability as Stability
 from ._sparse import stability_selection as stability_selection
 from ._sparse import threshold_fit as threshold_fit
 from .rules import AbstractRule as AbstractRule
+from .rules import BCMRule as BCMRule
 from .rules import MLPRule as MLPRule
 from .rules import TaylorRule as TaylorRule
+from .rules import TraceRule as TraceRule
 
 
 __version__ = "0.1.0"

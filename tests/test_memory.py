@@ -190,3 +190,40 @@ def test_a_trace_rule_without_a_reward_signal_is_refused():
 def test_a_trace_of_a_rule_with_memory_is_refused():
     with pytest.raises(mp.MetaplasticError, match=r"TraceRule needs a memoryless rule"):
         mp.rules.TraceRule(mp.rules.BCMRule(), 0.5)
+
+
+@pytest.mark.slow  # three inference verbs on a small activity problem: ~10 s on 2 cores
+def test_profile_bootstrap_and_compare_models_work_on_a_trace_rule():
+    """A trace fitted to activity with rewards: the profile of its Taylor term refits λ at
+    every value, the bootstrap refits both, and compare_models prefers the trace over the
+    memoryless rule on data the trace generated."""
+    true = _trace("trace(λ=0.6): x*y")
+    teacher = mp.nn.PlasticDense(true, eta=0.5, activation="sigmoid")
+    x = mp.tasks.gaussian_stimuli(3, 15, n_trajectories=6, std=1.0, key=jr.key(0))
+    w0 = 0.3 * jr.normal(jr.key(1), (6, 2, 3))
+    r = jr.normal(jr.key(2), (6, 15))
+    readout = mp.nn.ActivityReadout(1.0, 0.01)
+    data, _ = mp.generate_activity(teacher, x, w0, rewards=r, readout=readout, key=jr.key(3))
+    loss = mp.losses.ActivityMSE()
+    inner = mp.TaylorRule.from_expression("0.5*x*y")
+    student = mp.rules.TraceRule(inner.with_trainable(inner.mask(["x*y", "w"])), 0.4)
+    fitted = mp.fit(mp.nn.PlasticDense(student, eta=0.5), data, loss, steps=20, progress=False)
+    assert abs(float(fitted.model.rule.decay) - 0.6) < 0.05
+
+    prof = mp.profile(fitted.model, data, loss, "x*y", [0.8, 1.0, 1.2], steps=10)
+    objective = np.asarray(prof.objective)
+    assert np.all(np.isfinite(objective)) and int(np.argmin(objective)) == 1
+
+    boot = mp.bootstrap(fitted.model, data, loss, n=3, key=jr.key(4), steps=5)
+    decays = np.asarray(jax.nn.sigmoid(boot.samples.rule.decay_logit))
+    assert decays.shape == (3,) and np.all(np.abs(decays - 0.6) < 0.1)
+
+    memoryless = mp.TaylorRule.from_expression("0.5*x*y*r", ("x", "y", "r"))
+    candidates = {
+        "immediate": mp.nn.PlasticDense(
+            memoryless.with_trainable(memoryless.mask(["x*y*r"])), eta=0.5
+        ),
+        "trace": mp.nn.PlasticDense(student, eta=0.5),
+    }
+    comparison = mp.compare_models(candidates, data, loss, steps=20)
+    assert comparison.best("bic") == "trace" and comparison.best("evidence") == "trace"
