@@ -36,6 +36,8 @@ cli = _load_cli()
 
 def test_the_example_scripts():
     assert SCRIPTS == [
+        "bcm.py",
+        "delayed_reward.py",
         "drosophila.py",
         "fly_intervals.py",
         "identifiability.py",
@@ -352,6 +354,25 @@ def test_sparse_discovery_quick_reports_how_often_the_true_terms_are_selected(tm
             assert summary["selection"][name][method] == row["rate"]
     assert summary["results"]["oja"]["candidates"] == 27
     assert summary["results"]["fly"]["candidates"] == 8
+
+
+@pytest.mark.slow
+def test_delayed_reward_quick_reports_decay_coverage_and_confusion(tmp_path):
+    summary = run_example("delayed_reward.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    assert set(summary["trace_decay"]) == {"true", "estimate"}
+    assert 0 < summary["trace_decay"]["estimate"] < 1 and 0 <= summary["coverage"] <= 1
+    for criterion in ("bic", "evidence"):
+        matrix = summary["confusion"][criterion]["matrix"]
+        n = summary["confusion_datasets_per_generator"]
+        assert all(sum(row.values()) == n for row in matrix.values())
+    assert summary["seconds"] < 120
+
+
+@pytest.mark.slow
+def test_bcm_quick_reports_tau_and_weights(tmp_path):
+    summary = run_example("bcm.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    assert set(summary["tau"]) == {"true", "estimate"} and summary["tau"]["estimate"] > 1
+    assert -1 < summary["r2_weights"] <= 1 and summary["seconds"] < 120
 
 
 @pytest.mark.slow
