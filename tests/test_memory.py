@@ -227,3 +227,10 @@ def test_profile_bootstrap_and_compare_models_work_on_a_trace_rule():
     }
     comparison = mp.compare_models(candidates, data, loss, steps=20)
     assert comparison.best("bic") == "trace" and comparison.best("evidence") == "trace"
+
+
+def test_the_fly_families_offer_a_trace_on_request_only():
+    rule = mp.flies.family_rule("trace", key=jr.key(0))
+    assert isinstance(rule, mp.TraceRule) and rule.factors == ("x", "r")
+    assert float(rule.decay) == pytest.approx(0.5)
+    assert "trace" in mp.flies.MEMORY_FAMILIES and "trace" not in mp.flies.FAMILIES

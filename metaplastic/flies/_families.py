@@ -10,7 +10,7 @@ from ..behaviour import (
     mlp_student,
     taylor_student,
 )
-from ..rules import AbstractRule, TaylorRule, format_monomial
+from ..rules import AbstractRule, TaylorRule, TraceRule, format_monomial
 
 
 # The free terms of the small families, over (x, y, w, r) to first order: the covariance rule
@@ -25,6 +25,11 @@ FAMILY_TERMS = {
     "forgetting_y": ("1", "r", "x", "x*r", "y"),
 }
 FAMILIES = ("covariance", "forgetting", "forgetting_y", "taylor", "mlp")
+# Families of rules with memory, fitted on request only (not part of the default comparison):
+# "trace", an eligibility trace of θ₀ + θ_x·x released by the reward signal,
+# e ← λ e + θ₀ + θ_x x, Δw = η r e (λ, θ₀ and θ_x fitted): the covariance rule's reward
+# terms {r, x·r} with credit carried over from earlier trials.
+MEMORY_FAMILIES = ("trace",)
 # Taylor families, which the L1 penalty applies to.
 TAYLOR_FAMILIES = ("covariance", "forgetting", "forgetting_y", "taylor")
 # The factors of the small families' shared rule.
@@ -40,7 +45,9 @@ def family_rule(
       terms are `1, r, x, x*r`; `"forgetting"`: the same plus `w`; `"forgetting_y"`: the
       same plus `y` (the published "forgetting" family, see `FAMILY_TERMS`);
     - `"taylor"`: every one of the 81 terms over `(x, y, w, r)` to second order;
-    - `"mlp"`: `mlp_student`.
+    - `"mlp"`: `mlp_student`;
+    - `"trace"`: a `TraceRule` of a Taylor rule over `x` to first order (`θ₀ + θ_x x`,
+      started near zero) with decay 0.5 (see `MEMORY_FAMILIES`).
     """
     if family in FAMILY_TERMS:
         zero = TaylorRule.zeros(SMALL_FACTORS, order=1)
@@ -51,7 +58,9 @@ def family_rule(
         return taylor_student(key=key, scale=scale)
     if family == "mlp":
         return mlp_student(key=key)
-    raise MetaplasticError(f"family must be one of {FAMILIES}, got {family!r}.")
+    if family == "trace":
+        return TraceRule(TaylorRule(scale * jr.normal(key, (2,)), ("x",)), 0.5)
+    raise MetaplasticError(f"family must be one of {FAMILIES + MEMORY_FAMILIES}, got {family!r}.")
 
 
 def family_coefficients(family: str, rules: AbstractRule) -> dict[str, np.ndarray] | None:
