@@ -40,6 +40,7 @@ def test_the_example_scripts():
         "delayed_reward.py",
         "drosophila.py",
         "fly_intervals.py",
+        "fly_trace.py",
         "identifiability.py",
         "model_selection.py",
         "multihost_fit.py",
@@ -263,6 +264,7 @@ BAD_FLAGS = [
     ("drosophila.py", "--resamples", "x", "invalid positive_int value"),
     ("fly_intervals.py", "--data", "/nonexistent/flies", "does not exist"),
     ("fly_intervals.py", "--draws", "0", "positive integer"),
+    ("fly_trace.py", "--data", "/nonexistent/flies", "does not exist"),
     ("resumable_fit.py", "--steps", "0", "positive integer"),
     ("resumable_fit.py", "--learning-rate", "0", "> 0"),
     ("resumable_fit.py", "--no-such-flag", "1", "unrecognized arguments"),
@@ -366,6 +368,16 @@ def test_delayed_reward_quick_reports_decay_coverage_and_confusion(tmp_path):
         n = summary["confusion_datasets_per_generator"]
         assert all(sum(row.values()) == n for row in matrix.values())
     assert summary["seconds"] < 120
+
+
+@pytest.mark.slow
+def test_fly_trace_quick_scores_both_families_per_fly(tmp_path, drosophila_dir):
+    summary = run_example(
+        "fly_trace.py", "--quick", "--out", str(tmp_path), "--data", drosophila_dir
+    )
+    assert summary["flies"] == 3 and len(summary["decay_interval_95_per_fly"]) == 3
+    for low, high in summary["decay_interval_95_per_fly"]:
+        assert 0 <= low <= high <= 1
 
 
 @pytest.mark.slow

@@ -83,6 +83,10 @@ class OperantEnvironment(AbstractEnvironment):
     odours `(presentations,)`, their encodings `(presentations, n_in)` and the acceptance
     draws `(presentations,)`, all drawn up front. Each trial records `(choices, valid,
     reward, expected, weights, baited, hidden, logits)`.
+
+    With `reward_delay = d > 0` (the network's `MushroomBody.reward_delay`) the task state
+    also queues the `d` signals earned but not yet delivered: a trial's signal (zero without
+    an acceptance) drives the plasticity step `d` trials later.
     """
 
     task: OperantTask
