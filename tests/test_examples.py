@@ -367,7 +367,8 @@ def test_delayed_reward_quick_reports_decay_coverage_and_confusion(tmp_path):
         matrix = summary["confusion"][criterion]["matrix"]
         n = summary["confusion_datasets_per_generator"]
         assert all(sum(row.values()) == n for row in matrix.values())
-    assert summary["seconds"] < 120
+    # 58 s on the 2-core machine at load 3, 100 s at load 6.5.
+    assert summary["seconds"] < 180
 
 
 @pytest.mark.slow

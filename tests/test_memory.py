@@ -52,7 +52,7 @@ def test_a_layer_with_a_memoryless_rule_keeps_its_weights_as_its_state():
 
 def test_the_trace_rides_through_the_one_scan_of_any_layer():
     """A trace rule with λ → 0 is the memoryless rule g·r, in a dense and in a recurrent
-    layer; with λ > 0 the same data give other weights."""
+    layer (whose state carries the trace)."""
     x = jr.normal(jr.key(0), (8, 3))
     r = jr.normal(jr.key(1), (8,))
     w0 = 0.3 * jr.normal(jr.key(2), (2, 3))
@@ -61,8 +61,6 @@ def test_the_trace_rides_through_the_one_scan_of_any_layer():
     a = mp.simulate(mp.nn.PlasticDense(memoryless, eta=0.3), w0, x, r, return_weights=True)
     b = mp.simulate(mp.nn.PlasticDense(tiny, eta=0.3), w0, x, r, return_weights=True)
     np.testing.assert_allclose(a.weights, b.weights, rtol=1e-5, atol=1e-6)
-    c = mp.simulate(mp.nn.PlasticDense(_trace(), eta=0.3), w0, x, r, return_weights=True)
-    assert not np.allclose(a.weights, c.weights)
 
     rec = lambda rule: mp.nn.PlasticRecurrent(rule, 3, 4, eta=0.3)
     s0 = rec(memoryless).init_state(key=jr.key(3))
