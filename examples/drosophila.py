@@ -51,6 +51,8 @@ import _cli
 
 SWEEP_FAMILIES = ("covariance", "forgetting", "forgetting_y")
 FAMILIES = ("covariance", "forgetting", "forgetting_y", "taylor", "mlp")
+# Fitted on request (--families ...,trace): a rule with memory, an eligibility trace.
+KNOWN_FAMILIES = FAMILIES + ("trace",)
 FRACTIONS = (0.5, 0.6, 0.7, 0.8)
 # The options of each protocol (a command-line option overrides its protocol's value). The
 # published values: optimiser, epochs, samples, L1, initial scale and evaluation from the
@@ -93,9 +95,10 @@ def parse_args(argv=None):
     _cli.fly_data_option(p)
     p.add_argument(
         "--families",
-        type=_cli.list_of(str, choices=FAMILIES),
+        type=_cli.list_of(str, choices=KNOWN_FAMILIES),
         default=FAMILIES,
-        help=f"comma-separated families to fit (default: {_cli.comma(FAMILIES)})",
+        help=f"comma-separated families to fit (default: {_cli.comma(FAMILIES)}; also: "
+        "trace, an eligibility trace of 1 + x released by the reward signal)",
     )
     p.add_argument(
         "--reward-signal",

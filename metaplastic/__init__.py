@@ -54,8 +54,10 @@ from ._sparse import Stability as Stability
 from ._sparse import stability_selection as stability_selection
 from ._sparse import threshold_fit as threshold_fit
 from .rules import AbstractRule as AbstractRule
+from .rules import BCMRule as BCMRule
 from .rules import MLPRule as MLPRule
 from .rules import TaylorRule as TaylorRule
+from .rules import TraceRule as TraceRule
 
 
 # The one place the version is written (pyproject.toml reads it from here).
@@ -65,6 +67,7 @@ __all__ = [
     "AbstractDifferentiation",
     "AbstractEnvironment",
     "AbstractRule",
+    "BCMRule",
     "AbstractSolver",
     "Automatic",
     "Bootstrap",
@@ -89,6 +92,7 @@ __all__ = [
     "Stability",
     "TaylorReverse",
     "TaylorRule",
+    "TraceRule",
     "Trajectory",
     "__version__",
     "behaviour",

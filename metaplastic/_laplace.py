@@ -40,7 +40,7 @@ from .losses import (
     as_penalties,
     total_penalty,
 )
-from .rules import TaylorRule, format_monomial
+from .rules import AbstractRule, TaylorRule, format_monomial
 
 
 def _norm_ppf(level: float) -> float:
@@ -187,6 +187,39 @@ class Posterior(eqx.Module):
         z = _norm_ppf(level)
         mean, std = self._flat_mean(), self._flat_std(conditional)
         return self._unravel(mean - z * std), self._unravel(mean + z * std)
+
+    def natural_intervals(self, level: float = 0.95) -> dict[str, tuple[Array, Array, Array]]:
+        """`{name: (estimate, low, high)}` for the parameters that rules with memory fit in an
+        unbounded parametrisation, reported in their natural one: the decay `λ` of a
+        `TraceRule` (fitted as its logit) and the time constant `τ` of a `BCMRule` (fitted as
+        `log(τ − 1)`). The transforms are increasing, so the endpoints of the `level`
+        interval of the fitted parameter map to those of the natural one (the interval is
+        not symmetric about the estimate). Names are the rule's path and the parameter,
+        e.g. `".plastic.rule.λ"`; arrays have a leading member axis for an ensemble. Empty
+        when no such rule trains."""
+        low, high = self.interval(level)
+        is_rule = lambda node: isinstance(node, AbstractRule)
+        found = jax.tree_util.tree_flatten_with_path(self.mean, is_leaf=is_rule)[0]
+        trios = zip(
+            found,
+            jax.tree.leaves(low, is_leaf=is_rule),
+            jax.tree.leaves(high, is_leaf=is_rule),
+        )
+        out = {}
+        for (path, rule), lo, hi in trios:
+            natural = getattr(rule, "natural_parameters", None)
+            if not (is_rule(rule) and callable(natural)):
+                continue
+            prefix = jax.tree_util.keystr(path)
+            for name, estimate in natural().items():
+                if estimate is None:  # not trained: no interval
+                    continue
+                out[f"{prefix}.{name}"] = (
+                    estimate,
+                    lo.natural_parameters()[name],
+                    hi.natural_parameters()[name],
+                )
+        return out
 
     def correlation(self) -> Float[Array, "*members n n"]:
         """The correlation matrix of the flat parameters (0 for fixed parameters);

@@ -17,7 +17,15 @@ from ._types import Key
 from ._validate import batched_inputs, real_array
 from .data import ActivityDataset, RecordingDataset
 from .data._activity import float_dtype
-from .nn import AbstractLayer, ActivityReadout, Model, PlasticDense, layer_rules
+from .nn import (
+    AbstractLayer,
+    ActivityReadout,
+    Model,
+    PlasticDense,
+    layer_rules,
+    state_from_weights,
+    weights_of,
+)
 
 
 _CHECKPOINT: contextvars.ContextVar[bool | int] = contextvars.ContextVar(
@@ -277,7 +285,9 @@ def simulate(
     state, and rewards of zero by default).
 
     At each step `y_t = f(W_t x_t)` and `W_{t+1} = W_t + η · rule(x_t, y_t, W_t, r_t)`. Padded
-    steps (`step_mask` False) leave the weights unchanged. Vmap it for batches.
+    steps (`step_mask` False) leave the weights unchanged. A rule with memory starts from its
+    initial state (`rule.init_state`) and carries it through the scan beside the weights.
+    Vmap it for batches.
 
     **Arguments:**
 
@@ -297,14 +307,15 @@ def simulate(
         rewards = jnp.zeros(inputs.shape[0], inputs.dtype)
     out = simulate_network(
         layer,
-        initial_weights,
+        state_from_weights(layer.rule, initial_weights),
         inputs,
         rewards,
         step_mask,
         return_states=return_weights,
         checkpoint=checkpoint,
     )
-    return Simulation(out.outputs, out.states, out.final_state)
+    weights = None if out.states is None else weights_of(out.states)
+    return Simulation(out.outputs, weights, weights_of(out.final_state))
 
 
 def simulate_dataset(

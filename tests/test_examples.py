@@ -38,8 +38,11 @@ cli = _load_cli()
 
 def test_the_example_scripts():
     assert SCRIPTS == [
+        "bcm.py",
+        "delayed_reward.py",
         "drosophila.py",
         "fly_intervals.py",
+        "fly_trace.py",
         "identifiability.py",
         "model_selection.py",
         "multihost_fit.py",
@@ -301,6 +304,7 @@ BAD_FLAGS = [
     ("drosophila.py", "--resamples", "x", "invalid positive_int value"),
     ("fly_intervals.py", "--data", "/nonexistent/flies", "does not exist"),
     ("fly_intervals.py", "--draws", "0", "positive integer"),
+    ("fly_trace.py", "--data", "/nonexistent/flies", "does not exist"),
     ("resumable_fit.py", "--steps", "0", "positive integer"),
     ("resumable_fit.py", "--learning-rate", "0", "> 0"),
     ("resumable_fit.py", "--no-such-flag", "1", "unrecognized arguments"),
@@ -392,6 +396,36 @@ def test_sparse_discovery_quick_reports_how_often_the_true_terms_are_selected(tm
             assert summary["selection"][name][method] == row["rate"]
     assert summary["results"]["oja"]["candidates"] == 27
     assert summary["results"]["fly"]["candidates"] == 8
+
+
+@pytest.mark.slow
+def test_delayed_reward_quick_reports_decay_coverage_and_confusion(tmp_path):
+    summary = run_example("delayed_reward.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    assert set(summary["trace_decay"]) == {"true", "estimate"}
+    assert 0 < summary["trace_decay"]["estimate"] < 1 and 0 <= summary["coverage"] <= 1
+    for criterion in ("bic", "evidence"):
+        matrix = summary["confusion"][criterion]["matrix"]
+        n = summary["confusion_datasets_per_generator"]
+        assert all(sum(row.values()) == n for row in matrix.values())
+    # 58 s on the 2-core machine at load 3, 100 s at load 6.5.
+    assert summary["seconds"] < 180
+
+
+@pytest.mark.slow
+def test_fly_trace_quick_scores_both_families_per_fly(tmp_path, drosophila_dir):
+    summary = run_example(
+        "fly_trace.py", "--quick", "--out", str(tmp_path), "--data", drosophila_dir
+    )
+    assert summary["flies"] == 3 and len(summary["decay_interval_95_per_fly"]) == 3
+    for low, high in summary["decay_interval_95_per_fly"]:
+        assert 0 <= low <= high <= 1
+
+
+@pytest.mark.slow
+def test_bcm_quick_reports_tau_and_weights(tmp_path):
+    summary = run_example("bcm.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    assert set(summary["tau"]) == {"true", "estimate"} and summary["tau"]["estimate"] > 1
+    assert -1 < summary["r2_weights"] <= 1 and summary["seconds"] < 120
 
 
 @pytest.mark.slow

@@ -60,7 +60,51 @@ def _choice_problem() -> Problem:
     return Problem("choices", rule, network.with_rule, train, bh.ChoiceBCE())
 
 
-PROBLEMS = {"activity": _activity_problem, "choices": _choice_problem}
+def _trace_choice_problem() -> Problem:
+    """Choices of a fly learning with an eligibility trace from rewards delayed by a trial:
+    the trace's decay trains with the coefficients of the rule it accumulates."""
+    bh = mp.behaviour
+    task = bh.OperantTask(((0.2, 0.8),), 12)
+    true = mp.rules.TraceRule.from_expression("trace(λ=0.6): x", ("x",), 1)
+    data = bh.recovery_data(
+        true, seeds=1, n_train=6, n_test=1, task=task, reward_delay=1, draws=None, key=jr.key(0)
+    )
+    train = jax.tree.map(lambda a: a[0], data.train)
+
+    def rule(k):
+        inner = mp.TaylorRule(1e-2 * jr.normal(k, (2,)), ("x",))
+        return mp.rules.TraceRule(inner, 0.5)
+
+    return Problem("trace_choices", rule, data.teacher.with_rule, train, bh.ChoiceBCE())
+
+
+def _bcm_activity_problem() -> Problem:
+    """Activity of a layer learning by BCM: the threshold's time constant trains with the
+    amplitude."""
+    teacher = mp.nn.PlasticDense(mp.rules.BCMRule(0.5, 4.0), eta=1.0, activation="sigmoid")
+    x = mp.tasks.gaussian_stimuli(4, 12, n_trajectories=6, std=0.5, key=jr.key(0))
+    w0 = 0.1 * jr.normal(jr.key(1), (6, 3, 4))
+    data, _ = mp.generate_activity(teacher, x, w0, key=jr.key(2))
+
+    def rule(k):
+        k1, k2 = jr.split(k)
+        return eqx.tree_at(
+            lambda r: (r.coefficient, r.log_tau),
+            mp.rules.BCMRule(),
+            (0.1 * jr.normal(k1, ()), 0.5 * jr.normal(k2, ())),
+        )
+
+    wrap = lambda r: mp.nn.PlasticDense(r, eta=1.0)
+    return Problem("bcm_activity", rule, wrap, data, mp.losses.ActivityMSE())
+
+
+PROBLEMS = {
+    "activity": _activity_problem,
+    "choices": _choice_problem,
+    # Rules with memory meet the same contract (their state rides in the layer's state).
+    "trace_choices": _trace_choice_problem,
+    "bcm_activity": _bcm_activity_problem,
+}
 SOLVERS = {
     "adam": lambda: mp.Optax(optax.adam(1e-2)),
     "lbfgs": lambda: mp.Optax(optax.lbfgs()),
@@ -69,7 +113,8 @@ SOLVERS = {
     "levenberg_marquardt_qr": lambda: mp.LevenbergMarquardt(linear_solver="qr"),
 }
 # Every solver meets every part of the contract on at least one problem in the default run;
-# the full solver × problem matrix runs with the slow tests (each fit compiles anew).
+# the full solver × problem matrix runs with the slow tests (each fit compiles anew), the
+# rules with memory included (8-17 s a case on 2 cores: slow only).
 FAST = {
     ("levenberg_marquardt", "activity"),
     ("levenberg_marquardt", "choices"),
@@ -105,6 +150,11 @@ def _fit(problem, solver, **kw):
     return mp.fit(problem.make(jr.key(3)), problem.data, problem.loss, solver=solver, **kw)
 
 
+def _rule_arrays(rule):
+    """The rule's trainable arrays (a Taylor rule's coefficients, a trace's decay too)."""
+    return jax.tree.leaves(eqx.filter(rule, eqx.is_inexact_array))
+
+
 def _bitwise(a, b):
     la = jax.tree.leaves(eqx.filter(a, eqx.is_array))
     lb = jax.tree.leaves(eqx.filter(b, eqx.is_array))
@@ -121,10 +171,11 @@ def test_history_trace_minibatches_and_result(solver_name, problem_name, problem
     assert result.n_traces == 1
     assert result.history.loss.shape == (5,)
     assert np.all(np.isfinite(result.history.loss))
-    coefficients = result.history.params.rule.coefficients
-    assert coefficients.shape[0] == 5
+    recorded = _rule_arrays(result.history.params.rule)
+    assert recorded and all(a.shape[0] == 5 for a in recorded)
     # The last recorded parameters are the fitted model's.
-    np.testing.assert_array_equal(coefficients[-1], result.model.rule.coefficients)
+    for a, b in zip(recorded, _rule_arrays(result.model.rule), strict=True):
+        np.testing.assert_array_equal(a[-1], b)
     # The objective went down over the fit (each step sees another random subset, so
     # compare the full-data objective before and after).
     before = problem.loss(problem.make(jr.key(3)), problem.data)
@@ -206,11 +257,11 @@ def test_divergence_names_the_step_and_keeps_the_last_finite_model(
     assert err.quantity in ("loss", "parameter") or err.quantity.startswith("parameter")
     history = err.result.history
     assert len(history.loss) == err.step and np.all(np.isfinite(history.loss))
-    assert np.all(np.isfinite(np.asarray(err.last_finite_model.rule.coefficients)))
+    last = _rule_arrays(err.last_finite_model.rule)
+    assert last and all(np.all(np.isfinite(np.asarray(a))) for a in last)
     if err.step:
-        np.testing.assert_array_equal(
-            history.params.rule.coefficients[-1], err.last_finite_model.rule.coefficients
-        )
+        for a, b in zip(_rule_arrays(history.params.rule), last, strict=True):
+            np.testing.assert_array_equal(a[-1], b)
     saved, header = mp.load_checkpoint(tmp_path, problem.make(jr.key(3)))
     assert header["status"] == "diverged" and header["step"] == err.step
     _bitwise(saved.model.rule, err.last_finite_model.rule)

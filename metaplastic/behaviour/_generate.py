@@ -83,15 +83,33 @@ class OperantEnvironment(AbstractEnvironment):
     odours `(presentations,)`, their encodings `(presentations, n_in)` and the acceptance
     draws `(presentations,)`, all drawn up front. Each trial records `(choices, valid,
     reward, expected, weights, baited, hidden, logits)`.
+
+    With `reward_delay = d > 0` (the network's `MushroomBody.reward_delay`) the task state
+    also queues the `d` signals earned but not yet delivered: a trial's signal (zero without
+    an acceptance) drives the plasticity step `d` trials later.
     """
 
     task: OperantTask
+    reward_delay: int = eqx.field(static=True, default=0)
 
-    def init_state(self) -> TaskState:
-        return self.task.init_state()
+    def init_state(self) -> TaskState | tuple[TaskState, Float[Array, " delay"]]:
+        """The task's state; with a `reward_delay` also the signals still on their way
+        (oldest first, zeros at the start)."""
+        if self.reward_delay == 0:
+            return self.task.init_state()
+        pending = jnp.zeros(self.reward_delay, self.task.probabilities.dtype)
+        return self.task.init_state(), pending
 
     def step(self, network, state, task_state, inputs):
-        weight = state
+        if network.reward_delay != self.reward_delay:
+            raise MetaplasticError(
+                f"The environment delays rewards by {self.reward_delay} trials but the "
+                f"network by {network.reward_delay}: build OperantEnvironment(task, "
+                "network.reward_delay)."
+            )
+        if self.reward_delay:
+            task_state, pending = task_state
+        weight = network.weights_of(state)
         p, bait_u, odours, x, accept_u = inputs
         positions = jnp.arange(odours.shape[0])
         task_state = self.task.start_trial(task_state, p, bait_u)
@@ -105,11 +123,17 @@ class OperantEnvironment(AbstractEnvironment):
         expected = self.task.expected_reward(task_state)
         reward, task_state = self.task.end_trial(task_state, odours[first], accepted)
         signal = network.signal(reward, expected)
+        if self.reward_delay:
+            # The signal earned now joins the queue; the oldest one arrives now.
+            earned = jnp.where(accepted, signal, 0.0)
+            signal, pending = pending[0], jnp.concatenate([pending[1:], earned[None]])
+            task_state = (task_state, pending)
         # The update with the activity of the accepted presentation, already computed.
-        updated = network.update(weight, x[first], y[first], signal)
-        weight = jnp.where(accepted, updated, weight)
+        updated = network.learn(state, x[first], y[first], signal)
+        state = jax.tree.map(lambda n, o: jnp.where(accepted, n, o), updated, state)
+        weight = network.weights_of(state)
         out = (choices, valid, reward, expected, weight, baited, y, logits)
-        return out, weight, task_state
+        return out, state, task_state
 
 
 @eqx.filter_jit
@@ -123,14 +147,15 @@ def _closed_loop(
 ):
     probabilities = task.trial_probabilities()
     n_pres = task.max_presentations
-    environment = OperantEnvironment(task)
+    environment = OperantEnvironment(task, network.reward_delay)
 
     def one(w0, u, z):
         bait_u, odour_u, accept_u = u[:, :2], u[:, 2 : 2 + n_pres], u[:, 2 + n_pres :]
         odours = (odour_u < 0.5).astype(jnp.int32)
         x = encoding.with_noise(odours, z[0])
         xs = (probabilities, bait_u, odours, x, accept_u)
-        sim = simulate_network(network, w0, xs, environment=environment, checkpoint=False)
+        s0 = network.initial_state(w0)
+        sim = simulate_network(network, s0, xs, environment=environment, checkpoint=False)
         choices, valid, reward, expected, weights, baited, y, logits = sim.outputs
         fresh = encoding.with_noise(odours, z[1])
         return (odours, choices, valid, reward, expected, weights, baited, x, fresh, y, logits)
@@ -185,6 +210,12 @@ def generate_behaviour(
     if encoding.n_in != network.n_in:
         raise MetaplasticError(
             f"The encoding has {encoding.n_in} input units but the network has {network.n_in}."
+        )
+    if network.reward_delay >= task.n_trials:
+        raise MetaplasticError(
+            f"The reward delay ({network.reward_delay} trials) is not shorter than the task "
+            f"({task.n_trials} trials): no reward would ever arrive. Use a smaller "
+            "reward_delay or longer blocks."
         )
     if record not in ("hidden", "output"):
         raise MetaplasticError(f"record must be 'hidden' or 'output', got {record!r}.")

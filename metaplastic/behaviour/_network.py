@@ -5,11 +5,12 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
 from .._errors import MetaplasticError
 from .._types import Key, Post, Pre, Scalar, Weight
-from ..nn import AbstractLayer, FixedDense, PlasticDense
+from ..nn import AbstractLayer, FixedDense, PlasticDense, plastic_update, state_from_weights
+from ..nn import weights_of as _weights_of
 from ..rules import AbstractRule
 
 
@@ -96,7 +97,16 @@ class MushroomBody(AbstractLayer):
     one step is one trial's plasticity step at the accepted presentation: `step(W, x_a, r)`
     gives `y = tanh(W x_a)` and the clipped updated weights. `metaplastic.simulate_network`
     scans it over trials, teacher-forced on recorded choices (`replay`) or closed loop in the
-    task (`OperantEnvironment`).
+    task (`OperantEnvironment`). With a rule that has memory (`rule.stateful`, e.g. a
+    `metaplastic.rules.TraceRule`) the state is a `metaplastic.nn.PlasticState` of the
+    weights and the rule's state (`initial_state`, `weights_of`).
+
+    **Delayed reward.** With `reward_delay = d > 0` the reward signal of a trial reaches the
+    synapses `d` trials later: the signal earned at trial `t` (zero if the trial had no
+    acceptance) drives the plasticity step of trial `t + d` (it is lost if that trial has no
+    acceptance), and the first `d` trials learn with a zero signal. Generation, replay and
+    fitting all apply the delay (`delayed_signals`); a rule must carry the credit across the
+    gap (an eligibility trace) to learn from such rewards.
     """
 
     plastic: PlasticDense
@@ -105,6 +115,7 @@ class MushroomBody(AbstractLayer):
     reward_signal: str = eqx.field(static=True)
     init_std: float = eqx.field(static=True)
     weight_bound: float | None = eqx.field(static=True)
+    reward_delay: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -116,6 +127,7 @@ class MushroomBody(AbstractLayer):
         init_std: float = 0.01,
         reward_signal: str = "prediction_error",
         weight_bound: float | None = 100.0,
+        reward_delay: int = 0,
         key: Key,
     ):
         """**Arguments:**
@@ -130,6 +142,8 @@ class MushroomBody(AbstractLayer):
           growing terms (`w^2`) can blow the weights up to infinity within a trajectory and
           turn the loss into NaN; far below the bound `tanh` is already saturated, so the
           bound does not change behaviour.
+        - `reward_delay`: the number of trials between a choice and the arrival of its
+          reward signal (see "Delayed reward"; 0: immediate).
         - `key`: draws `initial_weights`.
         """
         if not isinstance(n_in, int) or n_in < 1 or not isinstance(hidden, int) or hidden < 1:
@@ -150,6 +164,16 @@ class MushroomBody(AbstractLayer):
         if weight_bound is not None and not weight_bound > 0:
             raise MetaplasticError(f"weight_bound must be positive or None, got {weight_bound}.")
         self.weight_bound = None if weight_bound is None else float(weight_bound)
+        if isinstance(reward_delay, bool) or not isinstance(reward_delay, (int, np.integer)):
+            raise MetaplasticError(
+                f"reward_delay must be a whole number of trials, got {reward_delay!r}."
+            )
+        if reward_delay < 0:
+            raise MetaplasticError(
+                f"reward_delay must be 0 (immediate) or a positive number of trials, got "
+                f"{reward_delay}."
+            )
+        self.reward_delay = int(reward_delay)
 
     @property
     def n_in(self) -> int:
@@ -194,22 +218,66 @@ class MushroomBody(AbstractLayer):
             return reward - expected
         return reward
 
+    def delayed_signals(
+        self, signals: Float[Array, " trials"], accepted: Bool[Array, " trials"]
+    ) -> Float[Array, " trials"]:
+        """The reward signal each trial's plasticity step receives, from the signal each
+        trial earned: itself without a delay; with `reward_delay = d`, the signal of trial
+        `t − d` if that trial had an acceptance, else zero (zero for the first `d` trials)."""
+        d = self.reward_delay
+        if d == 0:
+            return signals
+        if d >= signals.shape[0]:
+            raise MetaplasticError(
+                f"The reward delay ({d} trials) is not shorter than the trajectory "
+                f"({signals.shape[0]} trials): no reward would ever arrive. Use a smaller "
+                "reward_delay or longer trajectories."
+            )
+        earned = jnp.where(accepted, signals, 0.0)
+        return jnp.concatenate([jnp.zeros(d, signals.dtype), earned[:-d]])
+
+    def initial_state(self, weight: Weight) -> PyTree:
+        """The network's state at the start of a trajectory with weights `weight`: the
+        weights, with the rule's initial state for a rule with memory."""
+        return state_from_weights(self.rule, weight)
+
+    def weights_of(self, state: PyTree) -> Float[Array, "*batch hidden n_in"]:
+        """The weights in a state (or a stack of states) of the network."""
+        return _weights_of(state)
+
     def update(self, weight: Weight, pre: Pre, post: Post, signal: Scalar) -> Weight:
         """The weights after one plasticity step at an accepted presentation (clipped to
-        `weight_bound`)."""
+        `weight_bound`), for a memoryless rule (`learn` takes any state)."""
         new = self.plastic.update(weight, pre, post, signal)
         if self.weight_bound is not None:
             new = jnp.clip(new, -self.weight_bound, self.weight_bound)
         return new
 
-    def step(self, state: Weight, pre: Pre, reward: Scalar | float) -> tuple[Post, Weight]:
-        """One trial's plasticity step: the plastic layer's activity `y = tanh(W x)` at the
-        accepted presentation `x` and the weights after the update with the reward signal
-        `reward` (`signal`, not the raw reward)."""
-        post = self.plastic.forward(state, pre)
-        return post, self.update(state, pre, post, reward)
+    def learn(self, state: PyTree, pre: Pre, post: Post, signal: Scalar) -> PyTree:
+        """The state after one plasticity step at an accepted presentation: `update` for a
+        memoryless rule; for a rule with memory its state steps too (weights clipped to
+        `weight_bound`)."""
+        if not self.rule.stateful:
+            return self.update(state, pre, post, signal)
+        new = plastic_update(self.rule, self.plastic.eta, state, pre, post, signal)
+        if self.weight_bound is not None:
+            new = eqx.tree_at(
+                lambda s: s.weights,
+                new,
+                jnp.clip(new.weights, -self.weight_bound, self.weight_bound),
+            )
+        return new
 
-    def init_state(self, *, key: Key, scale: float | None = None) -> Weight:
-        """Initial weights `N(0, scale²)`, `scale` defaulting to `init_std`."""
+    def step(self, state: PyTree, pre: Pre, reward: Scalar | float) -> tuple[Post, PyTree]:
+        """One trial's plasticity step: the plastic layer's activity `y = tanh(W x)` at the
+        accepted presentation `x` and the state after the update with the reward signal
+        `reward` (`signal`, not the raw reward)."""
+        post = self.plastic.forward(self.weights_of(state), pre)
+        return post, self.learn(state, pre, post, reward)
+
+    def init_state(self, *, key: Key, scale: float | None = None) -> PyTree:
+        """Initial weights `N(0, scale²)`, `scale` defaulting to `init_std` (with the rule's
+        initial state for a rule with memory)."""
         scale = self.init_std if scale is None else scale
-        return scale * jr.normal(key, (self.hidden, self.n_in), self.initial_weights.dtype)
+        weight = scale * jr.normal(key, (self.hidden, self.n_in), self.initial_weights.dtype)
+        return self.initial_state(weight)

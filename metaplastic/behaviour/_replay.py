@@ -50,14 +50,14 @@ def _weight_trajectory(network, w0, accepted_inputs, accepted, signals, checkpoi
     acceptance, scanned over trials by the one simulation."""
     sim = simulate_network(
         network,
-        w0,
+        network.initial_state(w0),
         accepted_inputs,
-        signals,
+        network.delayed_signals(signals, accepted),
         accepted,
         return_states=True,
         checkpoint=checkpoint,
     )
-    return sim.states
+    return network.weights_of(sim.states)
 
 
 def _replay_padded(network, w0, inputs, choices, pmask, tmask, rewards, expected, checkpoint):
@@ -98,7 +98,8 @@ def replay(
 
     Within trial `t` every presentation sees the weights `W_t`; after the trial,
     `W_{t+1} = W_t + η · rule(x_a, y_a, W_t, r_t)` where `a` is the trial's accepted
-    presentation. Trials without an accepted presentation (the cap) and padded trials leave
+    presentation (a rule with memory steps its state too; with the network's `reward_delay`
+    the signal `r_t` is the one earned `reward_delay` trials earlier). Trials without an accepted presentation (the cap) and padded trials leave
     the weights unchanged. The trials are scanned by `metaplastic.simulate_network` with the
     network's plasticity step, the accepted presentations as its inputs and the trials
     without one masked out.

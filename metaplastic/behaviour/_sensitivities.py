@@ -143,6 +143,7 @@ class ChoiceSensitivities(AbstractDifferentiation):
             and model.plastic.activation == "tanh"
             and isinstance(batch, PackedChoiceDataset | NoisyChoices)
             and isinstance(model.rule, TaylorRule | MLPRule)
+            and model.reward_delay == 0
         )
 
     def value_and_grad(self, loss, params, static, batch):

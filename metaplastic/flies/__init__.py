@@ -4,7 +4,7 @@ and train/test splits in one vmapped fit per family), and compare the families a
 - the recordings: `load_drosophila`, `save_drosophila` (simulated flies in their format),
   `from_table` (one row per presentation, e.g. a pandas DataFrame), `save_nwb`/`load_nwb`
   (one NWB file per fly), `DrosophilaData`, `FlyInfo`;
-- rule families: `FAMILIES`, `FAMILY_TERMS`, `family_rule`;
+- rule families: `FAMILIES`, `MEMORY_FAMILIES`, `FAMILY_TERMS`, `family_rule`;
 - per-fly fits: `fit_families`, `FlyFits`, `padded_l1`, `presentation_masks`,
   `base_rate_scores`;
 - comparisons: `compare_families`, `compare_scores`, `PairedComparison`;
@@ -16,6 +16,7 @@ from ._compare import compare_families as compare_families
 from ._compare import compare_scores as compare_scores
 from ._families import FAMILIES as FAMILIES
 from ._families import FAMILY_TERMS as FAMILY_TERMS
+from ._families import MEMORY_FAMILIES as MEMORY_FAMILIES
 from ._families import family_rule as family_rule
 from ._fits import fit_families as fit_families
 from ._fits import padded_l1 as padded_l1
@@ -39,6 +40,7 @@ __all__ = [
     "compare_families",
     "compare_scores",
     "FAMILIES",
+    "MEMORY_FAMILIES",
     "FAMILY_TERMS",
     "family_rule",
     "fit_families",

@@ -10,7 +10,7 @@ from ..behaviour import (
     mlp_student,
     taylor_student,
 )
-from ..rules import AbstractRule, TaylorRule, format_monomial
+from ..rules import AbstractRule, TaylorRule, TraceRule, format_monomial
 
 
 FAMILY_TERMS = {
@@ -27,6 +27,11 @@ multiply `r` and `x`, which maps {1, r, x, x*r} onto itself)."""
 FAMILIES = ("covariance", "forgetting", "forgetting_y", "taylor", "mlp")
 """Every rule family `fit_families` fits: the small families of `FAMILY_TERMS`, the 81-term
 Taylor rule over (x, y, w, r) and an MLP rule."""
+MEMORY_FAMILIES = ("trace",)
+"""Families of rules with memory, fitted on request only (not part of the default
+comparison): "trace", an eligibility trace of θ₀ + θ_x·x released by the reward signal,
+`e ← λ e + θ₀ + θ_x x`, `Δw = η r e` (λ, θ₀ and θ_x fitted): the covariance rule's reward
+terms {r, x·r} with credit carried over from earlier trials."""
 # Taylor families, which the L1 penalty applies to.
 TAYLOR_FAMILIES = ("covariance", "forgetting", "forgetting_y", "taylor")
 # The factors of the small families' shared rule.
@@ -42,7 +47,9 @@ def family_rule(
       terms are `1, r, x, x*r`; `"forgetting"`: the same plus `w`; `"forgetting_y"`: the
       same plus `y` (the published "forgetting" family, see `FAMILY_TERMS`);
     - `"taylor"`: every one of the 81 terms over `(x, y, w, r)` to second order;
-    - `"mlp"`: `mlp_student`.
+    - `"mlp"`: `mlp_student`;
+    - `"trace"`: a `TraceRule` of a Taylor rule over `x` to first order (`θ₀ + θ_x x`,
+      started near zero) with decay 0.5 (see `MEMORY_FAMILIES`).
     """
     if family in FAMILY_TERMS:
         zero = TaylorRule.zeros(SMALL_FACTORS, order=1)
@@ -53,7 +60,9 @@ def family_rule(
         return taylor_student(key=key, scale=scale)
     if family == "mlp":
         return mlp_student(key=key)
-    raise MetaplasticError(f"family must be one of {FAMILIES}, got {family!r}.")
+    if family == "trace":
+        return TraceRule(TaylorRule(scale * jr.normal(key, (2,)), ("x",)), 0.5)
+    raise MetaplasticError(f"family must be one of {FAMILIES + MEMORY_FAMILIES}, got {family!r}.")
 
 
 def family_coefficients(family: str, rules: AbstractRule) -> dict[str, np.ndarray] | None:

@@ -67,9 +67,11 @@ from ..rules import AbstractRule, TaylorRule
 from ._families import (
     FAMILIES,
     FAMILY_TERMS,
+    MEMORY_FAMILIES,
     SMALL_FACTORS,
     TAYLOR_FAMILIES,
     family_coefficients,
+    family_rule,
 )
 from ._records import DrosophilaData
 from ._results import FlyFits
@@ -87,6 +89,10 @@ def _students(family: str, members: int, key: jax.Array, scale: float) -> Abstra
     member axis, drawn on the host."""
     if family == "mlp":
         return mlp_students(members, key=key)
+    if family in MEMORY_FAMILIES:
+        return eqx.filter_vmap(lambda k: family_rule(family, key=k, scale=scale))(
+            jr.split(key, members)
+        )
     return taylor_students(members, key=key, scale=scale)
 
 
@@ -266,7 +272,9 @@ def fit_families(
     - `families`: from `"covariance"` (free terms `1, r, x, x*r`), `"forgetting"` (the same
       plus `w`), `"forgetting_y"` (the same plus `y`: the published "forgetting" family under
       its reversed indexing, see `FAMILY_TERMS`), `"taylor"` (all 81 terms over
-      `x, y, w, r`) and `"mlp"`.
+      `x, y, w, r`) and `"mlp"`; and on request the family with memory `"trace"` (an
+      eligibility trace of `θ₀ + θ_x x` released by the reward signal, its decay λ fitted;
+      `MEMORY_FAMILIES`).
     - `reward_signal`: `"prediction_error"` (`r = R − E[R]`) or `"reward"` (`r = R`).
     - `resamples`: draws of the unobserved encoding noise per fly.
     - `marginal`: fit (and score) the likelihood averaged over the draws, `p(choice)` being
@@ -306,9 +314,10 @@ def fit_families(
     if not isinstance(data, DrosophilaData):
         raise MetaplasticError(f"data must be a DrosophilaData, got {type(data).__name__}.")
     families = (families,) if isinstance(families, str) else tuple(families)
-    bad = [f for f in families if f not in FAMILIES]
+    known = FAMILIES + MEMORY_FAMILIES
+    bad = [f for f in families if f not in known]
     if bad or not families or len(set(families)) != len(families):
-        raise MetaplasticError(f"families must be distinct names from {FAMILIES}, got {families}.")
+        raise MetaplasticError(f"families must be distinct names from {known}, got {families}.")
     if reward_signal not in REWARD_SIGNALS:
         raise MetaplasticError(
             f"reward_signal must be one of {REWARD_SIGNALS}, got {reward_signal!r}."
@@ -399,8 +408,15 @@ def fit_families(
     groups = [f for f in families if f in FAMILY_TERMS]
     groups = ([tuple(groups)] if groups else []) + [(f,) for f in families if f not in groups]
     first_order = not solver.needs_jacobian
+    # Families with memory draw their students from keys of their own, so that asking for
+    # them leaves the keys (hence the fits) of the other families as they were.
+    usual = [g for g in groups if g[0] not in MEMORY_FAMILIES]
+    keys = dict(zip(usual, jr.split(k_rule, len(usual)))) if usual else {}
+    for i, g in enumerate(g for g in groups if g[0] in MEMORY_FAMILIES):
+        keys[g] = jr.fold_in(k_rule, 1000 + i)
     out = {}
-    for group, k in zip(groups, jr.split(k_rule, len(groups))):
+    for group in groups:
+        k = keys[group]
         start = time.perf_counter()
         n = len(group)
         rep = lambda a, n=n: np.concatenate([np.asarray(a)] * n)

@@ -20,6 +20,10 @@ from ._layer import layer_rules as layer_rules
 from ._plastic import ACTIVATIONS as ACTIVATIONS
 from ._plastic import FixedDense as FixedDense
 from ._plastic import PlasticDense as PlasticDense
+from ._plastic import PlasticState as PlasticState
+from ._plastic import plastic_update as plastic_update
+from ._plastic import state_from_weights as state_from_weights
+from ._plastic import weights_of as weights_of
 from ._readout import ActivityReadout as ActivityReadout
 from ._recurrent import PlasticRecurrent as PlasticRecurrent
 from ._recurrent import RecurrentState as RecurrentState
@@ -39,7 +43,11 @@ __all__ = [
     "Model",
     "PlasticDense",
     "PlasticRecurrent",
+    "PlasticState",
     "PoissonHead",
     "RecurrentState",
     "layer_rules",
+    "plastic_update",
+    "state_from_weights",
+    "weights_of",
 ]

@@ -4,7 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PyTree
 
 from .._errors import MetaplasticError
 from .._types import Post, Pre, Scalar, Weight
@@ -26,12 +26,58 @@ def check_activation(name: str) -> None:
         raise MetaplasticError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
 
 
+class PlasticState(eqx.Module):
+    """The state of a plastic layer whose rule has memory (`rule.stateful`): the weights and
+    the rule's own state (an eligibility trace, a sliding threshold). A layer with a
+    memoryless rule carries its weights alone.
+
+    - `weights`: `(n_out, n_in)`.
+    - `rule_state`: the rule's state (`rule.init_state(weights)` at the start).
+    """
+
+    weights: Float[Array, "n_out n_in"]
+    rule_state: PyTree
+
+
+def state_from_weights(rule: AbstractRule, weights: Float[Array, "n_out n_in"]) -> PyTree:
+    """A plastic synapse group's state at the start of a trajectory from its weights: the
+    weights themselves for a memoryless rule, `PlasticState(weights, rule.init_state(weights))`
+    for a rule with memory."""
+    if not rule.stateful:
+        return weights
+    return PlasticState(weights, rule.init_state(weights))
+
+
+def weights_of(state: PyTree) -> Float[Array, "*batch n_out n_in"]:
+    """The weights in a plastic synapse group's state (see `state_from_weights`); works on
+    batched and per-step stacks of states alike."""
+    return state.weights if isinstance(state, PlasticState) else state
+
+
+def plastic_update(
+    rule: AbstractRule,
+    eta: float,
+    state: PyTree,
+    pre: Pre,
+    post: Post,
+    reward: Scalar | float,
+) -> PyTree:
+    """One plasticity step of a synapse group's state (see `state_from_weights`):
+    `W + η · rule(x, y, W, r)` for a memoryless rule, and the same with the rule's state
+    threaded through `rule.step` for a rule with memory."""
+    if not rule.stateful:
+        return state + eta * rule(pre, post, state, reward)
+    change, rule_state = rule.step(state.rule_state, pre, post, state.weights, reward)
+    return PlasticState(state.weights + eta * change, rule_state)
+
+
 class PlasticDense(AbstractLayer):
     """A dense layer whose weights are *state* that evolves by a plasticity rule.
 
     `y = f(W x)`, then `W ← W + η · rule(x, y, W, r)`. The weights are not parameters of the
     module: they are carried through the simulation, starting from given initial weights
-    (the layer's state, `(n_out, n_in)`).
+    (the layer's state, `(n_out, n_in)`). With a rule that has memory (`rule.stateful`) the
+    state is a `PlasticState` of the weights and the rule's state (`state_from_weights`).
     """
 
     rule: AbstractRule
@@ -80,21 +126,24 @@ class PlasticDense(AbstractLayer):
         """The weights after one plasticity step, `W + η · rule(x, y, W, r)`."""
         return weight + self.eta * self.rule(pre, post, weight, reward)
 
-    def step(
-        self, weight: Weight, pre: Pre, reward: Scalar | float = 0.0
-    ) -> tuple[Post, Float[Array, "n_out n_in"]]:
-        """One time step: the activity `y` and the updated weights."""
-        post = self.forward(weight, pre)
-        return post, self.update(weight, pre, post, reward)
+    def step(self, state: PyTree, pre: Pre, reward: Scalar | float = 0.0) -> tuple[Post, PyTree]:
+        """One time step: the activity `y` and the updated state (the weights, with the
+        rule's state for a rule with memory)."""
+        if not self.rule.stateful:
+            post = self.forward(state, pre)
+            return post, self.update(state, pre, post, reward)
+        post = self.forward(state.weights, pre)
+        return post, plastic_update(self.rule, self.eta, state, pre, post, reward)
 
     def init_state(self, *, key, scale=0.1):
-        """Random initial weights `N(0, scale²)`, `(out_size, in_size)`."""
+        """Random initial weights `N(0, scale²)`, `(out_size, in_size)` (with the rule's
+        initial state for a rule with memory)."""
         if self.in_size is None or self.out_size is None:
             raise MetaplasticError(
                 "PlasticDense.init_state needs the layer's sizes: construct it with "
                 "in_size= and out_size=."
             )
-        return scale * jr.normal(key, (self.out_size, self.in_size))
+        return state_from_weights(self.rule, scale * jr.normal(key, (self.out_size, self.in_size)))
 
 
 class FixedDense(AbstractLayer):

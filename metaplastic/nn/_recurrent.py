@@ -2,7 +2,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from .._errors import MetaplasticError
 from .._types import Post, Pre, Scalar
@@ -20,11 +20,15 @@ class RecurrentState(eqx.Module):
     - `recurrent_weights`: `W_rec`, `(n, n)`; entry `[i, j]` is the synapse from unit `j`
       onto unit `i`.
     - `rates`: the units' rates of the previous step, `y_{t−1}`, `(n,)`.
+    - `rule_state`, `input_rule_state`: the states of the recurrent and input rules when
+      they have memory (`rule.init_state(weights)`), else `()` (the default).
     """
 
     input_weights: Float[Array, "n n_in"]
     recurrent_weights: Float[Array, "n n"]
     rates: Float[Array, " n"]
+    rule_state: PyTree = ()
+    input_rule_state: PyTree = ()
 
 
 class PlasticRecurrent(AbstractLayer):
@@ -126,18 +130,20 @@ class PlasticRecurrent(AbstractLayer):
     ) -> tuple[Post, RecurrentState]:
         w_in, w_rec, previous = state.input_weights, state.recurrent_weights, state.rates
         post = ACTIVATIONS[self.activation](w_in @ pre + w_rec @ previous + self.bias)
-        change = self.eta * self.rule(previous, post, w_rec, reward)
+        change, rule_state = self.rule.step(state.rule_state, previous, post, w_rec, reward)
+        change = self.eta * change
         if not self.self_connections:
             change = change * (1 - jnp.eye(self.out_size, dtype=change.dtype))
         new_rec = w_rec + change
-        new_in = w_in
+        new_in, input_state = w_in, state.input_rule_state
         if self.input_rule is not None:
-            new_in = w_in + self.eta * self.input_rule(pre, post, w_in, reward)
+            change_in, input_state = self.input_rule.step(input_state, pre, post, w_in, reward)
+            new_in = w_in + self.eta * change_in
         if self.weight_bound is not None:
             new_rec = jnp.clip(new_rec, -self.weight_bound, self.weight_bound)
             if self.input_rule is not None:
                 new_in = jnp.clip(new_in, -self.weight_bound, self.weight_bound)
-        return post, RecurrentState(new_in, new_rec, post)
+        return post, RecurrentState(new_in, new_rec, post, rule_state, input_state)
 
     def init_state(self, *, key, scale=0.1):
         """`W_in ~ N(0, 1/n_in)`, `W_rec ~ N(0, scale²/n)` with a zero diagonal (unless
@@ -148,4 +154,7 @@ class PlasticRecurrent(AbstractLayer):
         w_rec = scale * jr.normal(k_rec, (n, n)) / np.sqrt(n)
         if not self.self_connections:
             w_rec = w_rec * (1 - jnp.eye(n, dtype=w_rec.dtype))
-        return RecurrentState(w_in, w_rec, jnp.zeros(n, w_rec.dtype))
+        input_state = () if self.input_rule is None else self.input_rule.init_state(w_in)
+        return RecurrentState(
+            w_in, w_rec, jnp.zeros(n, w_rec.dtype), self.rule.init_state(w_rec), input_state
+        )

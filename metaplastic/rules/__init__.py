@@ -1,4 +1,5 @@
-"""Plasticity rules: Taylor-series and MLP rules, expressions, and a library of known rules."""
+"""Plasticity rules: Taylor-series and MLP rules, rules with memory (eligibility traces, BCM),
+expressions, and a library of known rules."""
 
 from ._abstract import AbstractRule as AbstractRule
 from ._expression import FACTORS as FACTORS
@@ -11,6 +12,8 @@ from ._library import oja as oja
 from ._library import reward_modulated as reward_modulated
 from ._library import with_decay as with_decay
 from ._library import zero_like as zero_like
+from ._memory import BCMRule as BCMRule
+from ._memory import TraceRule as TraceRule
 from ._mlp import MLPRule as MLPRule
 from ._taylor import TaylorRule as TaylorRule
 from ._taylor import powers as powers

@@ -1,7 +1,7 @@
 import abc
 
 import equinox as eqx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PyTree
 
 from .._types import Post, Pre, Scalar, Weight
 
@@ -11,9 +11,32 @@ class AbstractRule(eqx.Module):
 
     Called as `rule(pre, post, weight, reward)`; a rule that does not use a factor ignores it.
     The plasticity rate η is applied by the layer, not by the rule.
+
+    **State.** Every rule has a state, carried by the layer that holds it through the one
+    scan of `metaplastic.simulate_network` (`init_state`, `step`). A memoryless rule (Taylor,
+    MLP) has the empty state `()` and `stateful = False`, and layers then carry only their
+    weights, exactly as without the protocol. A rule with memory (`TraceRule`, `BCMRule`)
+    sets `stateful = True`: a layer holding it carries `(weights, rule state)`. Adding a rule
+    with memory is one subclass that implements `init_state` and `step`.
     """
 
     factors: eqx.AbstractVar[tuple[str, ...]]
+    stateful: eqx.AbstractClassVar[bool]
+
+    @abc.abstractmethod
+    def init_state(self, weight: Weight) -> PyTree:
+        """The rule's state before the first step, for a layer with weights like `weight`
+        (`()` for a memoryless rule)."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def step(
+        self, state: PyTree, pre: Pre, post: Post, weight: Weight, reward: Scalar | float
+    ) -> tuple[Float[Array, "n_out n_in"], PyTree]:
+        """One plasticity step with the rule's state: `(change, state)`, the weight change
+        (before the layer's η) and the rule's state after the step. A memoryless rule returns
+        `(rule(pre, post, weight, reward), state)`."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def __call__(
@@ -28,5 +51,6 @@ class AbstractRule(eqx.Module):
 
         **Returns:**
 
-        The weight change `g(x, y, w, r)`, shape `(n_out, n_in)`.
+        The weight change `g(x, y, w, r)`, shape `(n_out, n_in)` (for a rule with memory:
+        the change of a first step, from its initial state).
         """

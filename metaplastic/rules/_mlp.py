@@ -1,4 +1,5 @@
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -25,6 +26,7 @@ class MLPRule(AbstractRule):
 
     mlp: eqx.nn.MLP
     factors: tuple[str, ...] = eqx.field(static=True)
+    stateful: ClassVar[bool] = False
 
     @validates_input
     def __init__(
@@ -102,3 +104,13 @@ class MLPRule(AbstractRule):
         if self.mlp.depth > 0:  # eqx.nn.MLP applies no final activation at depth 0
             z = jnp.vectorize(self.mlp.final_activation)(z)
         return jnp.broadcast_to(z, shape)
+
+    def init_state(self, weight: Weight) -> tuple[()]:
+        """A memoryless rule's state: empty."""
+        return ()
+
+    def step(
+        self, state: tuple[()], pre: Pre, post: Post, weight: Weight, reward: Scalar | float
+    ) -> tuple[Float[Array, "n_out n_in"], tuple[()]]:
+        """`(rule(pre, post, weight, reward), state)`: no memory."""
+        return self(pre, post, weight, reward), state

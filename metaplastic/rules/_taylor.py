@@ -1,5 +1,6 @@
 import itertools
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -55,6 +56,7 @@ class TaylorRule(AbstractRule):
     coefficients: Float[Array, "..."]
     trainable: Bool[Array, "..."] | None
     factors: tuple[str, ...] = eqx.field(static=True)
+    stateful: ClassVar[bool] = False
     order: int = eqx.field(static=True)
 
     @validates_input
@@ -260,3 +262,13 @@ class TaylorRule(AbstractRule):
             m_k = sum(y_pows[b][:, None] * a[b, k][None, :] for b in range(ny))
             out = m_k if out is None else out * weight + m_k
         return out
+
+    def init_state(self, weight: Weight) -> tuple[()]:
+        """A memoryless rule's state: empty."""
+        return ()
+
+    def step(
+        self, state: tuple[()], pre: Pre, post: Post, weight: Weight, reward: Scalar | float
+    ) -> tuple[Float[Array, "n_out n_in"], tuple[()]]:
+        """`(rule(pre, post, weight, reward), state)`: no memory."""
+        return self(pre, post, weight, reward), state

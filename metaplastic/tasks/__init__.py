@@ -1,6 +1,7 @@
-"""What drives a network: stimuli."""
+"""What drives a network: stimuli, and reward protocols."""
 
 from ._gaussian import gaussian_stimuli as gaussian_stimuli
+from ._rewards import delayed_rewards as delayed_rewards
 
 
-__all__ = ["gaussian_stimuli"]
+__all__ = ["delayed_rewards", "gaussian_stimuli"]
