@@ -235,6 +235,7 @@ def _cache_entries(folder):
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
+@pytest.mark.long
 def test_compile_cache_flag_and_environment_variable(tmp_path, monkeypatch):
     """By default a script caches its compiled programs in $METAPLASTIC_CACHE_DIR; the folder
     of --compile-cache takes precedence; with --no-compile-cache it writes no cache at all."""

@@ -143,6 +143,7 @@ def check_fit_over_processes(processes: int, tmp_path: Path) -> None:
         assert out["writes"] == [], out["writes"]
 
 
+@pytest.mark.long
 def test_fit_over_two_processes_equals_one_process(tmp_path):
     check_fit_over_processes(2, tmp_path)
 

@@ -79,6 +79,7 @@ def run_child() -> dict:
     return out
 
 
+@pytest.mark.long
 def test_sharded_fits_equal_single_device_fits():
     env = dict(os.environ)
     env["XLA_FLAGS"] = (

@@ -51,6 +51,7 @@ def pyproject():
         return f.read()
 
 
+@pytest.mark.long
 def test_mypy_sees_the_signatures_in_a_user_script_and_the_examples(tmp_path):
     pytest.importorskip("mypy")
     script = tmp_path / "user_script.py"
