@@ -283,6 +283,15 @@ def fly_data_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_fly_data(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error unless `--data` is a folder (the scripts that read the real flies)."""
+    if not os.path.isdir(args.data):
+        p.error(
+            f"the Drosophila data folder {args.data!r} does not exist; pass --data with the "
+            "folder of Fly*.mat files (see ../shared/data/drosophila/README.md)."
+        )
+
+
 def recovery_options(p: argparse.ArgumentParser, *, seeds: int) -> None:
     """The flags of a simulated rule-recovery experiment, shared by `reward_rule.py` and
     `rule_sweep.py`: `--seeds`, `--n-train`, `--n-test`, `--trials-per-block`."""

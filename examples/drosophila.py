@@ -42,7 +42,6 @@ and matplotlib: pip install -e ".[plot]".
 """
 
 import argparse
-import os
 import sys
 import time
 
@@ -180,11 +179,7 @@ def parse_args(argv=None):
         small = tuple(f for f in args.families if f in ("covariance", "forgetting"))
         args.families = small or ("covariance",)
         args.resamples, args.steps, args.fractions = 2, min(args.steps, 4), ()
-    if not os.path.isdir(args.data):
-        p.error(
-            f"the Drosophila data folder {args.data!r} does not exist; pass --data with the "
-            "folder of Fly*.mat files (see ../shared/data/drosophila/README.md)."
-        )
+    _cli.check_fly_data(p, args)
     return args
 
 

@@ -30,7 +30,6 @@ intervals.png into a run folder under --out, and prints a JSON summary as its la
 Needs pandas and matplotlib: pip install -e ".[plot]".
 """
 
-import os
 import time
 
 import _cli
@@ -89,11 +88,8 @@ def parse_args(argv=None):
         help="the simulated flies' rule over (x, w, r) for --calibrate (default 0.25*x*r - 0.06*r)",
     )
     args = p.parse_args(argv)
-    if args.calibrate is None and not os.path.isdir(args.data):
-        p.error(
-            f"the Drosophila data folder {args.data!r} does not exist; pass --data with the "
-            "folder of Fly*.mat files (see ../shared/data/drosophila/README.md)."
-        )
+    if args.calibrate is None:  # the simulated flies need no data
+        _cli.check_fly_data(p, args)
     return args
 
 

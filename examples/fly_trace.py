@@ -18,7 +18,6 @@ the data), as `fly_intervals.py`.
     python examples/fly_trace.py --quick    # 3 flies, 2 draws, 6 steps: a check
 """
 
-import os
 import time
 
 import _cli
@@ -31,11 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--draws", type=_cli.positive_int, default=8, help="noise draws (default 8)")
     p.add_argument("--steps", type=_cli.positive_int, default=20, help="solver steps (20)")
     args = p.parse_args(argv)
-    if not os.path.isdir(args.data):
-        p.error(
-            f"the Drosophila data folder {args.data!r} does not exist; pass --data with the "
-            "folder of Fly*.mat files (see ../shared/data/drosophila/README.md)."
-        )
+    _cli.check_fly_data(p, args)
     return args
 
 
