@@ -1,6 +1,7 @@
 """Plasticity rules: Taylor-series and MLP rules, rules with memory (eligibility traces, BCM),
 expressions, and a library of known rules."""
 
+from ._abstract import AbstractMemorylessRule as AbstractMemorylessRule
 from ._abstract import AbstractRule as AbstractRule
 from ._expression import FACTORS as FACTORS
 from ._expression import format_expression as format_expression
@@ -20,6 +21,7 @@ from ._taylor import powers as powers
 
 
 __all__ = [
+    "AbstractMemorylessRule",
     "AbstractRule",
     "FACTORS",
     "MLPRule",

@@ -1,4 +1,5 @@
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 from jaxtyping import Array, Float, PyTree
@@ -54,3 +55,20 @@ class AbstractRule(eqx.Module):
         The weight change `g(x, y, w, r)`, shape `(n_out, n_in)` (for a rule with memory:
         the change of a first step, from its initial state).
         """
+
+
+class AbstractMemorylessRule(AbstractRule):
+    """A rule without memory: the weight change depends on the present step's `x`, `y`, `w`
+    and `r` only. Its state is empty; a subclass implements `__call__` (and `factors`)."""
+
+    stateful: ClassVar[bool] = False
+
+    def init_state(self, weight: Weight) -> tuple[()]:
+        """A memoryless rule's state: empty."""
+        return ()
+
+    def step(
+        self, state: tuple[()], pre: Pre, post: Post, weight: Weight, reward: Scalar | float
+    ) -> tuple[Float[Array, "n_out n_in"], tuple[()]]:
+        """`(rule(pre, post, weight, reward), state)`: no memory."""
+        return self(pre, post, weight, reward), state

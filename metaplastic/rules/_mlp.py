@@ -1,5 +1,4 @@
 from collections.abc import Callable
-from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -8,7 +7,7 @@ from jaxtyping import Array, Float
 
 from .._errors import MetaplasticError, validates_input
 from .._types import Key, Post, Pre, Scalar, Weight
-from ._abstract import AbstractRule
+from ._abstract import AbstractMemorylessRule
 from ._expression import FACTORS, as_factors
 
 
@@ -17,7 +16,7 @@ from ._expression import FACTORS, as_factors
 SMALL_LAYER = 64
 
 
-class MLPRule(AbstractRule):
+class MLPRule(AbstractMemorylessRule):
     """A per-synapse multilayer perceptron on the chosen factors, `Δw = MLP(x, y, w, r)`.
 
     The same small network is applied to every synapse (default: one hidden layer of 10
@@ -26,7 +25,6 @@ class MLPRule(AbstractRule):
 
     mlp: eqx.nn.MLP
     factors: tuple[str, ...] = eqx.field(static=True)
-    stateful: ClassVar[bool] = False
 
     @validates_input
     def __init__(
@@ -104,13 +102,3 @@ class MLPRule(AbstractRule):
         if self.mlp.depth > 0:  # eqx.nn.MLP applies no final activation at depth 0
             z = jnp.vectorize(self.mlp.final_activation)(z)
         return jnp.broadcast_to(z, shape)
-
-    def init_state(self, weight: Weight) -> tuple[()]:
-        """A memoryless rule's state: empty."""
-        return ()
-
-    def step(
-        self, state: tuple[()], pre: Pre, post: Post, weight: Weight, reward: Scalar | float
-    ) -> tuple[Float[Array, "n_out n_in"], tuple[()]]:
-        """`(rule(pre, post, weight, reward), state)`: no memory."""
-        return self(pre, post, weight, reward), state

@@ -1,6 +1,5 @@
 import itertools
 import math
-from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -12,7 +11,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 from .._errors import MetaplasticError, validates_input
 from .._types import Key, Post, Pre, Scalar, Weight
 from .._validate import real_array
-from ._abstract import AbstractRule
+from ._abstract import AbstractMemorylessRule
 from ._expression import (
     FACTORS,
     as_factors,
@@ -43,7 +42,7 @@ def powers(v: Array, n: int) -> list[Array]:
     return out
 
 
-class TaylorRule(AbstractRule):
+class TaylorRule(AbstractMemorylessRule):
     """A truncated Taylor-series rule, `Δw = Σ θ[a, b, c, d] · x^a · y^b · w^c · r^d`.
 
     `coefficients` has one axis per factor, **in the order of `factors`**, and the index along
@@ -56,7 +55,6 @@ class TaylorRule(AbstractRule):
     coefficients: Float[Array, "..."]
     trainable: Bool[Array, "..."] | None
     factors: tuple[str, ...] = eqx.field(static=True)
-    stateful: ClassVar[bool] = False
     order: int = eqx.field(static=True)
 
     @validates_input
@@ -262,13 +260,3 @@ class TaylorRule(AbstractRule):
             m_k = sum(y_pows[b][:, None] * a[b, k][None, :] for b in range(ny))
             out = m_k if out is None else out * weight + m_k
         return out
-
-    def init_state(self, weight: Weight) -> tuple[()]:
-        """A memoryless rule's state: empty."""
-        return ()
-
-    def step(
-        self, state: tuple[()], pre: Pre, post: Post, weight: Weight, reward: Scalar | float
-    ) -> tuple[Float[Array, "n_out n_in"], tuple[()]]:
-        """`(rule(pre, post, weight, reward), state)`: no memory."""
-        return self(pre, post, weight, reward), state
