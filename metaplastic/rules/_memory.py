@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._types import Post, Pre, Scalar, Weight
 from ._abstract import AbstractRule
 from ._taylor import TaylorRule
@@ -52,7 +52,7 @@ class TraceRule(AbstractRule):
     factors: tuple[str, ...] = eqx.field(static=True)
     stateful: ClassVar[bool] = True
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def __init__(self, inner: AbstractRule, decay: float = 0.5):
         """**Arguments:**
 
@@ -85,7 +85,7 @@ class TraceRule(AbstractRule):
         """`{"λ": decay}`: the decay in its natural parametrisation (an increasing function
         of the fitted `decay_logit`; `metaplastic.Posterior.natural_intervals` maps
         intervals through it). `None` where the logit is not an array (not trained)."""
-        return {"λ": jax.nn.sigmoid(self.decay_logit) if eqx.is_array(self.decay_logit) else None}
+        return {"λ": self.decay if eqx.is_array(self.decay_logit) else None}
 
     def init_state(self, weight: Weight) -> Float[Array, "n_out n_in"]:
         """The trace at the start of a trajectory: zero on every synapse."""
@@ -114,7 +114,7 @@ class TraceRule(AbstractRule):
         return f"trace(λ={float(self.decay):.6g}): {inner}"
 
     @classmethod
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def from_expression(
         cls, expression: str, factors: tuple[str, ...] = ("x", "y", "w"), order: int = 2
     ) -> "TraceRule":
@@ -158,7 +158,7 @@ class BCMRule(AbstractRule):
     factors: tuple[str, ...] = eqx.field(static=True)
     stateful: ClassVar[bool] = True
 
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def __init__(self, coefficient: float = 1.0, tau: float = 10.0):
         """**Arguments:**
 
@@ -186,7 +186,7 @@ class BCMRule(AbstractRule):
     def natural_parameters(self) -> dict[str, Float[Array, "*members"] | None]:
         """`{"τ": tau}`: the time constant in its natural parametrisation (an increasing
         function of the fitted `log_tau`; see `TraceRule.natural_parameters`)."""
-        return {"τ": 1.0 + jnp.exp(self.log_tau) if eqx.is_array(self.log_tau) else None}
+        return {"τ": self.tau if eqx.is_array(self.log_tau) else None}
 
     def init_state(self, weight: Weight) -> Float[Array, " n_out"]:
         """The threshold at the start of a trajectory: zero for every postsynaptic neuron."""
@@ -216,7 +216,7 @@ class BCMRule(AbstractRule):
         return f"bcm(τ={float(self.tau):.6g}): {float(self.coefficient):.6g}*x*y*(y - y_M)"
 
     @classmethod
-    @typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+    @validates_input
     def from_expression(cls, expression: str) -> "BCMRule":
         """Parse `bcm(τ=10): 0.5*x*y*(y - y_M)` (the amplitude may be left out: 1)."""
         match = re.fullmatch(

@@ -1,16 +1,14 @@
 """Reward protocols for activity experiments: the reward signal arriving late."""
 
-import typing
-
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._errors import MetaplasticError
+from .._errors import MetaplasticError, validates_input
 from .._validate import real_array
 
 
-@typing.no_type_check  # validates its own input: see metaplastic/_errors.py
+@validates_input
 def delayed_rewards(
     rewards: Float[ArrayLike, "*batch time"], delay: int
 ) -> Float[Array, "*batch time"]:
