@@ -129,10 +129,7 @@ class PlasticDense(AbstractLayer):
     def step(self, state: PyTree, pre: Pre, reward: Scalar | float = 0.0) -> tuple[Post, PyTree]:
         """One time step: the activity `y` and the updated state (the weights, with the
         rule's state for a rule with memory)."""
-        if not self.rule.stateful:
-            post = self.forward(state, pre)
-            return post, self.update(state, pre, post, reward)
-        post = self.forward(state.weights, pre)
+        post = self.forward(weights_of(state), pre)
         return post, plastic_update(self.rule, self.eta, state, pre, post, reward)
 
     def init_state(self, *, key, scale=0.1):
