@@ -207,11 +207,10 @@ class Posterior(eqx.Module):
         )
         out = {}
         for (path, rule), lo, hi in trios:
-            natural = getattr(rule, "natural_parameters", None)
-            if not (is_rule(rule) and callable(natural)):
+            if not is_rule(rule):
                 continue
             prefix = jax.tree_util.keystr(path)
-            for name, estimate in natural().items():
+            for name, estimate in rule.natural_parameters().items():
                 if estimate is None:  # not trained: no interval
                     continue
                 out[f"{prefix}.{name}"] = (

@@ -1,5 +1,5 @@
 import abc
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import equinox as eqx
 from jaxtyping import Array, Float, PyTree
@@ -18,7 +18,8 @@ class AbstractRule(eqx.Module):
     MLP) has the empty state `()` and `stateful = False`, and layers then carry only their
     weights, exactly as without the protocol. A rule with memory (`TraceRule`, `BCMRule`)
     sets `stateful = True`: a layer holding it carries `(weights, rule state)`. Adding a rule
-    with memory is one subclass that implements `init_state` and `step`.
+    with memory is one subclass that implements `init_state`, `step` and
+    `natural_parameters`.
     """
 
     factors: eqx.AbstractVar[tuple[str, ...]]
@@ -37,6 +38,14 @@ class AbstractRule(eqx.Module):
         """One plasticity step with the rule's state: `(change, state)`, the weight change
         (before the layer's η) and the rule's state after the step. A memoryless rule returns
         `(rule(pre, post, weight, reward), state)`."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def natural_parameters(self) -> dict[str, Any]:
+        """`{name: value}` for the parameters the rule fits in an unbounded parametrisation,
+        in their natural one, each an increasing function of the fitted array (`None` where
+        that array does not train); `metaplastic.Posterior.natural_intervals` maps intervals
+        through them. Empty for a rule fitted in its natural parameters."""
         raise NotImplementedError
 
     @abc.abstractmethod
@@ -66,6 +75,10 @@ class AbstractMemorylessRule(AbstractRule):
     def init_state(self, weight: Weight) -> tuple[()]:
         """A memoryless rule's state: empty."""
         return ()
+
+    def natural_parameters(self) -> dict[str, Any]:
+        """None: a memoryless rule's coefficients are fitted as they are."""
+        return {}
 
     def step(
         self, state: tuple[()], pre: Pre, post: Post, weight: Weight, reward: Scalar | float
