@@ -12,6 +12,7 @@ from .._types import Key, Post, Pre, Scalar, Weight
 from ..nn import AbstractLayer, FixedDense, PlasticDense, plastic_update, state_from_weights
 from ..nn import weights_of as _weights_of
 from ..rules import AbstractRule
+from ..tasks._rewards import arriving_late
 
 
 REWARD_SIGNALS = ("prediction_error", "reward")
@@ -224,17 +225,10 @@ class MushroomBody(AbstractLayer):
         """The reward signal each trial's plasticity step receives, from the signal each
         trial earned: itself without a delay; with `reward_delay = d`, the signal of trial
         `t − d` if that trial had an acceptance, else zero (zero for the first `d` trials)."""
-        d = self.reward_delay
-        if d == 0:
+        if self.reward_delay == 0:
             return signals
-        if d >= signals.shape[0]:
-            raise MetaplasticError(
-                f"The reward delay ({d} trials) is not shorter than the trajectory "
-                f"({signals.shape[0]} trials): no reward would ever arrive. Use a smaller "
-                "reward_delay or longer trajectories."
-            )
         earned = jnp.where(accepted, signals, 0.0)
-        return jnp.concatenate([jnp.zeros(d, signals.dtype), earned[:-d]])
+        return arriving_late(earned, self.reward_delay, unit="trials", option="reward_delay")
 
     def initial_state(self, weight: Weight) -> PyTree:
         """The network's state at the start of a trajectory with weights `weight`: the

@@ -34,14 +34,24 @@ def delayed_rewards(
         raise MetaplasticError(
             f"delay must be a non-negative whole number of steps, got {delay!r}."
         )
-    length = r.shape[-1]
+    return arriving_late(jnp.asarray(r), int(delay), unit="steps", option="delay")
+
+
+def arriving_late(
+    values: Float[Array, "*batch time"], delay: int, *, unit: str, option: str
+) -> Float[Array, "*batch time"]:
+    """`values` shifted `delay` places later along the last axis, zeros first (traceable;
+    package-internal: `delayed_rewards` and the fly model's delayed reward signal). A
+    `MetaplasticError` when the delay is not shorter than the axis, naming the `unit` of
+    the axis and the `option` that set the delay."""
+    length = values.shape[-1]
     if delay >= length:
         raise MetaplasticError(
-            f"The reward delay ({delay} steps) is not shorter than the trajectory ({length} "
-            "steps): no reward would ever arrive. Use a smaller delay or longer trajectories."
+            f"The reward delay ({delay} {unit}) is not shorter than the trajectory ({length} "
+            f"{unit}): no reward would ever arrive. Use a smaller {option} or longer "
+            "trajectories."
         )
-    r = jnp.asarray(r)
     if delay == 0:
-        return r
-    pad = jnp.zeros(r.shape[:-1] + (delay,), r.dtype)
-    return jnp.concatenate([pad, r[..., :-delay]], axis=-1)
+        return values
+    pad = jnp.zeros(values.shape[:-1] + (delay,), values.dtype)
+    return jnp.concatenate([pad, values[..., :-delay]], axis=-1)
