@@ -107,6 +107,20 @@ def is_size(value: Any) -> bool:
     )
 
 
+def weight_bound(value: Any, name: str = "weight_bound") -> float | None:
+    """`value` as the clipping bound of a layer's weights: `None` (no clipping) or a positive
+    finite number (not a bool); anything else is refused, naming `name`."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not 0 < value < np.inf
+    ):
+        raise MetaplasticError(f"{name} must be None or a positive finite number, got {value!r}.")
+    return float(value)
+
+
 def trajectory_masks(
     step_mask: Any, neuron_mask: Any, batch: int, time: int, neurons: int
 ) -> tuple[np.ndarray, np.ndarray]:

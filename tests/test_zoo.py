@@ -1,6 +1,7 @@
 """The model zoo: layers and heads compose into models that one simulation runs and one fit
 fits; a new head is one class written here."""
 
+import re
 from typing import ClassVar
 
 import equinox as eqx
@@ -210,6 +211,20 @@ def test_bad_input_is_named():
         mp.data.RecordingDataset(x, np.ones((2, 3, 5)), np.zeros((5, 6)))
     with pytest.raises(mp.MetaplasticError, match="decay must be in"):
         mp.nn.CalciumHead(decay=1.0)
+
+
+@pytest.mark.parametrize("bound", [0.0, -1.0, float("inf"), float("nan")])
+def test_every_clipped_layer_refuses_the_same_bad_weight_bound(bound):
+    """The recurrent layer, the fly's mushroom body and the per-fly fits check a weight bound
+    in one place, with one message."""
+    message = (
+        rf"weight_bound must be None or a positive finite number, got {re.escape(repr(bound))}"
+    )
+    with pytest.raises(mp.MetaplasticError, match=message):
+        mp.nn.PlasticRecurrent(mp.rules.oja(), 2, 3, weight_bound=bound)
+    with pytest.raises(mp.MetaplasticError, match=message):
+        mp.behaviour.MushroomBody(mp.rules.reward_modulated(), weight_bound=bound, key=jr.key(0))
+    assert mp.nn.PlasticRecurrent(mp.rules.oja(), 2, 3, weight_bound=2.0).weight_bound == 2.0
 
 
 def test_recording_loss_refuses_a_model_that_is_not_one():

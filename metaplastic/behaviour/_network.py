@@ -9,6 +9,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
 from .._errors import MetaplasticError
 from .._types import Key, Post, Pre, Scalar, Weight
+from .._validate import weight_bound as check_weight_bound
 from ..nn import AbstractLayer, FixedDense, PlasticDense, plastic_update, state_from_weights
 from ..nn import weights_of as _weights_of
 from ..rules import AbstractRule
@@ -162,9 +163,7 @@ class MushroomBody(AbstractLayer):
         self.initial_weights = init_std * jr.normal(key, (hidden, n_in))
         self.reward_signal = reward_signal
         self.init_std = float(init_std)
-        if weight_bound is not None and not weight_bound > 0:
-            raise MetaplasticError(f"weight_bound must be positive or None, got {weight_bound}.")
-        self.weight_bound = None if weight_bound is None else float(weight_bound)
+        self.weight_bound = check_weight_bound(weight_bound)
         if isinstance(reward_delay, bool) or not isinstance(reward_delay, (int, np.integer)):
             raise MetaplasticError(
                 f"reward_delay must be a whole number of trials, got {reward_delay!r}."

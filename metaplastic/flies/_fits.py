@@ -45,6 +45,7 @@ from .._errors import MetaplasticError, validates_input
 from .._fit import fit
 from .._random import host_rng
 from .._solver import AbstractSolver, LevenbergMarquardt
+from .._validate import weight_bound as check_weight_bound
 from ..behaviour import (
     DEFAULT_INPUT_VARIANCE,
     FACTORS,
@@ -340,10 +341,7 @@ def fit_families(
             raise MetaplasticError(f"{name} must be a non-negative number, got {value!r}.")
     if not (isinstance(init_scale, int | float) and init_scale > 0):
         raise MetaplasticError(f"init_scale must be a positive number, got {init_scale!r}.")
-    if weight_bound is not None and not (
-        isinstance(weight_bound, int | float) and weight_bound > 0
-    ):
-        raise MetaplasticError(f"weight_bound must be positive or None, got {weight_bound!r}.")
+    weight_bound = check_weight_bound(weight_bound)
     if solver is None:
         solver = LevenbergMarquardt()
     if not isinstance(solver, AbstractSolver):

@@ -7,6 +7,7 @@ from jaxtyping import Array, ArrayLike, Float, PyTree
 from .._errors import MetaplasticError
 from .._types import Post, Pre, Scalar
 from .._validate import is_size, real_array
+from .._validate import weight_bound as check_weight_bound
 from ..rules import AbstractRule
 from ._layer import AbstractLayer
 from ._plastic import ACTIVATIONS, check_activation
@@ -115,15 +116,7 @@ class PlasticRecurrent(AbstractLayer):
         self.eta = float(eta)
         self.activation = activation
         self.self_connections = bool(self_connections)
-        if weight_bound is not None and (
-            isinstance(weight_bound, bool)
-            or not isinstance(weight_bound, (int, float, np.number))
-            or not (0 < weight_bound < np.inf)
-        ):
-            raise MetaplasticError(
-                f"weight_bound must be None or a positive finite number, got {weight_bound!r}."
-            )
-        self.weight_bound = None if weight_bound is None else float(weight_bound)
+        self.weight_bound = check_weight_bound(weight_bound)
 
     def step(
         self, state: RecurrentState, pre: Pre, reward: Scalar | float = 0.0
