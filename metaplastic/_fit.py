@@ -1,16 +1,18 @@
-"""The one `fit`: a driver loop around any solver's step — one jitted step traced once,
-minibatches, vmapped ensembles, history, checkpoints that resume bit for bit, progress, a
-callback that can stop, and a clear stop when the fit diverges."""
+"""The one `fit`: a driver loop around any solver's step — one jitted step traced once (and
+reused by later fits of the same program), minibatches, vmapped ensembles, history,
+checkpoints that resume bit for bit, progress, a callback that can stop, and a clear stop
+when the fit diverges."""
 
 import dataclasses
 import functools
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -144,6 +146,84 @@ def take(data: PyTree, idx: Any) -> PyTree:
     return jax.tree.map(lambda a: a[idx] if eqx.is_array(a) else a, data)
 
 
+class _Traces(threading.local):
+    """How many times this thread has traced a fit's steps (a fit reads the difference)."""
+
+    count = 0
+
+
+_traces = _Traces()
+
+
+class _Program(NamedTuple):
+    """What the compiled steps of a fit depend on besides their arguments' shapes: equal
+    programs (the same solver, dataset size, batch and ensemble layout) share one compiled
+    program across fits, so refitting a model of the same shapes (another start, another
+    key, a profile's next value, a bootstrap's next round) compiles nothing."""
+
+    solver: AbstractSolver
+    n: int  # trajectories in the dataset
+    batch: int  # trajectories per step (`n`: the whole dataset, no minibatch drawn)
+    ensemble: bool
+    data_axis: int | None  # the data's member axis of an ensemble (`None`: shared)
+
+
+def _member_step(program: _Program, p, s, obj, o, d, sub):
+    """One member's solver step on its batch: new parameters, solver state, objective and
+    whether each parameter leaf is finite."""
+    if program.batch == program.n:
+        b = d
+    else:
+        b = take(d, jr.choice(sub, program.n, (program.batch,), replace=False))
+    p, s, value = program.solver.step(with_member_arrays(obj, o), p, s, b)
+    finite = jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(p)])
+    return p, s, value, finite
+
+
+def _one_step(program: _Program, p, s, k, obj, o, d):
+    k, sub = jr.split(k)
+    step = functools.partial(_member_step, program)
+    if program.ensemble:
+        step = eqx.filter_vmap(step, in_axes=(0, 0, None, 0, program.data_axis, None))
+    p, s, value, finite = step(p, s, obj, o, d, sub)
+    return (p, s, k), (p, s, k, value, finite)
+
+
+@eqx.filter_jit
+def _run_step(program: _Program, p, s, obj, o, d, k):
+    """One step: the new (parameters, state, key), and each step's (parameters, state, key,
+    objective, finite flags) along a leading axis of 1."""
+    _traces.count += 1
+    carry, out = _one_step(program, p, s, k, obj, o, d)
+    return carry, jax.tree.map(lambda a: a[None], out)
+
+
+@eqx.filter_jit
+def _run_steps(program: _Program, per_call: int, p, s, obj, o, d, k, count):
+    """`count` (traced, at most `per_call`) steps in one loop: the final (parameters, state,
+    key), and every step's (parameters, state, key, objective, finite flags) along a leading
+    axis of `per_call` (entries past `count` are left as they were)."""
+    _traces.count += 1
+    dynamic, fixed = eqx.partition((p, s, k), eqx.is_array)
+    shapes = eqx.filter_eval_shape(_one_step, program, p, s, k, obj, o, d)[1][3:]
+    stack = lambda a: jnp.broadcast_to(a, (per_call,) + a.shape)
+    outs = (
+        jax.tree.map(stack, dynamic),
+        jax.tree.map(lambda t: jnp.zeros((per_call,) + t.shape, t.dtype), shapes),
+    )
+
+    def body(j, loop):
+        carry, (every, computed) = loop
+        carry, out = _one_step(program, *eqx.combine(carry, fixed), obj, o, d)
+        carry = eqx.filter(carry, eqx.is_array)
+        new = (eqx.filter(out[:3], eqx.is_array), out[3:])
+        put_at = lambda buf, a: buf.at[j].set(a)
+        return carry, jax.tree.map(put_at, (every, computed), new)
+
+    carry, (every, computed) = jax.lax.fori_loop(0, count, body, (dynamic, outs))
+    return eqx.combine(carry, fixed), (*eqx.combine(every, fixed), *computed)
+
+
 def preflight(
     loss_fn: Callable,
     params: PyTree,
@@ -246,7 +326,11 @@ def fit(
     The solver's steps run inside one jitted function, traced once per fit, `steps_per_call`
     steps per call (a loop inside the compiled program); the host loop around it records
     the history, checkpoints, shows progress and stops on divergence or when the callback
-    asks — after every step, exactly as if each step were its own call.
+    asks — after every step, exactly as if each step were its own call. A later fit of the
+    same program — an equal solver (the same object for an optax optimiser, whose functions
+    compare by identity), data and parameters of the same shapes, the same batch and
+    ensemble layout — reuses the compiled one whatever the starting values, the data's
+    values and the key: refitting from another start compiles nothing.
 
     **Arguments:**
 
@@ -389,54 +473,10 @@ def fit(
             f"{loss_shape.shape[len(expected_shape) :]}."
         )
 
-    traces = [0]
-
-    def member_step(p, s, obj, o, d, sub):
-        b = d if whole else take(d, jr.choice(sub, n, (batch,), replace=False))
-        p, s, value = solver.step(with_member_arrays(obj, o), p, s, b)
-        finite = jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(p)])
-        return p, s, value, finite
-
-    if ensemble:
-        member_step = eqx.filter_vmap(member_step, in_axes=(0, 0, None, 0, data_axis, None))
-
-    def one_step(p, s, k, obj, o, d):
-        k, sub = jr.split(k)
-        p, s, value, finite = member_step(p, s, obj, o, d, sub)
-        return (p, s, k), (p, s, k, value, finite)
-
-    @eqx.filter_jit
-    def run_step(p, s, obj, o, d, k):
-        """One step: the new (parameters, state, key), and each step's (parameters, state,
-        key, objective, finite flags) along a leading axis of 1."""
-        traces[0] += 1
-        carry, out = one_step(p, s, k, obj, o, d)
-        return carry, jax.tree.map(lambda a: a[None], out)
-
-    @eqx.filter_jit
-    def run_steps(p, s, obj, o, d, k, count):
-        """`count` (traced, at most `per_call`) steps in one loop: the final (parameters,
-        state, key), and every step's (parameters, state, key, objective, finite flags)
-        along a leading axis of `per_call` (entries past `count` are left as they were)."""
-        traces[0] += 1
-        dynamic, fixed = eqx.partition((p, s, k), eqx.is_array)
-        shapes = eqx.filter_eval_shape(one_step, p, s, k, obj, o, d)[1][3:]
-        stack = lambda a: jnp.broadcast_to(a, (per_call,) + a.shape)
-        outs = (
-            jax.tree.map(stack, dynamic),
-            jax.tree.map(lambda t: jnp.zeros((per_call,) + t.shape, t.dtype), shapes),
-        )
-
-        def body(j, loop):
-            carry, (every, computed) = loop
-            carry, out = one_step(*eqx.combine(carry, fixed), obj, o, d)
-            carry = eqx.filter(carry, eqx.is_array)
-            new = (eqx.filter(out[:3], eqx.is_array), out[3:])
-            put_at = lambda buf, a: buf.at[j].set(a)
-            return carry, jax.tree.map(put_at, (every, computed), new)
-
-        carry, (every, computed) = jax.lax.fori_loop(0, count, body, (dynamic, outs))
-        return eqx.combine(carry, fixed), (*eqx.combine(every, fixed), *computed)
+    program = _Program(solver, n, batch, bool(ensemble), data_axis)
+    traces_before = _traces.count
+    run_step = functools.partial(_run_step, program)
+    run_steps = functools.partial(_run_steps, program)
 
     init = lambda p: solver.init(objective, p)
     state = eqx.filter_vmap(init)(params) if ensemble else init(params)
@@ -501,7 +541,8 @@ def fit(
 
     def result(p, s, k_done):
         history = record.history(k_done)
-        return FitResult(as_model(p), history, s, traces[0], time.perf_counter() - start)
+        traced = _traces.count - traces_before
+        return FitResult(as_model(p), history, s, traced, time.perf_counter() - start)
 
     def save(p, s, k, k_done, status, more=None):
         record.save(as_model(p), k, k_done, s, status, more)
@@ -535,7 +576,9 @@ def fit(
                 carry, out = run_step(params, state, objective, own, data, key)
             else:
                 count_arg = jnp.asarray(count, jnp.int32)
-                carry, out = run_steps(params, state, objective, own, data, key, count_arg)
+                carry, out = run_steps(
+                    per_call, params, state, objective, own, data, key, count_arg
+                )
             every_params, every_state, every_key, values, finites = out
             values_np = host_array(values)[:count]
             finite_np = host_array(finites)[:count].reshape((count,) + expected_shape + (n_leaves,))

@@ -55,7 +55,9 @@ class FitResult(eqx.Module):
     - `model`: the fitted model.
     - `history`: the `History` of the fit.
     - `state`: the solver's final state (the optax state, or the Levenberg–Marquardt damping).
-    - `n_traces`: how many times the step function was traced (1 for a fit).
+    - `n_traces`: how many times this fit traced its step: 1, or 0 when an earlier fit in
+      the process had compiled the same program (an equal solver, data of the same shapes,
+      the same batch and ensemble layout), which the fit then reuses.
     - `seconds`: the wall time of the fit.
     """
 

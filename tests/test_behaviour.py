@@ -489,7 +489,7 @@ def test_recover_rule_runs_end_to_end():
         key=jr.key(0),
     )
     assert res.fitted.rule.coefficients.shape == (2, 3, 3, 3, 3)
-    assert res.fit.n_traces == 1
+    assert res.fit.n_traces <= 1  # traced once, or not at all if an equal fit had compiled it
     assert res.fit.history.loss.shape == (2, 2)
     # Gauss-Newton steps are only taken when they lower the objective.
     assert np.all(np.diff(res.fit.history.loss, axis=0) <= 0)
@@ -645,7 +645,7 @@ def test_adam_fit_lowers_the_choice_loss():
     res = mp.behaviour.recover_rule(
         data=data, solver=mp.Optax(optax.adam(3e-3)), steps=30, key=jr.key(1)
     ).fit
-    assert res.n_traces == 1
+    assert res.n_traces <= 1  # traced once, or not at all if an equal fit had compiled it
     assert np.all(res.history.loss[-1] < res.history.loss[0])
 
 

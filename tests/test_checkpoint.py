@@ -74,7 +74,7 @@ def test_sigkilled_fit_resumes_bitwise_identical(tmp_path, reference):
     steps_run = []
     resumed = run(folder, resume=True, callback=lambda i, *_: steps_run.append(i))
     assert steps_run == list(range(STOP, STEPS))  # it continued, it did not start again
-    assert resumed.n_traces == 1
+    assert resumed.n_traces <= 1  # 0: the first run compiled the same program
     assert_bitwise_equal(resumed.model, reference.model)
     assert resumed.history.loss.tobytes() == reference.history.loss.tobytes()
     assert_bitwise_equal(resumed.history.params, reference.history.params)
@@ -309,7 +309,7 @@ def test_levenberg_marquardt_stopped_fit_resumes_exactly(tmp_path):
         run(tmp_path, resume=True, steps=5)  # a gradient fit cannot continue it
     steps_run = []
     resumed = fit(checkpoint_dir=tmp_path, resume=True, callback=lambda i, *_: steps_run.append(i))
-    assert steps_run == [2, 3, 4] and resumed.n_traces == 1
+    assert steps_run == [2, 3, 4] and resumed.n_traces <= 1
     assert_bitwise_equal(resumed.model, reference.model)
     assert resumed.history.loss.tobytes() == reference.history.loss.tobytes()
     assert_bitwise_equal(resumed.history.params, reference.history.params)

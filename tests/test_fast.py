@@ -304,7 +304,7 @@ def test_fit_runs_in_float64_when_enabled(x64):
     result = mp.fit(layer, data, MSE, solver=mp.Optax(optax.adam(1e-2)), steps=3, progress=False)
     assert result.model.rule.coefficients.dtype == jnp.float64
     assert result.history.loss.dtype == np.float64
-    assert result.n_traces == 1
+    assert result.n_traces == 1  # not once per step (a new optimiser: a new program)
     assert result.history.loss[-1] < result.history.loss[0]
     # The fitted model is three float64 Adam steps from zeros, taken here by hand with optax.
     params, static = eqx.partition(layer, mp.rule_filter_spec(layer))

@@ -105,12 +105,14 @@ PROBLEMS = {
     "trace_choices": _trace_choice_problem,
     "bcm_activity": _bcm_activity_problem,
 }
+# One solver object per name: fits of one problem by one solver share a compiled program
+# (as a user's refits do), so each (solver, problem, shape) pair compiles once.
 SOLVERS = {
-    "adam": lambda: mp.Optax(optax.adam(1e-2)),
-    "lbfgs": lambda: mp.Optax(optax.lbfgs()),
-    "levenberg_marquardt": lambda: mp.LevenbergMarquardt(),
+    "adam": mp.Optax(optax.adam(1e-2)),
+    "lbfgs": mp.Optax(optax.lbfgs()),
+    "levenberg_marquardt": mp.LevenbergMarquardt(),
     # The QR steps whatever the dtype (the default takes them below float64 only).
-    "levenberg_marquardt_qr": lambda: mp.LevenbergMarquardt(linear_solver="qr"),
+    "levenberg_marquardt_qr": mp.LevenbergMarquardt(linear_solver="qr"),
 }
 # Every solver meets every part of the contract on at least one problem in the default run;
 # the full solver × problem matrix runs with the slow tests (each fit compiles anew), the
@@ -166,9 +168,9 @@ def _bitwise(a, b):
 @pytest.mark.parametrize("solver_name,problem_name", CASES)
 def test_history_trace_minibatches_and_result(solver_name, problem_name, problems):
     problem = problems(problem_name)
-    result = _fit(problem, SOLVERS[solver_name](), steps=5, batch_size=2, key=jr.key(7))
+    result = _fit(problem, SOLVERS[solver_name], steps=5, batch_size=2, key=jr.key(7))
     assert isinstance(result, mp.FitResult)
-    assert result.n_traces == 1
+    assert result.n_traces <= 1  # not once per step (0: an equal fit compiled it)
     assert result.history.loss.shape == (5,)
     assert np.all(np.isfinite(result.history.loss))
     recorded = _rule_arrays(result.history.params.rule)
@@ -182,7 +184,7 @@ def test_history_trace_minibatches_and_result(solver_name, problem_name, problem
     after = problem.loss(result.model, problem.data)
     assert after < before
     # A different key draws different minibatches, hence a different fit.
-    other = _fit(problem, SOLVERS[solver_name](), steps=5, batch_size=2, key=jr.key(8))
+    other = _fit(problem, SOLVERS[solver_name], steps=5, batch_size=2, key=jr.key(8))
     assert not np.array_equal(other.history.loss, result.history.loss)
 
 
@@ -191,9 +193,9 @@ def test_ensemble_members_equal_separate_fits(solver_name, problem_name, problem
     problem = problems(problem_name, x64=True)
     keys = jr.split(jr.key(11), 2)
     members = problem.ensemble(keys)
-    kw = dict(steps=3, progress=False, solver=SOLVERS[solver_name]())
+    kw = dict(steps=3, progress=False, solver=SOLVERS[solver_name])
     ens = mp.fit(members, problem.data, problem.loss, ensemble=True, data_ensemble_axis=None, **kw)
-    assert ens.n_traces == 1 and ens.history.loss.shape == (3, 2)
+    assert ens.n_traces <= 1 and ens.history.loss.shape == (3, 2)
     for i in range(2):
         single = mp.fit(problem.make(keys[i]), problem.data, problem.loss, **kw)
         np.testing.assert_allclose(ens.history.loss[:, i], single.history.loss, rtol=1e-9)
@@ -209,15 +211,11 @@ def test_ensemble_members_equal_separate_fits(solver_name, problem_name, problem
 def test_stopped_fit_resumes_bitwise(solver_name, problem_name, problems, tmp_path):
     problem = problems(problem_name)
     kw = dict(steps=6, batch_size=3, key=jr.key(5))
-    whole = _fit(problem, SOLVERS[solver_name](), checkpoint_dir=tmp_path / "a", **kw)
+    whole = _fit(problem, SOLVERS[solver_name], checkpoint_dir=tmp_path / "a", **kw)
     stop = lambda step, loss, model: step == 2
-    first = _fit(
-        problem, SOLVERS[solver_name](), checkpoint_dir=tmp_path / "b", callback=stop, **kw
-    )
+    first = _fit(problem, SOLVERS[solver_name], checkpoint_dir=tmp_path / "b", callback=stop, **kw)
     assert len(first.history.loss) == 3  # the callback stopped the fit after step 2
-    resumed = _fit(
-        problem, SOLVERS[solver_name](), checkpoint_dir=tmp_path / "b", resume=True, **kw
-    )
+    resumed = _fit(problem, SOLVERS[solver_name], checkpoint_dir=tmp_path / "b", resume=True, **kw)
     _bitwise(resumed.model, whole.model)
     np.testing.assert_array_equal(resumed.history.loss, whole.history.loss)
     _bitwise(resumed.history.params, whole.history.params)
@@ -245,7 +243,7 @@ def test_divergence_names_the_step_and_keeps_the_last_finite_model(
     with pytest.raises(mp.FitDivergedError) as info:
         _fit(
             bad,
-            SOLVERS[solver_name](),
+            SOLVERS[solver_name],
             steps=60,
             batch_size=1,
             key=jr.key(0),
@@ -269,9 +267,9 @@ def test_divergence_names_the_step_and_keeps_the_last_finite_model(
 
 @pytest.mark.parametrize("solver_name", SOLVERS)
 def test_progress_bar(solver_name, problems, capsys):
-    _fit(problems("activity"), SOLVERS[solver_name](), steps=2, progress=True)
+    _fit(problems("activity"), SOLVERS[solver_name], steps=2, progress=True)
     err = capsys.readouterr().err
-    assert f"fit ({type(SOLVERS[solver_name]()).__name__})" in err and "loss=" in err
+    assert f"fit ({type(SOLVERS[solver_name]).__name__})" in err and "loss=" in err
 
 
 def test_default_solver_follows_the_loss(problems):
@@ -293,7 +291,7 @@ def test_levenberg_marquardt_needs_gauss_newton_structure(problems):
 def test_every_solver_minimises_the_same_penalised_objective(penalty, solver_name, problems):
     """The recorded objective is the loss plus the penalty, whatever the solver."""
     problem = problems("activity")
-    result = _fit(problem, SOLVERS[solver_name](), steps=3, penalty=penalty)
+    result = _fit(problem, SOLVERS[solver_name], steps=3, penalty=penalty)
     model = eqx.combine(
         jax.tree.map(lambda a: jnp.asarray(a[-1]), result.history.params),
         eqx.partition(result.model, mp.rule_filter_spec(result.model))[1],
@@ -487,7 +485,7 @@ def _orthogonal_problem(m=64, c=2.0):
 def _penalised_fit(solver_name, penalty, a, b):
     data = {"a": jnp.asarray(a), "b": jnp.asarray(b)}
     model = _RuleModel(mp.TaylorRule(jnp.full((2, 2), 0.3), ("x", "y")))
-    solver = SOLVERS[solver_name]()
+    solver = SOLVERS[solver_name]
     result = mp.fit(
         model,
         data,
