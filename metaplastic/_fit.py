@@ -190,7 +190,7 @@ def _one_step(program: _Program, p, s, k, obj, o, d):
 
 
 @eqx.filter_jit
-def _run_step(program: _Program, p, s, obj, o, d, k):
+def run_step(program: _Program, p, s, obj, o, d, k):
     """One step: the new (parameters, state, key), and each step's (parameters, state, key,
     objective, finite flags) along a leading axis of 1."""
     _traces.count += 1
@@ -199,7 +199,7 @@ def _run_step(program: _Program, p, s, obj, o, d, k):
 
 
 @eqx.filter_jit
-def _run_steps(program: _Program, per_call: int, p, s, obj, o, d, k, count):
+def run_steps(program: _Program, per_call: int, p, s, obj, o, d, k, count):
     """`count` (traced, at most `per_call`) steps in one loop: the final (parameters, state,
     key), and every step's (parameters, state, key, objective, finite flags) along a leading
     axis of `per_call` (entries past `count` are left as they were)."""
@@ -475,8 +475,8 @@ def fit(
 
     program = _Program(solver, n, batch, bool(ensemble), data_axis)
     traces_before = _traces.count
-    run_step = functools.partial(_run_step, program)
-    run_steps = functools.partial(_run_steps, program)
+    one_step_a_call = functools.partial(run_step, program)
+    steps_a_call = functools.partial(run_steps, program)
 
     init = lambda p: solver.init(objective, p)
     state = eqx.filter_vmap(init)(params) if ensemble else init(params)
@@ -573,10 +573,10 @@ def fit(
             count = min(next_count, steps - done)
             called = time.perf_counter()
             if per_call == 1:
-                carry, out = run_step(params, state, objective, own, data, key)
+                carry, out = one_step_a_call(params, state, objective, own, data, key)
             else:
                 count_arg = jnp.asarray(count, jnp.int32)
-                carry, out = run_steps(
+                carry, out = steps_a_call(
                     per_call, params, state, objective, own, data, key, count_arg
                 )
             every_params, every_state, every_key, values, finites = out
