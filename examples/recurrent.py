@@ -10,6 +10,10 @@ trajectories by the R² of the recurrent weights (and of their changes). The rec
 are clipped to [−2, 2] (the true ones stay below 0.6), so that rules the fit explores cannot
 make them overflow.
 
+Then the same network with plastic input synapses too, following a rule of their own (x*y − w,
+x the input's rate): both 27-term rules are fitted at once from all units' activity and scored
+by the R² of the recurrent and of the input weights.
+
 Part 2, two plastic layers in a chain, 20 → 30 → 10 sigmoid units, Oja's rule in the first
 and a Hebbian rule with decay (x*y − w) in the second, recorded at the last layer only: both
 rules (27 terms each) are fitted at once (on the whole length: see the script), the Laplace
@@ -118,7 +122,49 @@ def main(argv=None):
             "seconds": time.perf_counter() - t0,
         }
         print(f"recurrent, {name}: {recurrent[name]['rule']}")
-    summary["recurrent"] = {**recurrent["all_units"], "half_units": recurrent["half_units"]}
+    # The input synapses plastic too, by a rule of their own (x*y − w, x the input's rate):
+    # both 27-term rules fitted at once from all units' activity.
+    t0 = time.perf_counter()
+    input_rule = mp.TaylorRule.from_expression("x*y - w")
+    truth_in = mp.nn.Model(
+        mp.nn.PlasticRecurrent(oja, n_in, n, input_rule=input_rule, eta=0.02, weight_bound=2.0),
+        mp.nn.GaussianHead(n, noise_std=args.noise),
+    )
+    kx, kd, kt, ktd, ki, ki2 = jr.split(jr.fold_in(key, 3), 6)
+    x = mp.tasks.gaussian_stimuli(n_in, length, n_trajectories=n_train, std=1.0, key=kx)
+    x_test = mp.tasks.gaussian_stimuli(n_in, length, n_trajectories=n_test, std=1.0, key=kt)
+    data, _ = mp.generate_recordings(truth_in, x, key=kd)
+    held, _ = mp.generate_recordings(truth_in, x_test, key=ktd)
+    student = eqx.tree_at(
+        lambda m: (m.network.rule, m.network.input_rule),
+        truth_in,
+        (mp.TaylorRule.random(scale=1e-3, key=ki), mp.TaylorRule.random(scale=1e-3, key=ki2)),
+    )
+    fitted = fit(student, data, args.prefixes)
+    scores = mp.metrics.compare_networks(truth_in.network, fitted.network, held)
+    plastic_inputs = {
+        "true_rule": oja.to_expression(),
+        "true_input_rule": input_rule.to_expression(),
+        "r2_weights": median(scores["r2_states"][".recurrent_weights"]),
+        "r2_weight_changes": median(scores["r2_changes"][".recurrent_weights"]),
+        "r2_input_weights": median(scores["r2_states"][".input_weights"]),
+        "r2_input_weight_changes": median(scores["r2_changes"][".input_weights"]),
+        "r2_activity": median(scores["r2_outputs"]),
+        "rule": fitted.network.rule.to_expression(tol=1e-2),
+        "input_rule": fitted.network.input_rule.to_expression(tol=1e-2),
+        "coefficient_error": mp.metrics.coefficient_error(fitted.network.rule, oja),
+        "input_coefficient_error": mp.metrics.coefficient_error(
+            fitted.network.input_rule, input_rule
+        ),
+        "seconds": time.perf_counter() - t0,
+    }
+    print(f"recurrent, plastic inputs: {plastic_inputs['rule']}")
+    print(f"recurrent, input synapses: {plastic_inputs['input_rule']}")
+    summary["recurrent"] = {
+        **recurrent["all_units"],
+        "half_units": recurrent["half_units"],
+        "plastic_inputs": plastic_inputs,
+    }
 
     # ------------------------------------------------------------------ part 2: two layers
     t0 = time.perf_counter()

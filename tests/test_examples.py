@@ -463,6 +463,8 @@ def test_recurrent_quick_recovers_the_recurrent_rule_and_both_layer_families(tmp
     summary = run_example("recurrent.py", "--quick", "--no-progress", "--out", str(tmp_path))
     rec = summary["recurrent"]
     assert rec["r2_weights"] > 0.99 and rec["half_units"]["r2_weights"] > 0.99
+    inputs = rec["plastic_inputs"]  # the input synapses' own rule, fitted at once
+    assert inputs["r2_weights"] > 0.99 and inputs["r2_input_weights"] > 0.99
     two = summary["two_layers"]
     for layer, terms in (("layer1", ("x*y", "y^2*w")), ("layer2", ("x*y", "w"))):
         for term, truth in zip(terms, (1.0, -1.0)):
