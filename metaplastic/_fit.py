@@ -56,6 +56,9 @@ logger = logging.getLogger("metaplastic")
 STACKED_BYTES = 64 * 2**20
 # ... and about how long one call should take then.
 CALL_SECONDS = 0.25
+# The solver of losses without Gauss–Newton structure: one object, so that fits that leave
+# the solver to `fit` share their compiled program.
+DEFAULT_FIRST_ORDER = Optax(optax.adam(1e-2))
 
 
 def rule_filter_spec(model: PyTree) -> PyTree:
@@ -408,7 +411,7 @@ def fit(
         solver = (
             LevenbergMarquardt()
             if isinstance(loss, AbstractGaussNewtonLoss)
-            else Optax(optax.adam(1e-2))
+            else DEFAULT_FIRST_ORDER
         )
     if not isinstance(solver, AbstractSolver):
         raise MetaplasticError(
