@@ -478,8 +478,6 @@ def fit(
 
     program = _Program(solver, n, batch, bool(ensemble), data_axis)
     traces_before = _traces.count
-    one_step_a_call = functools.partial(run_step, program)
-    steps_a_call = functools.partial(run_steps, program)
 
     init = lambda p: solver.init(objective, p)
     state = eqx.filter_vmap(init)(params) if ensemble else init(params)
@@ -576,11 +574,11 @@ def fit(
             count = min(next_count, steps - done)
             called = time.perf_counter()
             if per_call == 1:
-                carry, out = one_step_a_call(params, state, objective, own, data, key)
+                carry, out = run_step(program, params, state, objective, own, data, key)
             else:
                 count_arg = jnp.asarray(count, jnp.int32)
-                carry, out = steps_a_call(
-                    per_call, params, state, objective, own, data, key, count_arg
+                carry, out = run_steps(
+                    program, per_call, params, state, objective, own, data, key, count_arg
                 )
             every_params, every_state, every_key, values, finites = out
             values_np = host_array(values)[:count]

@@ -107,9 +107,9 @@ def is_size(value: Any) -> bool:
     )
 
 
-def weight_bound(value: Any, name: str = "weight_bound") -> float | None:
+def weight_bound(value: Any) -> float | None:
     """`value` as the clipping bound of a layer's weights: `None` (no clipping) or a positive
-    finite number (not a bool); anything else is refused, naming `name`."""
+    finite number (not a bool); anything else is refused."""
     if value is None:
         return None
     if (
@@ -117,7 +117,9 @@ def weight_bound(value: Any, name: str = "weight_bound") -> float | None:
         or not isinstance(value, (int, float, np.integer, np.floating))
         or not 0 < value < np.inf
     ):
-        raise MetaplasticError(f"{name} must be None or a positive finite number, got {value!r}.")
+        raise MetaplasticError(
+            f"weight_bound must be None or a positive finite number, got {value!r}."
+        )
     return float(value)
 
 
